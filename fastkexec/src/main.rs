@@ -1,0 +1,5 @@
+//! The `fastkexec` command: a thin clap layer over the library.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
