@@ -16,6 +16,125 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    // --- kexec syscalls, status, load, exec (kexec.rs, status.rs, load.rs, exec.rs) ---
+    /// A kexec-related syscall failed; `hint` says what the errno means here and what to do.
+    #[error("{call} failed: {source}: {hint}")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+        hint: String,
+    },
+    /// A procfs/sysfs file had content we could not interpret.
+    #[error("{path}: cannot parse {what}: {content:?}")]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        content: String,
+    },
+    /// The requested load mode cannot work on this kernel/machine; `reason` says why and what to use.
+    #[error("{mode} mode is not possible here: {reason}")]
+    ModeUnavailable { mode: &'static str, reason: String },
+    /// The caller lacks the privilege the kernel demands for kexec.
+    #[error("{action} needs CAP_SYS_BOOT (run as root); {detail}")]
+    NotPrivileged {
+        action: &'static str,
+        detail: String,
+    },
+    /// The kernel command line does not fit the kernel's limit.
+    #[error("kernel command line is {len} bytes, but {limit_from} allows at most {max}; shorten --append or drop --reuse-cmdline")]
+    CmdlineTooLong {
+        len: usize,
+        max: usize,
+        limit_from: String,
+    },
+    /// The kernel command line contains something the kernel cannot take.
+    #[error("invalid kernel command line: {0}")]
+    InvalidCmdline(String),
+    /// A kernel image given for a mode that cannot load its format.
+    #[error("{path}: {problem}")]
+    UnsupportedImage { path: PathBuf, problem: String },
+    /// The segment list handed to kexec_load breaks a rule the kernel enforces.
+    #[error("invalid kexec segment list: {0}")]
+    InvalidSegments(String),
+    /// `exec` was asked for but no image is loaded.
+    #[error("no kexec image is loaded ({path} reads 0); run `fastkexec load` first")]
+    NothingLoaded { path: PathBuf },
+    /// `systemctl kexec` failed or could not be started.
+    #[error("`systemctl kexec` {outcome}; check `journalctl -b`, or use `fastkexec exec --force` to skip the clean shutdown")]
+    Systemctl { outcome: String },
+
+    // --- bzImage, payload decompression, vmlinux ELF, prepare cache
+    //     (bzimage.rs, decompress.rs, vmlinux.rs, prepare.rs) ---
+    /// Not a bzImage, or its setup header / payload location is unusable;
+    /// `problem` names the field and offset and what to pass instead.
+    #[error("{path}: {problem}")]
+    BadBzImage { path: PathBuf, problem: String },
+    /// The payload starts with no magic of a compressor the kernel build uses.
+    #[error("{path}: unknown compression of the kernel payload at file offset {offset:#x} (first bytes {magic}); expected gzip, bzip2, lzma, xz, lzo, lz4 or zstd — is this really an x86 bzImage?")]
+    UnknownCompression {
+        path: PathBuf,
+        offset: u64,
+        magic: String,
+    },
+    /// The payload could not be decompressed (corrupt, truncated, or its size
+    /// does not match the size trailer).
+    #[error("{path}: {compression} payload: {problem}")]
+    Decompress {
+        path: PathBuf,
+        compression: crate::decompress::Compression,
+        problem: String,
+    },
+    /// The ELF is not a loadable x86-64 kernel image; `problem` names the
+    /// header field or program header at fault.
+    #[error("{path}: not a loadable x86-64 vmlinux: {problem}")]
+    BadVmlinux { path: PathBuf, problem: String },
+
+    // --- host facts, boot_params, purgatory, segment planning
+    //     (hostinfo.rs, bootparams.rs, purgatory.rs, segments.rs) ---
+    /// A sysfs file describing the running machine is missing or unusable.
+    #[error("{path}: {problem}")]
+    HostInfo { path: PathBuf, problem: String },
+    /// A boot_params field cannot be filled as asked.
+    #[error("boot_params {field}: {problem}")]
+    BootParams {
+        field: &'static str,
+        problem: String,
+    },
+    /// The embedded purgatory blob or its parameters are unusable.
+    #[error("purgatory: {problem}")]
+    Purgatory { problem: String },
+    /// A kernel PT_LOAD would land outside e820 RAM.
+    #[error("{path}: {what} at {range} is not inside RAM of the firmware memory map; check the kernel's physical load address (or the physical shift)")]
+    KernelNotInRam {
+        path: PathBuf,
+        range: String,
+        what: String,
+    },
+    /// No RAM hole allowed by the kernel header for the initrd.
+    #[error("{path}: initrd of {size} bytes does not fit: {limit}")]
+    InitrdDoesNotFit {
+        path: PathBuf,
+        size: u64,
+        limit: String,
+    },
+    /// No free RAM for a segment we place ourselves.
+    #[error("no free RAM for {what} ({size} bytes): need {limit}")]
+    NoRamHole {
+        what: String,
+        size: u64,
+        limit: String,
+    },
+    /// Two segments (or a segment and a reserved range) overlap.
+    #[error("{first} overlaps {second}")]
+    SegmentOverlap { first: String, second: String },
+    /// More segments than `kexec_load` accepts.
+    #[error("{count} kexec segments, the kernel accepts at most {max}")]
+    TooManySegments { count: usize, max: usize },
+    /// The uncompressed-load plan is impossible for another reason, named in `problem`.
+    #[error("cannot plan the load: {problem}")]
+    Plan { problem: String },
 }
 
 impl Error {

@@ -1,0 +1,426 @@
+//! `fastkexec prepare`: move the decompression off the reboot path. The
+//! vmlinux extracted from a bzImage is cached on disk, keyed by the SHA-256
+//! of the bzImage's content, next to the bzImage's raw setup header (which a
+//! vmlinux lacks and the loader copies into boot_params).
+//!
+//! Layout: `<cache_dir>/<sha256>/{vmlinux,setup_header,meta.json}`. Every
+//! file is written to a temporary name and renamed into place; `meta.json`
+//! goes last and is what makes an entry count. A hit is re-verified before it
+//! is trusted — setup header bytes equal to the bzImage's, vmlinux size and
+//! CRC32 as recorded, ELF checks — and an entry that fails is rebuilt. The
+//! CRC catches truncation and bit rot at memory speed (a SHA-256 of a 60 MB
+//! vmlinux would triple the cost of a hit); the cache directory is root's,
+//! so deliberate tampering is out of scope, as it is for /boot itself.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use crate::bzimage::{self, SetupHeader};
+use crate::decompress::Compression;
+use crate::vmlinux::{self, Vmlinux};
+use crate::{Error, Result};
+
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/fastkexec";
+
+/// Bumped when the entry layout or meta.json changes; older entries are rebuilt.
+const CACHE_FORMAT: u32 = 1;
+const VMLINUX_FILE: &str = "vmlinux";
+const SETUP_HEADER_FILE: &str = "setup_header";
+const META_FILE: &str = "meta.json";
+/// meta.json is tiny; anything bigger is not ours.
+const MAX_META_SIZE: u64 = 64 * 1024;
+
+/// A prepared kernel: the cached vmlinux and setup header, ready to load.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub vmlinux: PathBuf,
+    pub setup_header: PathBuf,
+    pub compression: Compression,
+    /// Hex SHA-256 of the bzImage, the cache key.
+    pub key: String,
+    /// True when served from the cache without decompressing.
+    pub cached: bool,
+    /// The entry's directory, `<cache_dir>/<key>`.
+    pub entry_dir: PathBuf,
+    /// The bzImage's setup header (its `raw` is what `setup_header` holds).
+    pub header: SetupHeader,
+    /// The cached vmlinux's entry point and PT_LOADs.
+    pub elf: Vmlinux,
+    /// Size of the cached vmlinux file in bytes.
+    pub vmlinux_len: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: u32,
+    key: String,
+    compression: Compression,
+    vmlinux_len: u64,
+    vmlinux_crc32: u32,
+    /// Informational: where the bzImage was read from when the entry was made.
+    source: PathBuf,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Extracts (or finds in the cache) the vmlinux of `bzimage`.
+pub fn prepare(bzimage: &Path, cache_dir: &Path) -> Result<Prepared> {
+    let image = read_capped(bzimage, bzimage::MAX_IMAGE_SIZE, "bzImage")?;
+    prepare_image(bzimage, &image, cache_dir)
+}
+
+/// [`prepare`] for a caller that has already read the bzImage; `bzimage`
+/// names it in errors and in the entry's metadata.
+pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<Prepared> {
+    let header = bzimage::parse_setup_header(bzimage, image)?;
+    let key = sha256_hex(image);
+    let entry_dir = cache_dir.join(&key);
+
+    match load_entry(&entry_dir, &key, &header) {
+        Ok(Some(p)) => {
+            log::info!(
+                "{}: using cached vmlinux {}",
+                bzimage.display(),
+                p.vmlinux.display()
+            );
+            return Ok(p);
+        }
+        Ok(None) => {}
+        Err(reason) => log::warn!(
+            "{}: cache entry is unusable ({reason}); rebuilding it",
+            entry_dir.display()
+        ),
+    }
+
+    let x = bzimage::extract_vmlinux(bzimage, image)?;
+    fs::create_dir_all(&entry_dir).map_err(|e| Error::io(&entry_dir, e))?;
+    let vmlinux_path = entry_dir.join(VMLINUX_FILE);
+    let header_path = entry_dir.join(SETUP_HEADER_FILE);
+    let meta = Meta {
+        format: CACHE_FORMAT,
+        key: key.clone(),
+        compression: x.compression,
+        vmlinux_len: x.vmlinux.len() as u64,
+        vmlinux_crc32: crc32fast::hash(&x.vmlinux),
+        source: bzimage.to_path_buf(),
+    };
+    let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| {
+        Error::io(
+            entry_dir.join(META_FILE),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    // meta.json last: an entry without it (a crash mid-way) is not a hit.
+    write_atomic(&vmlinux_path, &x.vmlinux)?;
+    write_atomic(&header_path, &x.header.raw)?;
+    write_atomic(&entry_dir.join(META_FILE), &meta_json)?;
+    sync_dir(&entry_dir)?;
+    log::info!(
+        "{}: extracted {} vmlinux ({} bytes) to {}",
+        bzimage.display(),
+        x.compression,
+        x.vmlinux.len(),
+        vmlinux_path.display()
+    );
+    Ok(Prepared {
+        vmlinux: vmlinux_path,
+        setup_header: header_path,
+        compression: x.compression,
+        key,
+        cached: false,
+        entry_dir,
+        header: x.header,
+        elf: x.elf,
+        vmlinux_len: meta.vmlinux_len,
+    })
+}
+
+/// A complete, verified entry; `Ok(None)` if there is none; `Err(reason)` if
+/// there is one that cannot be trusted.
+fn load_entry(
+    dir: &Path,
+    key: &str,
+    header: &SetupHeader,
+) -> std::result::Result<Option<Prepared>, String> {
+    let meta_path = dir.join(META_FILE);
+    if !meta_path.exists() {
+        return Ok(None);
+    }
+    let meta_bytes =
+        read_capped(&meta_path, MAX_META_SIZE, "cache metadata").map_err(|e| e.to_string())?;
+    let meta: Meta =
+        serde_json::from_slice(&meta_bytes).map_err(|e| format!("{META_FILE}: {e}"))?;
+    if meta.format != CACHE_FORMAT {
+        return Err(format!(
+            "{META_FILE}: cache format {} (this fastkexec writes {CACHE_FORMAT})",
+            meta.format
+        ));
+    }
+    if meta.key != key {
+        return Err(format!(
+            "{META_FILE}: key {} does not match the directory",
+            meta.key
+        ));
+    }
+    let header_path = dir.join(SETUP_HEADER_FILE);
+    let cached_header =
+        read_capped(&header_path, 4096, "cached setup header").map_err(|e| e.to_string())?;
+    if cached_header != header.raw {
+        return Err(format!("{SETUP_HEADER_FILE} differs from the bzImage's"));
+    }
+    if meta.vmlinux_len > crate::decompress::MAX_OUTPUT as u64 {
+        return Err(format!(
+            "{META_FILE}: vmlinux_len {} is beyond any kernel",
+            meta.vmlinux_len
+        ));
+    }
+    let vmlinux_path = dir.join(VMLINUX_FILE);
+    let len = fs::metadata(&vmlinux_path)
+        .map_err(|e| format!("{VMLINUX_FILE}: {e}"))?
+        .len();
+    if len != meta.vmlinux_len {
+        return Err(format!(
+            "{VMLINUX_FILE} is {len} bytes, {META_FILE} says {}",
+            meta.vmlinux_len
+        ));
+    }
+    let bytes = read_capped(&vmlinux_path, meta.vmlinux_len, "cached vmlinux")
+        .map_err(|e| e.to_string())?;
+    let crc = crc32fast::hash(&bytes);
+    if crc != meta.vmlinux_crc32 {
+        return Err(format!(
+            "{VMLINUX_FILE} CRC32 is {crc:#010x}, {META_FILE} says {:#010x}",
+            meta.vmlinux_crc32
+        ));
+    }
+    let elf = vmlinux::parse_vmlinux(&vmlinux_path, &bytes).map_err(|e| e.to_string())?;
+    Ok(Some(Prepared {
+        vmlinux: vmlinux_path,
+        setup_header: header_path,
+        compression: meta.compression,
+        key: key.to_string(),
+        cached: true,
+        entry_dir: dir.to_path_buf(),
+        header: header.clone(),
+        elf,
+        vmlinux_len: len,
+    }))
+}
+
+/// Reads a whole file, refusing files larger than `max` bytes before
+/// allocating for them.
+fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > max {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{what} is {len} bytes, more than the {max}-byte limit; is this the right file?"),
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    // take(): the file may grow while we read it.
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    if buf.len() as u64 > max {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{what} grew past the {max}-byte limit while being read"),
+            ),
+        ));
+    }
+    Ok(buf)
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `data` to `path` via a uniquely named temporary file in the same
+/// directory, fsynced and renamed over `path`: readers see the old file or
+/// the complete new one, and concurrent writers never share a temp file.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        // Best effort: the temp file is garbage either way.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes the renames durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    const ELF: &[u8] = include_bytes!("../tests/fixtures/vmlinux-tiny.elf");
+
+    fn bzimage(c: Compression) -> PathBuf {
+        PathBuf::from(format!("{FIXTURES}/bzImage-tiny.{c}"))
+    }
+
+    #[test]
+    fn first_run_extracts_second_run_hits() {
+        let cache = tempfile::tempdir().unwrap();
+        let src = bzimage(Compression::Lz4);
+        let first = prepare(&src, cache.path()).unwrap();
+        assert!(!first.cached);
+        assert_eq!(first.compression, Compression::Lz4);
+        assert_eq!(first.key, sha256_hex(&fs::read(&src).unwrap()));
+        assert_eq!(first.entry_dir, cache.path().join(&first.key));
+        assert!(fs::read(&first.vmlinux).unwrap() == ELF);
+        let image = fs::read(&src).unwrap();
+        assert_eq!(
+            fs::read(&first.setup_header).unwrap(),
+            &image[0x1f1..0x202 + usize::from(image[0x201])]
+        );
+        let mtime = fs::metadata(&first.vmlinux).unwrap().modified().unwrap();
+
+        let second = prepare(&src, cache.path()).unwrap();
+        assert!(second.cached);
+        assert_eq!(second.vmlinux, first.vmlinux);
+        assert_eq!(second.compression, Compression::Lz4);
+        assert_eq!(second.elf, first.elf);
+        assert_eq!(second.header, first.header);
+        // Not rewritten.
+        assert_eq!(
+            fs::metadata(&second.vmlinux).unwrap().modified().unwrap(),
+            mtime
+        );
+        // No temp files left behind.
+        let names: Vec<String> = fs::read_dir(&first.entry_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            ["meta.json", "setup_header", "vmlinux"],
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn different_images_get_different_entries() {
+        let cache = tempfile::tempdir().unwrap();
+        let a = prepare(&bzimage(Compression::Gzip), cache.path()).unwrap();
+        let b = prepare(&bzimage(Compression::Zstd), cache.path()).unwrap();
+        assert_ne!(a.key, b.key);
+        assert_ne!(a.entry_dir, b.entry_dir);
+        assert!(fs::read(&a.vmlinux).unwrap() == fs::read(&b.vmlinux).unwrap());
+    }
+
+    /// Damages an entry with `damage`, then checks prepare() rebuilds it.
+    fn rebuilt_after(damage: impl Fn(&Prepared)) {
+        let cache = tempfile::tempdir().unwrap();
+        let src = bzimage(Compression::Xz);
+        let first = prepare(&src, cache.path()).unwrap();
+        damage(&first);
+        let again = prepare(&src, cache.path()).unwrap();
+        assert!(!again.cached, "damaged entry was trusted");
+        assert!(fs::read(&again.vmlinux).unwrap() == ELF);
+        let third = prepare(&src, cache.path()).unwrap();
+        assert!(third.cached, "rebuilt entry is not a hit");
+    }
+
+    #[test]
+    fn flipped_byte_in_cached_vmlinux_is_rebuilt() {
+        rebuilt_after(|p| {
+            let mut v = fs::read(&p.vmlinux).unwrap();
+            let i = v.len() / 2;
+            v[i] ^= 1;
+            fs::write(&p.vmlinux, v).unwrap();
+        });
+    }
+
+    #[test]
+    fn truncated_cached_vmlinux_is_rebuilt() {
+        rebuilt_after(|p| {
+            let v = fs::read(&p.vmlinux).unwrap();
+            fs::write(&p.vmlinux, &v[..v.len() - 1]).unwrap();
+        });
+    }
+
+    #[test]
+    fn garbage_metadata_is_rebuilt() {
+        rebuilt_after(|p| fs::write(p.entry_dir.join(META_FILE), b"{not json").unwrap());
+    }
+
+    #[test]
+    fn wrong_setup_header_is_rebuilt() {
+        rebuilt_after(|p| fs::write(&p.setup_header, b"HdrS").unwrap());
+    }
+
+    #[test]
+    fn missing_vmlinux_is_rebuilt() {
+        rebuilt_after(|p| fs::remove_file(&p.vmlinux).unwrap());
+    }
+
+    #[test]
+    fn entry_without_metadata_is_not_a_hit() {
+        // As after a crash between writing vmlinux and meta.json.
+        rebuilt_after(|p| fs::remove_file(p.entry_dir.join(META_FILE)).unwrap());
+    }
+
+    #[test]
+    fn non_bzimage_input_names_the_problem() {
+        let cache = tempfile::tempdir().unwrap();
+        let elf = PathBuf::from(format!("{FIXTURES}/vmlinux-tiny.elf"));
+        let err = prepare(&elf, cache.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadBzImage { problem, .. } if problem.contains("is an ELF")),
+            "{err}"
+        );
+        // Nothing was created for it.
+        assert_eq!(fs::read_dir(cache.path()).unwrap().count(), 0);
+
+        let err = prepare(Path::new("/nonexistent/vmlinuz"), cache.path()).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn sha256_hex_known_answer() {
+        // FIPS 180-2 test vector.
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
