@@ -1,5 +1,195 @@
 //! The `fastkexec` command: a thin clap layer over the library.
 
-fn main() -> anyhow::Result<()> {
+mod cli;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command, LoadArgs, ModeArg, PrepareArgs};
+use fastkexec::load::{self, CmdlineSource, LoadOptions, Mode};
+use fastkexec::{exec, prepare, status};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .target(env_logger::Target::Stderr)
+        .format_timestamp_millis()
+        .init();
+}
+
+/// `fastkexec: error: <top>` then each cause not already spelled out by the line before it
+/// (library errors embed their source's text, so the chain would otherwise repeat it).
+fn print_error(e: &anyhow::Error) {
+    let mut stderr = io::stderr().lock();
+    let mut shown = e.to_string();
+    let _ = writeln!(stderr, "fastkexec: error: {shown}");
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            let _ = writeln!(stderr, "  caused by: {text}");
+        }
+        shown = text;
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Load(args) => run_load(args, &cli.root),
+        Command::Exec(args) => {
+            exec::exec(args.force).context("cannot boot the loaded kernel")?;
+            // Only the `systemctl kexec` path returns: systemd now shuts down into the kernel.
+            println!("systemd accepted `systemctl kexec`: shutting down into the loaded kernel");
+            Ok(())
+        }
+        Command::Unload => {
+            exec::unload().context("cannot unload the kexec image")?;
+            println!("unloaded");
+            Ok(())
+        }
+        Command::Status(args) => {
+            let st = status::status(&cli.root)?;
+            if args.json {
+                print_json(&st)
+            } else {
+                print!("{st}");
+                Ok(())
+            }
+        }
+        Command::Prepare(args) => run_prepare(args),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "fastkexec", &mut io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => match dir {
+            Some(dir) => write_man_pages(&dir),
+            None => {
+                clap_mangen::Man::new(Cli::command()).render(&mut io::stdout())?;
+                Ok(())
+            }
+        },
+    }
+}
+
+fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
+    if root != Path::new("/") && !args.dry_run {
+        // The plan would come from another machine's memory map: never hand that to the kernel.
+        anyhow::bail!("--root only works with --dry-run (a real load must describe this machine)");
+    }
+    let cmdline = if args.reuse_cmdline {
+        CmdlineSource::ReuseCmdline {
+            append: args.append,
+        }
+    } else {
+        CmdlineSource::Append(args.append.unwrap_or_default())
+    };
+    let opts = LoadOptions {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline,
+        mode: match args.mode {
+            ModeArg::Auto => Mode::Auto,
+            ModeArg::File => Mode::File,
+            ModeArg::Uncompressed => Mode::Uncompressed,
+        },
+        dry_run: args.dry_run,
+        verify: args.verify,
+        cache_dir: args.cache_dir,
+        root: root.to_path_buf(),
+    };
+    let report =
+        load::load(&opts).with_context(|| format!("cannot load {}", opts.kernel.display()))?;
+    if args.json {
+        print_json(&report)
+    } else {
+        print!("{report}");
+        Ok(())
+    }
+}
+
+fn run_prepare(args: PrepareArgs) -> Result<()> {
+    let t = Instant::now();
+    let p = prepare::prepare(&args.kernel, &args.cache_dir)
+        .with_context(|| format!("cannot prepare {}", args.kernel.display()))?;
+    let elapsed_ms = t.elapsed().as_secs_f64() * 1000.0;
+    if args.json {
+        return print_json(&serde_json::json!({
+            "kernel": args.kernel,
+            "vmlinux": p.vmlinux,
+            "setup_header": p.setup_header,
+            "compression": p.compression,
+            "key": p.key,
+            "cache_hit": p.cached,
+            "vmlinux_bytes": p.vmlinux_len,
+            "elapsed_ms": elapsed_ms,
+        }));
+    }
+    println!("vmlinux:      {}", p.vmlinux.display());
+    println!("setup header: {}", p.setup_header.display());
+    println!("compression:  {}", p.compression);
+    println!("size:         {} bytes", p.vmlinux_len);
+    println!(
+        "cache:        {}",
+        if p.cached {
+            "hit (already extracted)"
+        } else {
+            "miss (extracted now)"
+        }
+    );
+    println!("time:         {elapsed_ms:.1} ms");
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Writes `fastkexec.1` and `fastkexec-<command>.1` for every command into `dir`.
+fn write_man_pages(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut pages = vec![("fastkexec".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("fastkexec-{}", sub.get_name());
+        pages.push((name, sub.clone()));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page)
+            .title(name.to_uppercase())
+            .render(&mut buf)?;
+        fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
     Ok(())
 }

@@ -1,0 +1,974 @@
+//! `fastkexec load`: validate everything, then make exactly one load syscall.
+//!
+//! Two loader modes:
+//! - **file**: `kexec_file_load` of the bzImage. The kernel parses it, builds boot_params, and
+//!   its purgatory hashes every segment at reboot; the decompressor runs at boot. Works under
+//!   lockdown / Secure Boot when the image is signed.
+//! - **uncompressed**: `kexec_load` of the kernel's vmlinux (extracted from the bzImage once and
+//!   cached by [`prepare`](crate::prepare)), with our own boot_params and purgatory: no
+//!   decompression and (unless `--verify`) no hashing at reboot. Needs `kexec_load`: not under
+//!   lockdown, and not for SEV/TDX guests; the next kernel runs without kernel-text KASLR.
+//!
+//! Nothing is half loaded: every input is read and checked and the whole segment list is built
+//! before the single syscall, and the kernel replaces the previously loaded normal image only
+//! when that call succeeds — so a failed load leaves the old image loaded (we never unload
+//! first).
+
+use std::ffi::CString;
+use std::fmt;
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::kexec::{self, Call, SegmentSpec};
+use crate::status::{self, Status};
+use crate::{bzimage, hostinfo, prepare, segments, vmlinux};
+use crate::{Error, Result};
+
+/// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 including the NUL; a vmlinux carries no
+/// setup header to tell its own limit, so this is the limit used for it.
+pub const X86_COMMAND_LINE_MAX: usize = 2047;
+
+/// What `kexec_file_load` reserves in the command line for `elfcorehdr=0x<addr> `
+/// (`MAX_ELFCOREHDR_STR_LEN` in arch/x86/kernel/kexec-bzimage64.c), even for normal images.
+pub const FILE_MODE_CMDLINE_RESERVE: usize = 30;
+
+/// Parameters of the running kernel's command line that make no sense for the next kernel:
+/// `BOOT_IMAGE` names the file the boot loader loaded (kexec-tools drops it too) and `initrd`
+/// is a boot-loader/EFI-stub path — the initrd is passed with `--initrd` instead.
+pub const REUSE_CMDLINE_DROPPED: [&str; 2] = ["BOOT_IMAGE", "initrd"];
+
+/// Where the next kernel's command line comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdlineSource {
+    /// Exactly this string (`--append`/`--command-line`; empty when not given).
+    Append(String),
+    /// The running kernel's `/proc/cmdline` without [`REUSE_CMDLINE_DROPPED`], then `append`.
+    ReuseCmdline { append: Option<String> },
+}
+
+/// The loader mode asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Uncompressed when this kernel allows `kexec_load`, else file.
+    Auto,
+    File,
+    Uncompressed,
+}
+
+/// The loader mode actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadMode {
+    File,
+    Uncompressed,
+}
+
+impl fmt::Display for LoadMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadMode::File => "file",
+            LoadMode::Uncompressed => "uncompressed",
+        })
+    }
+}
+
+/// Everything `load` needs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// bzImage, or (uncompressed mode only) a vmlinux ELF.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: CmdlineSource,
+    pub mode: Mode,
+    /// Build and print the plan; make no syscall and write nothing (not even the cache).
+    pub dry_run: bool,
+    /// Uncompressed mode: have our purgatory verify the segments before jumping.
+    pub verify: bool,
+    /// Where extracted vmlinux files are cached ([`prepare::DEFAULT_CACHE_DIR`]).
+    pub cache_dir: PathBuf,
+    /// Root of the system to inspect (`/`; fixture trees in tests).
+    pub root: PathBuf,
+}
+
+/// What `load` did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub mode: LoadMode,
+    /// Why this mode (auto decisions name the blocker of the other one).
+    pub mode_reason: String,
+    pub kernel: PathBuf,
+    /// `bzImage` or `vmlinux ELF`.
+    pub kernel_format: &'static str,
+    /// Uncompressed mode: where the vmlinux came from (the cache, or the kernel path itself).
+    pub vmlinux: Option<PathBuf>,
+    pub compression: Option<String>,
+    /// Uncompressed mode from a bzImage: whether the extracted vmlinux was already cached.
+    pub cache_hit: Option<bool>,
+    pub initrd: Option<PathBuf>,
+    pub initrd_size: Option<u64>,
+    pub cmdline: String,
+    /// Parameters removed from `/proc/cmdline` by `--reuse-cmdline`.
+    pub cmdline_dropped: Vec<String>,
+    /// The syscall made (or that would be made), with its arguments.
+    pub syscall: String,
+    /// Uncompressed mode: the segment plan (what `--dry-run` shows).
+    pub plan: Option<String>,
+    pub dry_run: bool,
+    pub loaded: bool,
+    pub notes: Vec<String>,
+    /// Wall time of each phase of the load.
+    pub timings: Vec<Timing>,
+}
+
+/// Wall time of one phase of `load`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub phase: &'static str,
+    pub ms: f64,
+}
+
+/// Builds the next kernel's command line. Returns it and the parameters dropped from
+/// `/proc/cmdline`.
+pub fn build_cmdline(source: &CmdlineSource, root: &Path) -> Result<(String, Vec<String>)> {
+    let (line, dropped) = match source {
+        CmdlineSource::Append(s) => (s.trim().to_string(), Vec::new()),
+        CmdlineSource::ReuseCmdline { append } => {
+            let current = status::read_proc_cmdline(root)?;
+            let (mut kept, dropped): (Vec<&str>, Vec<&str>) = split_params(&current)
+                .into_iter()
+                .partition(|p| !REUSE_CMDLINE_DROPPED.contains(&param_key(p)));
+            if let Some(extra) = append.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                kept.push(extra);
+            }
+            (
+                kept.join(" "),
+                dropped.into_iter().map(str::to_string).collect(),
+            )
+        }
+    };
+    if let Some(c) = line
+        .chars()
+        .find(|c| *c == '\0' || *c == '\n' || *c == '\r')
+    {
+        return Err(Error::InvalidCmdline(format!(
+            "it contains the control character {c:?}, which ends or breaks a kernel command line"
+        )));
+    }
+    Ok((line, dropped))
+}
+
+/// Splits a command line into parameters the way the kernel does: on whitespace, except inside
+/// double quotes (`dyndbg="file x.c +p"` is one parameter).
+pub fn split_params(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        let sep = c.is_whitespace() && !quoted;
+        match (start, sep) {
+            (None, false) => start = Some(i),
+            (Some(s), true) => {
+                out.push(&line[s..i]);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push(&line[s..]);
+    }
+    out
+}
+
+/// The key of `key=value` (or the whole flag parameter).
+fn param_key(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(k, _)| k)
+}
+
+/// Picks the loader mode. `is_bzimage`: the kernel file is a bzImage (file mode cannot load a
+/// vmlinux ELF). With `dry_run`, a mode this kernel does not allow is still planned, and the
+/// reason it would fail goes into the returned notes.
+pub fn choose_mode(
+    requested: Mode,
+    status: &Status,
+    is_bzimage: bool,
+    dry_run: bool,
+) -> Result<(LoadMode, String, Vec<String>)> {
+    let file = &status.modes.file;
+    let unc = &status.modes.uncompressed;
+    let join = |v: &[String]| v.join("; ");
+    let mut notes = Vec::new();
+    let mut unavailable = |mode: &'static str, reason: String| -> Result<()> {
+        if dry_run {
+            notes.push(format!("on this machine {mode} mode would fail: {reason}"));
+            Ok(())
+        } else {
+            Err(Error::ModeUnavailable { mode, reason })
+        }
+    };
+    let chosen = match requested {
+        Mode::File => {
+            if !is_bzimage {
+                return Err(Error::ModeUnavailable {
+                    mode: "file",
+                    reason: "kexec_file_load on x86 loads only bzImages, and this kernel file is \
+                             a vmlinux ELF; use --mode uncompressed or pass the bzImage"
+                        .into(),
+                });
+            }
+            if !file.allowed {
+                unavailable("file", join(&file.blockers))?;
+            }
+            (LoadMode::File, "--mode file".to_string())
+        }
+        Mode::Uncompressed => {
+            if !unc.allowed {
+                unavailable("uncompressed", join(&unc.blockers))?;
+            }
+            (LoadMode::Uncompressed, "--mode uncompressed".to_string())
+        }
+        Mode::Auto if unc.allowed => (
+            LoadMode::Uncompressed,
+            "auto: this kernel allows kexec_load, so the uncompressed kernel is loaded (no \
+             decompression or hashing at reboot)"
+                .to_string(),
+        ),
+        Mode::Auto if !is_bzimage => {
+            // A vmlinux can only go through kexec_load.
+            unavailable(
+                "uncompressed",
+                format!(
+                    "{} (and file mode cannot load a vmlinux ELF)",
+                    join(&unc.blockers)
+                ),
+            )?;
+            (
+                LoadMode::Uncompressed,
+                "auto: the kernel file is a vmlinux ELF".to_string(),
+            )
+        }
+        Mode::Auto if file.allowed => (
+            LoadMode::File,
+            format!(
+                "auto: uncompressed mode is not possible ({}), so kexec_file_load is used",
+                join(&unc.blockers)
+            ),
+        ),
+        Mode::Auto => {
+            let reason = format!(
+                "file mode: {}; uncompressed mode: {}",
+                join(&file.blockers),
+                join(&unc.blockers)
+            );
+            if !dry_run {
+                return Err(Error::ModeUnavailable {
+                    mode: "any",
+                    reason,
+                });
+            }
+            notes.push(format!("on this machine no mode would work: {reason}"));
+            (
+                LoadMode::Uncompressed,
+                "auto (dry run on a machine without usable kexec): planning uncompressed mode"
+                    .to_string(),
+            )
+        }
+    };
+    Ok((chosen.0, chosen.1, notes))
+}
+
+/// Checks the command line against the limit of the mode and image.
+pub fn check_cmdline_len(
+    cmdline: &str,
+    mode: LoadMode,
+    header_cmdline_size: Option<u32>,
+) -> Result<()> {
+    let len = cmdline.len();
+    let (max, limit_from) = match (mode, header_cmdline_size) {
+        (LoadMode::File, Some(size)) => {
+            // The kernel checks `len incl. NUL + 30 <= cmdline_size`.
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            (
+                size.saturating_sub(FILE_MODE_CMDLINE_RESERVE + 1),
+                format!(
+                    "kexec_file_load with this bzImage (cmdline_size {size} minus \
+                     {FILE_MODE_CMDLINE_RESERVE} reserved for elfcorehdr= and the NUL)"
+                ),
+            )
+        }
+        (LoadMode::Uncompressed, Some(size)) => (
+            usize::try_from(size).unwrap_or(usize::MAX),
+            "the bzImage's setup header (cmdline_size)".to_string(),
+        ),
+        (_, None) => (
+            X86_COMMAND_LINE_MAX,
+            "x86 COMMAND_LINE_SIZE (a vmlinux has no setup header)".to_string(),
+        ),
+    };
+    if len > max {
+        return Err(Error::CmdlineTooLong {
+            len,
+            max,
+            limit_from,
+        });
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Opens the initrd and checks it is a non-empty regular file.
+fn open_initrd(path: &Path) -> Result<(File, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::UnsupportedImage {
+            path: path.to_path_buf(),
+            problem: "the initrd is not a regular file".into(),
+        });
+    }
+    if meta.len() == 0 {
+        return Err(Error::UnsupportedImage {
+            path: path.to_path_buf(),
+            problem: "the initrd is empty".into(),
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// Loads the next kernel (or, with `dry_run`, plans it). See the module docs.
+pub fn load(opts: &LoadOptions) -> Result<LoadReport> {
+    let t0 = Instant::now();
+    let mut timings = Vec::new();
+    let status = status::status(&opts.root)?;
+
+    let kernel_bytes = read(&opts.kernel)?;
+    let is_bz = bzimage::is_bzimage(&kernel_bytes);
+    if !is_bz && !vmlinux::is_elf(&kernel_bytes) {
+        return Err(Error::UnsupportedImage {
+            path: opts.kernel.clone(),
+            problem: "neither a bzImage (no \"HdrS\" setup header) nor a vmlinux ELF".into(),
+        });
+    }
+    let header = if is_bz {
+        Some(bzimage::parse_setup_header(&opts.kernel, &kernel_bytes)?)
+    } else {
+        None
+    };
+
+    let (cmdline, cmdline_dropped) = build_cmdline(&opts.cmdline, &opts.root)?;
+    let (mode, mode_reason, mut notes) = choose_mode(opts.mode, &status, is_bz, opts.dry_run)?;
+    let caveats = match mode {
+        LoadMode::File => &status.modes.file.caveats,
+        LoadMode::Uncompressed => &status.modes.uncompressed.caveats,
+    };
+    notes.extend(caveats.iter().cloned());
+    check_cmdline_len(&cmdline, mode, header.as_ref().map(|h| h.cmdline_size))?;
+    if !opts.dry_run && !status.privilege.can_kexec() {
+        return Err(Error::NotPrivileged {
+            action: "loading a kernel",
+            detail: format!(
+                "this process has euid {} and {}",
+                status
+                    .privilege
+                    .euid
+                    .map_or_else(|| "unknown".into(), |u| u.to_string()),
+                match status.privilege.cap_sys_boot {
+                    Some(false) => "no CAP_SYS_BOOT",
+                    _ => "unknown capabilities",
+                }
+            ),
+        });
+    }
+    if opts.verify && mode == LoadMode::File {
+        notes.push(
+            "--verify has no effect in file mode: the kernel's purgatory always hashes the \
+             segments"
+                .into(),
+        );
+    }
+    timings.push(Timing {
+        phase: "inspect",
+        ms: ms(t0.elapsed()),
+    });
+
+    let mut report = LoadReport {
+        mode,
+        mode_reason,
+        kernel: opts.kernel.clone(),
+        kernel_format: if is_bz { "bzImage" } else { "vmlinux ELF" },
+        vmlinux: None,
+        compression: None,
+        cache_hit: None,
+        initrd: opts.initrd.clone(),
+        initrd_size: None,
+        cmdline,
+        cmdline_dropped,
+        syscall: String::new(),
+        plan: None,
+        dry_run: opts.dry_run,
+        loaded: false,
+        notes,
+        timings,
+    };
+    match mode {
+        LoadMode::File => load_file(opts, &status, &mut report)?,
+        LoadMode::Uncompressed => {
+            load_uncompressed(opts, &status, &kernel_bytes, header.as_ref(), &mut report)?
+        }
+    }
+    report.timings.push(Timing {
+        phase: "total",
+        ms: ms(t0.elapsed()),
+    });
+    Ok(report)
+}
+
+fn load_file(opts: &LoadOptions, status: &Status, report: &mut LoadReport) -> Result<()> {
+    let kernel = File::open(&opts.kernel).map_err(|e| Error::io(&opts.kernel, e))?;
+    let initrd = match &opts.initrd {
+        Some(p) => {
+            let (f, len) = open_initrd(p)?;
+            report.initrd_size = Some(len);
+            Some(f)
+        }
+        None => None,
+    };
+    let cmdline = CString::new(report.cmdline.as_bytes())
+        .map_err(|_| Error::InvalidCmdline("it contains a NUL byte".into()))?;
+    let flags = if initrd.is_some() {
+        0
+    } else {
+        kexec::KEXEC_FILE_NO_INITRAMFS
+    };
+    report.syscall = format!(
+        "kexec_file_load(kernel={}, initrd={}, cmdline_len={}, flags={flags:#x})",
+        opts.kernel.display(),
+        opts.initrd
+            .as_ref()
+            .map_or_else(|| "-1".to_string(), |p| p.display().to_string()),
+        cmdline.as_bytes_with_nul().len()
+    );
+    if opts.dry_run {
+        return Ok(());
+    }
+    let t = Instant::now();
+    kexec::kexec_file_load(
+        kernel.as_fd(),
+        initrd.as_ref().map(|f| f.as_fd()),
+        &cmdline,
+        flags,
+    )
+    .map_err(|e| kexec::explain(Call::KexecFileLoad, e, status))?;
+    report.loaded = true;
+    report.timings.push(Timing {
+        phase: "kexec_file_load",
+        ms: ms(t.elapsed()),
+    });
+    Ok(())
+}
+
+fn load_uncompressed(
+    opts: &LoadOptions,
+    status: &Status,
+    kernel_bytes: &[u8],
+    header: Option<&bzimage::SetupHeader>,
+    report: &mut LoadReport,
+) -> Result<()> {
+    let t = Instant::now();
+    let (vmlinux_path, vmlinux_bytes) = if header.is_some() {
+        if opts.dry_run {
+            // A dry run writes nothing, so the cache is neither filled nor trusted blindly:
+            // extract in memory (what `prepare` would cache).
+            let extracted = bzimage::extract_vmlinux(&opts.kernel, kernel_bytes)?;
+            report.compression = Some(extracted.compression.to_string());
+            report.notes.push(
+                "dry run: the vmlinux was extracted in memory; a real load caches it (see \
+                 `fastkexec prepare`)"
+                    .into(),
+            );
+            (opts.kernel.clone(), extracted.vmlinux)
+        } else {
+            let prepared = prepare::prepare(&opts.kernel, &opts.cache_dir)?;
+            report.compression = Some(prepared.compression.to_string());
+            report.cache_hit = Some(prepared.cached);
+            let bytes = read(&prepared.vmlinux)?;
+            (prepared.vmlinux, bytes)
+        }
+    } else {
+        (opts.kernel.clone(), kernel_bytes.to_vec())
+    };
+    if !(opts.dry_run && header.is_some()) {
+        report.vmlinux = Some(vmlinux_path.clone());
+    }
+    vmlinux::parse_vmlinux(&vmlinux_path, &vmlinux_bytes)?;
+    report.timings.push(Timing {
+        phase: "prepare",
+        ms: ms(t.elapsed()),
+    });
+
+    let t = Instant::now();
+    let initrd = match &opts.initrd {
+        Some(p) => {
+            let (_, len) = open_initrd(p)?;
+            report.initrd_size = Some(len);
+            Some((p.as_path(), read(p)?))
+        }
+        None => None,
+    };
+    let host = hostinfo::read(&opts.root)?;
+    let input = segments::UncompressedInput {
+        vmlinux_path: &vmlinux_path,
+        vmlinux: &vmlinux_bytes,
+        setup_header: header,
+        initrd: initrd.as_ref().map(|(p, b)| (*p, b.as_slice())),
+        cmdline: &report.cmdline,
+        host: &host,
+        reserved: Vec::new(),
+        verify: opts.verify,
+        phys_delta: 0,
+    };
+    let plan = segments::plan_uncompressed(&input)?;
+    let specs: Vec<SegmentSpec<'_>> = plan
+        .segments
+        .iter()
+        .map(|s| SegmentSpec {
+            data: &s.data,
+            mem: s.mem,
+            memsz: s.memsz,
+        })
+        .collect();
+    kexec::validate_segments(plan.entry, &specs)?;
+    report.plan = Some(plan.to_string());
+    report.syscall = format!(
+        "kexec_load(entry={:#x}, nr_segments={}, flags={:#x})",
+        plan.entry,
+        specs.len(),
+        kexec::KEXEC_ARCH_X86_64
+    );
+    report.timings.push(Timing {
+        phase: "plan",
+        ms: ms(t.elapsed()),
+    });
+    if opts.dry_run {
+        return Ok(());
+    }
+    let t = Instant::now();
+    kexec::kexec_load(plan.entry, &specs, 0)
+        .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
+    report.loaded = true;
+    report.timings.push(Timing {
+        phase: "kexec_load",
+        ms: ms(t.elapsed()),
+    });
+    Ok(())
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "dry run, nothing loaded"
+        } else if self.loaded {
+            "loaded"
+        } else {
+            "not loaded"
+        };
+        writeln!(f, "mode:     {} ({verb})", self.mode)?;
+        writeln!(f, "why:      {}", self.mode_reason)?;
+        writeln!(
+            f,
+            "kernel:   {} ({})",
+            self.kernel.display(),
+            self.kernel_format
+        )?;
+        if self.vmlinux.is_some() || self.compression.is_some() {
+            let mut extra = Vec::new();
+            if let Some(c) = &self.compression {
+                extra.push(format!("payload {c}"));
+            }
+            match self.cache_hit {
+                Some(true) => extra.push("cache hit".into()),
+                Some(false) => extra.push("extracted now".into()),
+                None => {}
+            }
+            let extra = if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", extra.join(", "))
+            };
+            let place = self.vmlinux.as_ref().map_or_else(
+                || "extracted in memory".to_string(),
+                |v| v.display().to_string(),
+            );
+            writeln!(f, "vmlinux:  {place}{extra}")?;
+        }
+        match (&self.initrd, self.initrd_size) {
+            (Some(p), Some(n)) => writeln!(f, "initrd:   {} ({n} bytes)", p.display())?,
+            (Some(p), None) => writeln!(f, "initrd:   {}", p.display())?,
+            _ => writeln!(f, "initrd:   none")?,
+        }
+        writeln!(f, "cmdline:  {:?}", self.cmdline)?;
+        if !self.cmdline_dropped.is_empty() {
+            writeln!(
+                f,
+                "          (dropped from /proc/cmdline: {})",
+                self.cmdline_dropped.join(" ")
+            )?;
+        }
+        writeln!(f, "syscall:  {}", self.syscall)?;
+        if let Some(plan) = &self.plan {
+            writeln!(f, "plan:")?;
+            for line in plan.lines() {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        for n in &self.notes {
+            writeln!(f, "note:     {n}")?;
+        }
+        let t: Vec<String> = self
+            .timings
+            .iter()
+            .map(|t| format!("{} {:.1} ms", t.phase, t.ms))
+            .collect();
+        writeln!(f, "time:     {}", t.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Availability, Modes};
+
+    fn status_fixture(case: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/status")
+            .join(case)
+    }
+
+    #[test]
+    fn reuse_cmdline_drops_boot_loader_params_and_appends() {
+        let root = status_fixture("plain");
+        let (line, dropped) =
+            build_cmdline(&CmdlineSource::ReuseCmdline { append: None }, &root).unwrap();
+        assert_eq!(
+            line,
+            "root=UUID=0b6c1e0e-5bd3-4f3a-9d1c-6d6f3a0f9c11 ro console=ttyS0 quiet"
+        );
+        assert_eq!(dropped, ["BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-cloud-amd64"]);
+
+        let (line, _) = build_cmdline(
+            &CmdlineSource::ReuseCmdline {
+                append: Some(" initcall_debug ".into()),
+            },
+            &root,
+        )
+        .unwrap();
+        assert!(line.ends_with("quiet initcall_debug"), "{line}");
+
+        // initrd= from an EFI boot loader goes too; double spaces collapse.
+        let (line, dropped) = build_cmdline(
+            &CmdlineSource::ReuseCmdline { append: None },
+            &status_fixture("unprivileged"),
+        )
+        .unwrap();
+        assert_eq!(line, "root=/dev/sda2 quiet");
+        assert_eq!(dropped.len(), 2);
+    }
+
+    #[test]
+    fn crashkernel_is_kept_for_the_next_kernel() {
+        let (line, _) = build_cmdline(
+            &CmdlineSource::ReuseCmdline { append: None },
+            &status_fixture("crashkernel"),
+        )
+        .unwrap();
+        assert!(line.contains("crashkernel=256M"), "{line}");
+    }
+
+    #[test]
+    fn append_is_taken_verbatim_and_checked() {
+        let root = status_fixture("plain");
+        let (line, dropped) =
+            build_cmdline(&CmdlineSource::Append("  console=ttyS0 ".into()), &root).unwrap();
+        assert_eq!(line, "console=ttyS0");
+        assert!(dropped.is_empty());
+        let e = build_cmdline(&CmdlineSource::Append("a\nb".into()), &root).unwrap_err();
+        assert!(matches!(e, Error::InvalidCmdline(_)), "{e}");
+        let e = build_cmdline(
+            &CmdlineSource::ReuseCmdline { append: None },
+            &status_fixture("does-not-exist"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("proc/cmdline"), "{e}");
+    }
+
+    #[test]
+    fn params_split_like_the_kernel() {
+        assert_eq!(
+            split_params(r#"  a=1 dyndbg="file x.c +p"  b "#),
+            ["a=1", r#"dyndbg="file x.c +p""#, "b"]
+        );
+        assert!(split_params("").is_empty());
+        assert_eq!(param_key("BOOT_IMAGE=/x"), "BOOT_IMAGE");
+        assert_eq!(param_key("quiet"), "quiet");
+    }
+
+    fn st(file_blockers: &[&str], unc_blockers: &[&str]) -> Status {
+        let av = |b: &[&str]| Availability {
+            allowed: b.is_empty(),
+            blockers: b.iter().map(|s| s.to_string()).collect(),
+            caveats: vec![],
+        };
+        Status {
+            modes: Modes {
+                file: av(file_blockers),
+                uncompressed: av(unc_blockers),
+            },
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn auto_prefers_uncompressed_and_names_the_blocker_otherwise() {
+        let (m, why, _) = choose_mode(Mode::Auto, &st(&[], &[]), true, false).unwrap();
+        assert_eq!(m, LoadMode::Uncompressed);
+        assert!(why.contains("allows kexec_load"), "{why}");
+
+        let locked = st(&[], &["lockdown is 'integrity'"]);
+        let (m, why, _) = choose_mode(Mode::Auto, &locked, true, false).unwrap();
+        assert_eq!(m, LoadMode::File);
+        assert!(why.contains("lockdown is 'integrity'"), "{why}");
+
+        // A vmlinux under lockdown has no way in.
+        let e = choose_mode(Mode::Auto, &locked, false, false).unwrap_err();
+        assert!(e.to_string().contains("cannot load a vmlinux"), "{e}");
+
+        let disabled = st(&["kexec_load_disabled=1"], &["kexec_load_disabled=1"]);
+        let e = choose_mode(Mode::Auto, &disabled, true, false).unwrap_err();
+        assert!(e.to_string().contains("kexec_load_disabled"), "{e}");
+    }
+
+    #[test]
+    fn explicit_modes_are_checked() {
+        let locked = st(&[], &["lockdown is 'integrity'"]);
+        let e = choose_mode(Mode::Uncompressed, &locked, true, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("uncompressed mode is not possible"),
+            "{e}"
+        );
+        let e = choose_mode(Mode::File, &st(&[], &[]), false, false).unwrap_err();
+        assert!(e.to_string().contains("only bzImages"), "{e}");
+        let (m, _, _) = choose_mode(Mode::File, &locked, true, false).unwrap();
+        assert_eq!(m, LoadMode::File);
+    }
+
+    #[test]
+    fn dry_run_plans_anyway_and_says_why_it_would_fail() {
+        let none = st(&["no kexec support"], &["no kexec support"]);
+        let (m, _, notes) = choose_mode(Mode::Auto, &none, true, true).unwrap();
+        assert_eq!(m, LoadMode::Uncompressed);
+        assert!(notes[0].contains("no kexec support"), "{notes:?}");
+        let (m, _, notes) = choose_mode(Mode::File, &none, true, true).unwrap();
+        assert_eq!(m, LoadMode::File);
+        assert!(notes[0].contains("file mode would fail"), "{notes:?}");
+    }
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let dest = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                fs::create_dir_all(&dest).unwrap();
+                copy_tree(&entry.path(), &dest);
+            } else {
+                fs::copy(entry.path(), dest).unwrap();
+            }
+        }
+    }
+
+    /// A machine tree: the kexec/proc side of a status fixture plus a QEMU guest's firmware
+    /// memory map and zero page.
+    fn machine(status_case: &str) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        copy_tree(&fixtures().join("status").join(status_case), t.path());
+        copy_tree(&fixtures().join("host/qemu-seabios"), t.path());
+        t
+    }
+
+    fn opts(root: &Path, kernel: &str, mode: Mode, cache: &Path) -> LoadOptions {
+        LoadOptions {
+            kernel: fixtures().join(kernel),
+            initrd: None,
+            cmdline: CmdlineSource::ReuseCmdline {
+                append: Some("initcall_debug".into()),
+            },
+            mode,
+            dry_run: true,
+            verify: false,
+            cache_dir: cache.to_path_buf(),
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn files_under(dir: &Path) -> usize {
+        fs::read_dir(dir).map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn dry_run_uncompressed_from_bzimage_plans_and_writes_nothing() {
+        // The "unprivileged" tree has no CAP_SYS_BOOT: a dry run must not care.
+        let root = machine("unprivileged");
+        let cache = tempfile::tempdir().unwrap();
+        let mut o = opts(root.path(), "bzImage-tiny.zstd", Mode::Auto, cache.path());
+        o.initrd = Some(fixtures().join("pattern-600k.lzo"));
+        let r = load(&o).unwrap();
+        assert_eq!(r.mode, LoadMode::Uncompressed);
+        assert!(r.dry_run && !r.loaded);
+        assert_eq!(r.kernel_format, "bzImage");
+        assert_eq!(r.compression.as_deref(), Some("zstd"));
+        assert_eq!(r.cmdline, "root=/dev/sda2 quiet initcall_debug");
+        assert_eq!(
+            r.initrd_size,
+            Some(fs::metadata(o.initrd.unwrap()).unwrap().len())
+        );
+        let plan = r.plan.as_deref().unwrap();
+        assert!(!plan.is_empty());
+        assert!(r.syscall.starts_with("kexec_load(entry="), "{}", r.syscall);
+        assert!(r.notes.iter().any(|n| n.contains("KASLR")), "{:?}", r.notes);
+        assert_eq!(
+            files_under(cache.path()),
+            0,
+            "a dry run must not fill the cache"
+        );
+        let text = r.to_string();
+        assert!(text.contains("dry run, nothing loaded"), "{text}");
+        assert!(text.contains("plan:"), "{text}");
+    }
+
+    #[test]
+    fn dry_run_file_mode_describes_the_syscall() {
+        let root = machine("lockdown");
+        let cache = tempfile::tempdir().unwrap();
+        let r = load(&opts(
+            root.path(),
+            "bzImage-tiny.gzip",
+            Mode::Auto,
+            cache.path(),
+        ))
+        .unwrap();
+        assert_eq!(r.mode, LoadMode::File);
+        assert!(
+            r.mode_reason.contains("lockdown is 'integrity'"),
+            "{}",
+            r.mode_reason
+        );
+        assert!(r.plan.is_none());
+        assert!(
+            r.syscall.contains("initrd=-1") && r.syscall.contains("flags=0x4"),
+            "{}",
+            r.syscall
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["mode"], "file");
+        assert_eq!(json["loaded"], false);
+    }
+
+    #[test]
+    fn dry_run_accepts_a_vmlinux_directly() {
+        let root = machine("plain");
+        let cache = tempfile::tempdir().unwrap();
+        let r = load(&opts(
+            root.path(),
+            "vmlinux-tiny.elf",
+            Mode::Uncompressed,
+            cache.path(),
+        ))
+        .unwrap();
+        assert_eq!(r.kernel_format, "vmlinux ELF");
+        assert_eq!(
+            r.vmlinux.as_deref(),
+            Some(fixtures().join("vmlinux-tiny.elf").as_path())
+        );
+        assert!(r.plan.is_some());
+    }
+
+    #[test]
+    fn refusals_happen_before_any_syscall() {
+        let root = machine("plain");
+        let cache = tempfile::tempdir().unwrap();
+        // File mode cannot take a vmlinux.
+        let e = load(&opts(
+            root.path(),
+            "vmlinux-tiny.elf",
+            Mode::File,
+            cache.path(),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, Error::ModeUnavailable { .. }), "{e}");
+        // Not a kernel at all.
+        let e = load(&opts(
+            root.path(),
+            "pattern-600k.lzo",
+            Mode::Auto,
+            cache.path(),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, Error::UnsupportedImage { .. }), "{e}");
+        // A missing initrd is named.
+        let mut o = opts(root.path(), "bzImage-tiny.gzip", Mode::File, cache.path());
+        o.initrd = Some(fixtures().join("no-such-initrd"));
+        let e = load(&o).unwrap_err();
+        assert!(e.to_string().contains("no-such-initrd"), "{e}");
+        // Without privilege a real load stops before touching the kernel.
+        let unpriv = machine("unprivileged");
+        let mut o = opts(unpriv.path(), "bzImage-tiny.gzip", Mode::File, cache.path());
+        o.dry_run = false;
+        let e = load(&o).unwrap_err();
+        assert!(matches!(e, Error::NotPrivileged { .. }), "{e}");
+        // kexec_load_disabled stops a real load, with the reason.
+        let disabled = machine("disabled");
+        let mut o = opts(
+            disabled.path(),
+            "bzImage-tiny.gzip",
+            Mode::Auto,
+            cache.path(),
+        );
+        o.dry_run = false;
+        let e = load(&o).unwrap_err();
+        assert!(e.to_string().contains("kexec_load_disabled"), "{e}");
+    }
+
+    #[test]
+    fn cmdline_limits_per_mode() {
+        let long = "x".repeat(2017);
+        // File mode: 2017 + NUL + 30 > 2047.
+        let e = check_cmdline_len(&long, LoadMode::File, Some(2047)).unwrap_err();
+        assert!(e.to_string().contains("at most 2016"), "{e}");
+        check_cmdline_len(&long[..2016], LoadMode::File, Some(2047)).unwrap();
+        check_cmdline_len(&long, LoadMode::Uncompressed, Some(2047)).unwrap();
+        check_cmdline_len(&long, LoadMode::Uncompressed, None).unwrap();
+        let e = check_cmdline_len(&"x".repeat(2048), LoadMode::Uncompressed, None).unwrap_err();
+        assert!(e.to_string().contains("COMMAND_LINE_SIZE"), "{e}");
+        // An old protocol's 255-byte limit.
+        assert!(check_cmdline_len(&long[..300], LoadMode::Uncompressed, Some(255)).is_err());
+    }
+}
