@@ -1,0 +1,73 @@
+//! Builds the eBPF programs (crate `fastkexec-ebpf`, binary `fastkexec-probes`)
+//! for `bpfel-unknown-none` and leaves the object at `$OUT_DIR/fastkexec-probes`,
+//! where `src/ebpf.rs` embeds it.
+//!
+//! aya-build runs `rustup run nightly cargo build -Z build-std=core ...` in its
+//! own target directory under `OUT_DIR`; that needs the nightly toolchain with
+//! `rust-src` and `bpf-linker` in `PATH`. With `AYA_BUILD_SKIP=1` nothing is
+//! built and an empty object is embedded instead (user space still compiles;
+//! loading the programs then fails).
+
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{anyhow, Context as _};
+
+/// File name of the object in `OUT_DIR`: the eBPF crate's binary target name.
+const PROBES_BIN: &str = "fastkexec-probes";
+const EBPF_PACKAGE: &str = "fastkexec-ebpf";
+const AYA_BUILD_SKIP: &str = "AYA_BUILD_SKIP";
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed={AYA_BUILD_SKIP}");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let object = out_dir.join(PROBES_BIN);
+
+    if skip_requested() {
+        fs::write(&object, [])
+            .with_context(|| format!("writing empty placeholder {}", object.display()))?;
+        println!(
+            "cargo:warning={AYA_BUILD_SKIP} is set: embedding an empty eBPF object; \
+             the tracer cannot load its programs from this build"
+        );
+        return Ok(());
+    }
+
+    let manifest_dir = PathBuf::from(
+        env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?,
+    );
+    let ebpf_dir = manifest_dir.join("..").join(EBPF_PACKAGE);
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .with_context(|| format!("eBPF crate directory {} not found", ebpf_dir.display()))?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("eBPF crate path {} is not UTF-8", ebpf_dir.display()))?;
+
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: EBPF_PACKAGE,
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )
+    .context(
+        "building the eBPF programs failed: needs `rustup toolchain install nightly \
+         --component rust-src` and bpf-linker in PATH (`cargo xtask setup`), \
+         or set AYA_BUILD_SKIP=1 to build user space without them",
+    )?;
+
+    if !object.is_file() {
+        return Err(anyhow!(
+            "aya-build finished but {} is missing: is `{PROBES_BIN}` still the binary \
+             target of {EBPF_PACKAGE}?",
+            object.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Same rule as aya-build's own check, so both agree on when nothing is built.
+fn skip_requested() -> bool {
+    env::var_os(AYA_BUILD_SKIP).is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
