@@ -1,1 +1,180 @@
-fn main() {}
+//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test`.
+
+mod initramfs;
+mod kernels;
+mod lab;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "fastkexec developer tasks: setup, the QEMU lab, tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the build, the tests and the lab need (idempotent)
+    Setup {
+        /// Lab kernels to fetch
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,7.x")]
+        kernels: Vec<String>,
+        /// Look for newer kernel packages even when some are cached
+        #[arg(long)]
+        refresh_kernels: bool,
+    },
+    /// The QEMU lab: boot stock kernels and kexec between them
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+    /// Run every test: setup, fmt, clippy, unit tests, lab round trips
+    Test {
+        /// Skip the lab boots (unit tests only)
+        #[arg(long)]
+        no_lab: bool,
+        /// Lab kernels to test
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,7.x")]
+        kernels: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct KernelArgs {
+    /// Lab kernel: 6.1 (bookworm), 6.12 (trixie) or 7.x (sid), cloud-amd64 flavour
+    #[arg(long, default_value = "6.1")]
+    kernel: String,
+    /// Use this bzImage instead of a named lab kernel
+    #[arg(long, conflicts_with = "kernel_deb")]
+    kernel_image: Option<PathBuf>,
+    /// Use the kernel in this Debian .deb instead of a named lab kernel
+    #[arg(long)]
+    kernel_deb: Option<PathBuf>,
+    /// QEMU accelerator (auto = KVM only if a probe boot proves it works here)
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: lab::Accel,
+    /// Guest memory
+    #[arg(long, default_value = "2G")]
+    memory: String,
+    /// Guest CPUs
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Extra kernel command-line word (repeatable)
+    #[arg(long)]
+    append: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Boot, load and execute the next kernel per mode, report timings as JSON
+    Run {
+        #[command(flatten)]
+        k: KernelArgs,
+        /// How round 1 loads the next kernel
+        #[arg(long, value_enum)]
+        mode: lab::Mode,
+        /// Write the run's JSON report here (schema in README.md)
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Give up after this many seconds (a hang is `booted: false`)
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// An interactive guest for exploration (Ctrl-A X quits)
+    Shell {
+        #[command(flatten)]
+        k: KernelArgs,
+    },
+}
+
+/// Installs what the lab needs (a quick no-op once done), then finds the kernel.
+fn kernel_of(k: &KernelArgs) -> Result<kernels::KernelInfo> {
+    let named = if k.kernel_image.is_none() && k.kernel_deb.is_none() {
+        vec![k.kernel.clone()]
+    } else {
+        vec![]
+    };
+    setup::setup(&setup::SetupOptions {
+        kernels: named,
+        refresh_kernels: false,
+    })?;
+    match (&k.kernel_image, &k.kernel_deb) {
+        (Some(p), _) => kernels::from_image(p),
+        (_, Some(p)) => kernels::from_deb(p),
+        _ => kernels::ensure(&k.kernel, false),
+    }
+}
+
+fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions {
+    lab::RunOptions {
+        mode,
+        timeout: Duration::from_secs(timeout),
+        memory: k.memory.clone(),
+        smp: k.smp,
+        append: k.append.clone(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup {
+            kernels,
+            refresh_kernels,
+        } => setup::setup(&setup::SetupOptions {
+            kernels,
+            refresh_kernels,
+        }),
+        Cmd::Test { no_lab, kernels } => test::run_all(&kernels, !no_lab),
+        Cmd::Lab { cmd } => match cmd {
+            LabCmd::Run {
+                k,
+                mode,
+                json,
+                timeout,
+            } => {
+                let kernel = kernel_of(&k)?;
+                let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
+                let initrd = lab::build_images(&kernel, mode, &tools)?;
+                let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+                let report =
+                    lab::run_once(&kernel, &initrd, &accel, &run_options(&k, mode, timeout))?;
+                let text = serde_json::to_string_pretty(&report)?;
+                if let Some(p) = &json {
+                    util::write_atomic(p, text.as_bytes())
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                println!("{}", lab::summary_line(&report));
+                if !report.booted {
+                    bail!(
+                        "the new kernel did not boot: {}",
+                        report.error.as_deref().unwrap_or("unknown")
+                    );
+                }
+                Ok(())
+            }
+            LabCmd::Shell { k } => {
+                let kernel = kernel_of(&k)?;
+                let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
+                let initrd = lab::build_images(&kernel, lab::Mode::KexecToolsL, &tools)?;
+                let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+                lab::shell(
+                    &kernel,
+                    &initrd,
+                    &accel,
+                    &run_options(&k, lab::Mode::KexecToolsL, 0),
+                )
+            }
+        },
+    }
+}

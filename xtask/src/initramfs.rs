@@ -1,0 +1,263 @@
+//! The lab's initramfs images, written by our own newc cpio writer (no root
+//! needed for device nodes, byte-for-byte reproducible).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+const INIT: &str = include_str!("../lab/init.sh");
+const ROUND1: &str = include_str!("../lab/round1.sh");
+const ROUND2: &str = include_str!("../lab/round2.sh");
+
+/// One entry of a newc archive.
+enum Entry {
+    Dir,
+    File { data: Vec<u8>, mode: u32 },
+    CharDev { major: u32, minor: u32 },
+}
+
+/// An in-memory newc ("070701") cpio archive under construction.
+#[derive(Default)]
+pub struct Cpio {
+    entries: Vec<(String, Entry)>,
+}
+
+impl Cpio {
+    /// Adds `path` and every missing parent directory.
+    fn parents(&mut self, path: &str) {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for p in parts.iter().take(parts.len().saturating_sub(1)) {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(p);
+            if !self.entries.iter().any(|(n, _)| n == &acc) {
+                self.entries.push((acc.clone(), Entry::Dir));
+            }
+        }
+    }
+
+    pub fn dir(&mut self, path: &str) -> &mut Self {
+        let path = path.trim_start_matches('/');
+        self.parents(path);
+        if !self.entries.iter().any(|(n, _)| n == path) {
+            self.entries.push((path.to_string(), Entry::Dir));
+        }
+        self
+    }
+
+    pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> &mut Self {
+        let path = path.trim_start_matches('/');
+        self.parents(path);
+        self.entries.retain(|(n, _)| n != path);
+        self.entries
+            .push((path.to_string(), Entry::File { data, mode }));
+        self
+    }
+
+    /// Adds a host file (symlinks followed) at `path`.
+    pub fn host_file(&mut self, path: &str, host: &Path, mode: u32) -> Result<&mut Self> {
+        let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+        Ok(self.file(path, data, mode))
+    }
+
+    pub fn char_dev(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
+        let path = path.trim_start_matches('/');
+        self.parents(path);
+        self.entries
+            .push((path.to_string(), Entry::CharDev { major, minor }));
+        self
+    }
+
+    /// Serialises the archive (newc, with trailer).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ino, (name, e)) in (1u32..).zip(self.entries.iter()) {
+            let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match e {
+                Entry::Dir => (0o040755, &[], (0, 0)),
+                Entry::File { data, mode } => (0o100000 | mode, data, (0, 0)),
+                Entry::CharDev { major, minor } => (0o020600, &[], (*major, *minor)),
+            };
+            let nlink = if matches!(e, Entry::Dir) { 2 } else { 1 };
+            header(&mut out, ino, mode, nlink, data.len(), rdev, name);
+            out.extend_from_slice(data);
+            pad4(&mut out);
+        }
+        header(&mut out, 0, 0, 1, 0, (0, 0), "TRAILER!!!");
+        out
+    }
+}
+
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    size: usize,
+    rdev: (u32, u32),
+    name: &str,
+) {
+    let fields = [
+        ino,
+        mode,
+        0, // uid
+        0, // gid
+        nlink,
+        0, // mtime: fixed so archives are reproducible
+        size as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+/// Host files that go into every lab image.
+pub struct Tools {
+    pub busybox: PathBuf,
+    pub fastkexec: PathBuf,
+    pub kexec: PathBuf,
+}
+
+impl Tools {
+    pub fn find(fastkexec: PathBuf) -> Result<Self> {
+        let busybox = PathBuf::from("/bin/busybox");
+        if !busybox.is_file() {
+            bail!("/bin/busybox missing: run `cargo xtask setup` (installs busybox-static)");
+        }
+        let kexec = ["/usr/sbin/kexec", "/sbin/kexec"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .context("kexec-tools' kexec missing: run `cargo xtask setup`")?;
+        Ok(Tools {
+            busybox,
+            fastkexec,
+            kexec,
+        })
+    }
+}
+
+fn base(tools: &Tools) -> Result<Cpio> {
+    let mut c = Cpio::default();
+    for d in [
+        "dev", "proc", "sys", "tmp", "bin", "sbin", "usr/bin", "usr/sbin", "lab",
+    ] {
+        c.dir(d);
+    }
+    c.char_dev("dev/console", 5, 1);
+    c.char_dev("dev/null", 1, 3);
+    c.file("init", INIT.as_bytes().to_vec(), 0o755);
+    c.host_file("bin/busybox", &tools.busybox, 0o755)?;
+    c.host_file("bin/fastkexec", &tools.fastkexec, 0o755)?;
+    c.file("lab/round2.sh", ROUND2.as_bytes().to_vec(), 0o644);
+    Ok(c)
+}
+
+/// The initrd the new kernel boots with in round 2.
+pub fn round2(tools: &Tools) -> Result<Vec<u8>> {
+    let mut c = base(tools)?;
+    c.file(
+        "lab/round2-marker",
+        b"fastkexec lab round 2 initrd\n".to_vec(),
+        0o644,
+    );
+    Ok(c.to_bytes())
+}
+
+/// The first boot's initramfs: tools, kexec-tools with its libraries, the
+/// next kernel, the round-2 initrd and any extra files (e.g. a prepared cache).
+pub fn round1(tools: &Tools, vmlinuz: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>> {
+    let mut c = base(tools)?;
+    c.file("lab/round1.sh", ROUND1.as_bytes().to_vec(), 0o644);
+    c.host_file("sbin/kexec", &tools.kexec, 0o755)?;
+    for lib in shared_libs(&tools.kexec)? {
+        let dest = lib.to_string_lossy().into_owned();
+        c.host_file(&dest, &lib, 0o755)?;
+    }
+    c.host_file("lab/vmlinuz", vmlinuz, 0o644)?;
+    c.file("lab/round2.cpio", round2(tools)?, 0o644);
+    for (dest, host) in extra {
+        c.host_file(dest, host, 0o644)?;
+    }
+    Ok(c.to_bytes())
+}
+
+/// The shared libraries (and loader) a dynamically linked binary needs, by ldd.
+fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = crate::util::output("ldd", std::process::Command::new("ldd").arg(bin))?;
+    let mut libs = Vec::new();
+    for line in out.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cross-checks our writer with the system's cpio, an independent reader.
+    #[test]
+    fn cpio_lists_with_gnu_cpio() {
+        let mut c = Cpio::default();
+        c.file("a/b/c.txt", b"hello".to_vec(), 0o644);
+        c.char_dev("dev/console", 5, 1);
+        c.dir("empty");
+        let bytes = c.to_bytes();
+        let dir = std::env::temp_dir().join(format!("xtask-cpio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.cpio");
+        std::fs::write(&path, &bytes).unwrap();
+        let out = std::process::Command::new("cpio")
+            .args(["-t", "-v", "-F"])
+            .arg(&path)
+            .output()
+            .expect("cpio(1) is installed by cargo xtask setup");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = String::from_utf8_lossy(&out.stdout);
+        for want in ["a/b/c.txt", "dev/console", "empty", "a/b"] {
+            assert!(
+                listing.lines().any(|l| l.ends_with(want)),
+                "{want} missing in {listing}"
+            );
+        }
+        assert!(
+            listing.contains("5,   1") || listing.contains("5, 1"),
+            "{listing}"
+        );
+        let out = std::process::Command::new("cpio")
+            .args(["-i", "--to-stdout", "-F"])
+            .arg(&path)
+            .arg("a/b/c.txt")
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"hello");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,689 @@
+//! The QEMU lab: boots a stock kernel, round 1 loads and executes the next
+//! kernel per mode, round 2 (the new kernel's init) reports and powers off.
+//! The host timestamps every serial line with a monotonic clock: an
+//! independent stopwatch for everything fastkexec claims.
+
+use crate::initramfs::{self, Tools};
+use crate::kernels::KernelInfo;
+use crate::util::{lab_dir, run, step, workspace_root, write_atomic};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How round 1 loads the next kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// kexec-tools `-l` bzImage (kexec_load, purgatory SHA-256 of every segment)
+    KexecToolsL,
+    /// kexec-tools `-l -i` bzImage (kexec_load, no hash)
+    KexecToolsLI,
+    /// kexec-tools `-s` (kexec_file_load, in-kernel purgatory hashes)
+    KexecToolsS,
+    /// fastkexec load --mode file (kexec_file_load)
+    FastkexecFile,
+    /// fastkexec load --mode uncompressed (vmlinux via kexec_load, our purgatory)
+    FastkexecUncompressed,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::KexecToolsL => "kexec-tools-l",
+            Mode::KexecToolsLI => "kexec-tools-l-i",
+            Mode::KexecToolsS => "kexec-tools-s",
+            Mode::FastkexecFile => "fastkexec-file",
+            Mode::FastkexecUncompressed => "fastkexec-uncompressed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a probe boot proves it can run stock kernels here, else TCG
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+pub struct RunOptions {
+    pub mode: Mode,
+    pub timeout: Duration,
+    pub memory: String,
+    pub smp: u32,
+    /// Extra kernel command-line words for both rounds.
+    pub append: Vec<String>,
+}
+
+/// Serial-line marks, in host milliseconds since QEMU was started.
+#[derive(Debug, Default, Serialize)]
+pub struct Marks {
+    pub first_serial_line: Option<f64>,
+    pub init: Option<f64>,
+    pub loading: Option<f64>,
+    pub loaded: Option<f64>,
+    pub exec: Option<f64>,
+    pub starting_new_kernel: Option<f64>,
+    pub first_new_kernel_line: Option<f64>,
+    pub new_init: Option<f64>,
+    pub done: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct HostMs {
+    /// `FKLAB: exec` (right before the exec call) → the new kernel's first line.
+    pub exec_to_first_new_kernel_line: Option<f64>,
+    /// `FKLAB: exec` → the new kernel's /init printing its first line.
+    pub exec_to_new_init: Option<f64>,
+    /// `FKLAB: loading` → `FKLAB: loaded` (load time in the guest).
+    pub load: Option<f64>,
+    /// QEMU start → first /init line (cold boot).
+    pub cold_boot_to_init: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct NewKernel {
+    pub release: Option<String>,
+    pub cmdline: Option<String>,
+    pub mem_total_kb: Option<u64>,
+    pub initrd_seen: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelRef {
+    pub name: String,
+    pub suite: String,
+    pub packages: Vec<String>,
+    pub version: String,
+    pub release: String,
+    pub compression: String,
+}
+
+/// The lab JSON (schema documented in README.md).
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub schema_version: u32,
+    pub kernel: KernelRef,
+    pub mode: Mode,
+    pub accel: String,
+    pub qemu: Vec<String>,
+    pub booted: bool,
+    pub ok: bool,
+    pub host_ms: HostMs,
+    pub marks_ms: Marks,
+    pub new_kernel: NewKernel,
+    pub serial_log: PathBuf,
+    pub error: Option<String>,
+    pub tail: Vec<String>,
+}
+
+/// The lab's static fastkexec (musl), built for the initramfs.
+pub fn build_static_fastkexec() -> Result<PathBuf> {
+    step("building static fastkexec (x86_64-unknown-linux-musl, release)");
+    run(
+        "cargo build (static fastkexec for the lab)",
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-p",
+                "fastkexec",
+            ]),
+    )?;
+    Ok(workspace_root().join("target/x86_64-unknown-linux-musl/release/fastkexec"))
+}
+
+/// Builds the round-1 initramfs for a kernel and mode; returns its path.
+pub fn build_images(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<PathBuf> {
+    let dir = lab_dir().join("images").join(&kernel.name);
+    let mut extra = Vec::new();
+    if mode == Mode::FastkexecUncompressed {
+        // Done on the host ahead of time, as `fastkexec prepare` would be on a
+        // server: the guest's load then hits the cache.
+        let cache = dir.join("cache");
+        fastkexec::prepare::prepare(&kernel.vmlinuz, &cache)
+            .with_context(|| format!("preparing {}", kernel.vmlinuz.display()))?;
+        for f in walk(&cache)? {
+            let rel = f.strip_prefix(&cache)?.to_string_lossy().into_owned();
+            extra.push((format!("lab/cache/{rel}"), f));
+        }
+    }
+    let image = initramfs::round1(tools, &kernel.vmlinuz, &extra)?;
+    let path = dir.join(format!("round1-{}.cpio", mode.name()));
+    write_atomic(&path, &image)?;
+    Ok(path)
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn qemu_args(
+    kernel: &Path,
+    initrd: &Path,
+    accel: &str,
+    opts: &RunOptions,
+    cmdline: &str,
+) -> Vec<String> {
+    let cpu = if accel == "kvm" { "host" } else { "max" };
+    [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
+        "-m",
+        &opts.memory,
+        "-smp",
+        &opts.smp.to_string(),
+        "-kernel",
+        &kernel.to_string_lossy(),
+        "-initrd",
+        &initrd.to_string_lossy(),
+        "-append",
+        cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The command line of round 1 (round 2 gets it with fklab.round=2).
+pub fn cmdline(round: &str, mode: &str, extra: &[String]) -> String {
+    let mut c = format!(
+        "console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 crashkernel=256M panic=-1 \
+         fklab.round={round} fklab.mode={mode}"
+    );
+    for e in extra {
+        c.push(' ');
+        c.push_str(e);
+    }
+    c
+}
+
+/// Timestamped serial lines of one QEMU run.
+struct Serial {
+    lines: Vec<(f64, String)>,
+    exited: bool,
+    timed_out: bool,
+}
+
+/// Starts QEMU and collects its serial lines until it exits, `stop` says so
+/// (then waits a bounded time for QEMU's own exit) or `timeout` passes.
+fn boot(
+    args: &[String],
+    log: &Path,
+    timeout: Duration,
+    stop: impl Fn(&str) -> bool,
+) -> Result<Serial> {
+    let start = Instant::now();
+    let mut child: Child = Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let mut stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel::<(f64, String)>();
+    let reader = std::thread::spawn(move || {
+        // A line is stamped when its first byte arrives.
+        let mut buf = [0u8; 4096];
+        let mut cur: Vec<u8> = Vec::new();
+        let mut stamp = 0.0;
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let now = start.elapsed().as_secs_f64() * 1e3;
+            for &b in &buf[..n] {
+                if cur.is_empty() {
+                    stamp = now;
+                }
+                if b == b'\n' {
+                    let line = String::from_utf8_lossy(&cur)
+                        .trim_end_matches('\r')
+                        .to_string();
+                    cur.clear();
+                    if tx.send((stamp, line)).is_err() {
+                        return;
+                    }
+                } else {
+                    cur.push(b);
+                }
+            }
+        }
+        if !cur.is_empty() {
+            let line = String::from_utf8_lossy(&cur)
+                .trim_end_matches('\r')
+                .to_string();
+            let _ = tx.send((stamp, line));
+        }
+    });
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut w = BufWriter::new(file);
+    let mut lines = Vec::new();
+    let mut deadline = start + timeout;
+    let mut exited = false;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((t, line)) => {
+                writeln!(w, "{t:12.3} {line}")?;
+                if stop(&line) {
+                    // QEMU powers off right after; give it a bounded grace.
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(15));
+                }
+                lines.push((t, line));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                exited = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = !lines.iter().any(|(_, l)| stop(l));
+                break;
+            }
+        }
+    }
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let _ = reader.join();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    for l in err.lines() {
+        writeln!(
+            w,
+            "{:12.3} [qemu stderr] {l}",
+            start.elapsed().as_secs_f64() * 1e3
+        )?;
+        lines.push((
+            start.elapsed().as_secs_f64() * 1e3,
+            format!("[qemu stderr] {l}"),
+        ));
+    }
+    writeln!(
+        w,
+        "{:12.3} [host] qemu exited: {status}",
+        start.elapsed().as_secs_f64() * 1e3
+    )?;
+    w.flush()?;
+    Ok(Serial {
+        lines,
+        exited,
+        timed_out,
+    })
+}
+
+/// Decides the accelerator: KVM only when a probe boot proved it works here.
+pub fn resolve_accel(accel: Accel, probe_kernel: &KernelInfo, tools: &Tools) -> Result<String> {
+    match accel {
+        Accel::Tcg => return Ok("tcg".into()),
+        Accel::Kvm => return Ok("kvm".into()),
+        Accel::Auto => {}
+    }
+    if !Path::new("/dev/kvm").exists() {
+        return Ok("tcg".into());
+    }
+    let cache = lab_dir().join("accel-probe.json");
+    if let Ok(s) = std::fs::read_to_string(&cache) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
+            if let Some(a) = v.get("accel").and_then(|a| a.as_str()) {
+                return Ok(a.to_string());
+            }
+        }
+    }
+    step("probing whether KVM can boot a stock kernel here (once per machine)");
+    let initrd = lab_dir().join("images/probe.cpio");
+    write_atomic(&initrd, &initramfs::round2(tools)?)?;
+    let opts = RunOptions {
+        mode: Mode::KexecToolsL,
+        timeout: Duration::from_secs(60),
+        memory: "512M".into(),
+        smp: 1,
+        append: vec![],
+    };
+    let args = qemu_args(
+        &probe_kernel.vmlinuz,
+        &initrd,
+        "kvm",
+        &opts,
+        &cmdline("probe", "none", &[]),
+    );
+    let log = lab_dir().join("accel-probe.log");
+    let serial = boot(&args, &log, opts.timeout, |l| {
+        l.starts_with("FKLAB: probe ok")
+    })?;
+    let ok = serial
+        .lines
+        .iter()
+        .any(|(_, l)| l.starts_with("FKLAB: probe ok"));
+    let accel = if ok { "kvm" } else { "tcg" };
+    step(format!(
+        "KVM probe: {} (log {})",
+        if ok {
+            "works"
+        } else {
+            "cannot boot a stock kernel; using TCG"
+        },
+        log.display()
+    ));
+    write_atomic(
+        &cache,
+        serde_json::json!({"accel": accel, "probe_log": log})
+            .to_string()
+            .as_bytes(),
+    )?;
+    Ok(accel.into())
+}
+
+/// One lab run: boot, round 1 per mode, round 2 report; never hangs.
+pub fn run_once(
+    kernel: &KernelInfo,
+    initrd: &Path,
+    accel: &str,
+    opts: &RunOptions,
+) -> Result<RunReport> {
+    let when = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = lab_dir()
+        .join("runs")
+        .join(format!("{when}-{}-{}", kernel.name, opts.mode.name()));
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("serial.log");
+    let cmd = cmdline("1", opts.mode.name(), &opts.append);
+    let args = qemu_args(&kernel.vmlinuz, initrd, accel, opts, &cmd);
+    step(format!(
+        "lab: {} on {} ({}), serial log {}",
+        opts.mode.name(),
+        kernel.name,
+        accel,
+        log.display()
+    ));
+    let serial = boot(&args, &log, opts.timeout, |l| {
+        l.starts_with("FKLAB: done") || l.starts_with("FKLAB: error")
+    })?;
+    let mut report = analyse(kernel, opts.mode, accel, &serial.lines, log);
+    report.qemu = std::iter::once("qemu-system-x86_64".to_string())
+        .chain(args)
+        .collect();
+    if report.error.is_none() {
+        if serial.timed_out {
+            report.error = Some(format!("timeout after {} s", opts.timeout.as_secs()));
+        } else if !report.booted {
+            report.error = Some(if serial.exited {
+                "QEMU exited before the new kernel's init ran (panic, triple fault or reset)".into()
+            } else {
+                "round 2 never started".into()
+            });
+        } else if !report.ok {
+            report.error = Some("round 2 ran but its report is incomplete or wrong".into());
+        }
+    }
+    if report.error.is_some() {
+        report.tail = serial
+            .lines
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .map(|(_, l)| l.clone())
+            .collect();
+    }
+    write_atomic(
+        &dir.join("result.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
+}
+
+/// Turns timestamped serial lines into marks, host figures and round-2 facts.
+pub fn analyse(
+    kernel: &KernelInfo,
+    mode: Mode,
+    accel: &str,
+    lines: &[(f64, String)],
+    log: PathBuf,
+) -> RunReport {
+    let mut m = Marks::default();
+    let mut nk = NewKernel::default();
+    let mut error = None;
+    for (t, l) in lines {
+        let t = Some(*t);
+        m.first_serial_line = m.first_serial_line.or(t);
+        if l.starts_with("FKLAB: init round=1") {
+            m.init = m.init.or(t);
+        } else if l.starts_with("FKLAB: loading") {
+            m.loading = m.loading.or(t);
+        } else if l == "FKLAB: loaded" {
+            m.loaded = m.loaded.or(t);
+        } else if l == "FKLAB: exec" {
+            m.exec = m.exec.or(t);
+        } else if l.starts_with("FKLAB: init round=2") {
+            m.new_init = m.new_init.or(t);
+        } else if l == "FKLAB: done" {
+            m.done = m.done.or(t);
+        } else if let Some(e) = l.strip_prefix("FKLAB: error ") {
+            error.get_or_insert_with(|| e.to_string());
+        } else if m.new_init.is_some() {
+            if let Some(v) = l.strip_prefix("FKLAB: kernel=") {
+                nk.release = Some(v.to_string());
+            } else if let Some(v) = l.strip_prefix("FKLAB: cmdline=") {
+                nk.cmdline = Some(v.to_string());
+            } else if let Some(v) = l.strip_prefix("FKLAB: memtotal_kb=") {
+                nk.mem_total_kb = v.trim().parse().ok();
+            } else if let Some(v) = l.strip_prefix("FKLAB: initrd=") {
+                nk.initrd_seen = Some(v == "ok");
+            }
+        } else if m.exec.is_some() {
+            if l.contains("Starting new kernel") {
+                m.starting_new_kernel = m.starting_new_kernel.or(t);
+            } else if m.first_new_kernel_line.is_none() && l.contains("Linux version") {
+                m.first_new_kernel_line = t;
+            }
+        }
+    }
+    let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    let host_ms = HostMs {
+        exec_to_first_new_kernel_line: d(m.exec, m.first_new_kernel_line),
+        exec_to_new_init: d(m.exec, m.new_init),
+        load: d(m.loading, m.loaded),
+        cold_boot_to_init: m.init,
+    };
+    let booted = m.new_init.is_some();
+    let ok = booted
+        && m.done.is_some()
+        && nk.initrd_seen == Some(true)
+        && nk.release.as_deref() == Some(kernel.release.as_str())
+        && nk
+            .cmdline
+            .as_deref()
+            .is_some_and(|c| c.split_whitespace().any(|w| w == "fklab.round=2"))
+        && nk.mem_total_kb.is_some();
+    RunReport {
+        schema_version: 1,
+        kernel: KernelRef {
+            name: kernel.name.clone(),
+            suite: kernel.suite.clone(),
+            packages: kernel.packages.clone(),
+            version: kernel.version.clone(),
+            release: kernel.release.clone(),
+            compression: kernel.compression.clone(),
+        },
+        mode,
+        accel: accel.to_string(),
+        qemu: vec![],
+        booted,
+        ok,
+        host_ms,
+        marks_ms: m,
+        new_kernel: nk,
+        serial_log: log,
+        error,
+        tail: vec![],
+    }
+}
+
+/// An interactive guest for exploration (serial console on this terminal).
+pub fn shell(kernel: &KernelInfo, initrd: &Path, accel: &str, opts: &RunOptions) -> Result<()> {
+    let cmd = cmdline("shell", "shell", &opts.append);
+    let mut args = qemu_args(&kernel.vmlinuz, initrd, accel, opts, &cmd);
+    // Ctrl-A X quits QEMU; the monitor is muxed onto the console.
+    if let Some(i) = args.iter().position(|a| a == "stdio") {
+        args[i] = "mon:stdio".into();
+    }
+    step("lab shell: Ctrl-A X quits QEMU; `poweroff -f` in the guest too");
+    run(
+        "qemu (lab shell)",
+        Command::new("qemu-system-x86_64").args(&args),
+    )
+}
+
+/// One human line per run, for terminals and CI logs.
+pub fn summary_line(r: &RunReport) -> String {
+    let f = |v: Option<f64>| {
+        v.map(|v| format!("{v:.0} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "{} {} ({}): booted={} ok={} exec→first new-kernel line {} · exec→new init {} · load {}{}",
+        r.kernel.name,
+        r.mode.name(),
+        r.kernel.packages.first().map(String::as_str).unwrap_or(""),
+        r.booted,
+        r.ok,
+        f(r.host_ms.exec_to_first_new_kernel_line),
+        f(r.host_ms.exec_to_new_init),
+        f(r.host_ms.load),
+        r.error
+            .as_deref()
+            .map(|e| format!(" · error: {e}"))
+            .unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> KernelInfo {
+        KernelInfo {
+            name: "6.1".into(),
+            suite: "bookworm".into(),
+            packages: vec![],
+            version: "6.1.1-1".into(),
+            release: "6.1.0-1-cloud-amd64".into(),
+            vmlinuz: PathBuf::new(),
+            vmlinux: PathBuf::new(),
+            config: None,
+            modules: None,
+            compression: "lz4".into(),
+            vmlinuz_bytes: 0,
+            vmlinux_bytes: 0,
+        }
+    }
+
+    fn lines(v: &[(f64, &str)]) -> Vec<(f64, String)> {
+        v.iter().map(|(t, l)| (*t, l.to_string())).collect()
+    }
+
+    #[test]
+    fn analyse_full_round_trip() {
+        let l = lines(&[
+            (10.0, "[    0.000000] Linux version 6.1.0-1-cloud-amd64"),
+            (900.0, "FKLAB: init round=1 mode=kexec-tools-l uptime=0.9"),
+            (901.0, "FKLAB: loading mode=kexec-tools-l"),
+            (1500.0, "FKLAB: loaded"),
+            (1510.0, "FKLAB: exec"),
+            (1530.0, "[    2.0] kexec_core: Starting new kernel"),
+            (3510.0, "[    0.000000] Linux version 6.1.0-1-cloud-amd64"),
+            (8510.0, "FKLAB: init round=2 mode=kexec-tools-l uptime=1.0"),
+            (8511.0, "FKLAB: kernel=6.1.0-1-cloud-amd64"),
+            (
+                8512.0,
+                "FKLAB: cmdline=console=ttyS0 fklab.round=2 fklab.mode=kexec-tools-l",
+            ),
+            (8513.0, "FKLAB: memtotal_kb=1740000"),
+            (8514.0, "FKLAB: initrd=ok"),
+            (8515.0, "FKLAB: done"),
+        ]);
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        assert!(r.booted && r.ok, "{r:?}");
+        assert_eq!(r.host_ms.exec_to_first_new_kernel_line, Some(2000.0));
+        assert_eq!(r.host_ms.exec_to_new_init, Some(7000.0));
+        assert_eq!(r.host_ms.load, Some(599.0));
+        assert_eq!(r.marks_ms.starting_new_kernel, Some(1530.0));
+        assert_eq!(r.new_kernel.mem_total_kb, Some(1_740_000));
+    }
+
+    #[test]
+    fn analyse_panic_is_not_booted() {
+        let l = lines(&[
+            (900.0, "FKLAB: init round=1 mode=kexec-tools-l uptime=0.9"),
+            (1510.0, "FKLAB: exec"),
+            (3510.0, "[    0.000000] Linux version 6.1.0-1-cloud-amd64"),
+            (
+                4000.0,
+                "Kernel panic - not syncing: VFS: Unable to mount root fs",
+            ),
+        ]);
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        assert!(!r.booted && !r.ok);
+        assert_eq!(r.host_ms.exec_to_new_init, None);
+        assert_eq!(r.host_ms.exec_to_first_new_kernel_line, Some(2000.0));
+    }
+
+    #[test]
+    fn analyse_wrong_kernel_or_missing_initrd_is_not_ok() {
+        let l = lines(&[
+            (1510.0, "FKLAB: exec"),
+            (8510.0, "FKLAB: init round=2 mode=m"),
+            (8511.0, "FKLAB: kernel=6.12.0-other"),
+            (8512.0, "FKLAB: cmdline=fklab.round=2"),
+            (8513.0, "FKLAB: memtotal_kb=1"),
+            (8514.0, "FKLAB: initrd=missing"),
+            (8515.0, "FKLAB: done"),
+        ]);
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        assert!(r.booted && !r.ok);
+        assert_eq!(r.new_kernel.initrd_seen, Some(false));
+    }
+
+    #[test]
+    fn analyse_reports_guest_errors() {
+        let l = lines(&[(900.0, "FKLAB: error kexec -l failed rc=1")]);
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        assert_eq!(r.error.as_deref(), Some("kexec -l failed rc=1"));
+    }
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask test`: everything CI runs — setup, formatting, lints, unit
+//! tests, then real kexec round trips in the QEMU lab.
+
+use crate::lab::{self, Mode};
+use crate::util::{run, step, workspace_root};
+use crate::{initramfs, kernels, setup};
+use anyhow::{bail, Result};
+use std::process::Command;
+use std::time::Duration;
+
+/// Modes every lab kernel is tested with.
+pub const LAB_MODES: &[Mode] = &[
+    Mode::KexecToolsL,
+    Mode::FastkexecFile,
+    Mode::FastkexecUncompressed,
+];
+
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(workspace_root()).args(args);
+    c
+}
+
+pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
+    setup::setup(&setup::SetupOptions {
+        kernels: if with_lab {
+            kernel_names.to_vec()
+        } else {
+            vec![]
+        },
+        refresh_kernels: false,
+    })?;
+    step("cargo fmt --check");
+    run("cargo fmt", &mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy -D warnings");
+    run(
+        "cargo clippy",
+        &mut cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    step("cargo test (unit tests)");
+    run("cargo test", &mut cargo(&["test"]))?;
+    if !with_lab {
+        return Ok(());
+    }
+    let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
+    let (mut passed, mut failed) = (0, 0);
+    let mut lines = Vec::new();
+    for name in kernel_names {
+        let kernel = kernels::ensure(name, false)?;
+        let accel = lab::resolve_accel(lab::Accel::Auto, &kernel, &tools)?;
+        for &mode in LAB_MODES {
+            let initrd = lab::build_images(&kernel, mode, &tools)?;
+            let opts = lab::RunOptions {
+                mode,
+                timeout: Duration::from_secs(300),
+                memory: "2G".into(),
+                smp: 2,
+                append: vec![],
+            };
+            let r = lab::run_once(&kernel, &initrd, &accel, &opts)?;
+            let line = lab::summary_line(&r);
+            println!("{line}");
+            if r.ok {
+                passed += 1;
+                lines.push(format!("PASS {line}"));
+            } else {
+                failed += 1;
+                for t in &r.tail {
+                    println!("    | {t}");
+                }
+                lines.push(format!(
+                    "FAIL {line} (serial log {})",
+                    r.serial_log.display()
+                ));
+            }
+        }
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    println!("lab: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} lab run(s) failed");
+    }
+    Ok(())
+}
