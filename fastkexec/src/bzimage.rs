@@ -67,6 +67,20 @@ pub struct SetupHeader {
     pub raw: Vec<u8>,
 }
 
+/// The kernel release (`uname -r`) from the setup header's kernel_version
+/// pointer (0x20e: offset of a NUL-terminated string, minus 0x200), if any.
+pub fn kernel_release(image: &[u8]) -> Option<String> {
+    let ptr = u16::from_le_bytes([*image.get(0x20e)?, *image.get(0x20f)?]);
+    if ptr == 0 {
+        return None;
+    }
+    let start = usize::from(ptr).checked_add(0x200)?;
+    let text = image.get(start..image.len().min(start.saturating_add(256)))?;
+    let end = text.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&text[..end]).ok()?;
+    s.split_whitespace().next().map(str::to_string)
+}
+
 impl SetupHeader {
     /// Bytes of real-mode setup code before the protected-mode code,
     /// including the boot sector: `(setup_sects or 4) + 1` sectors.
@@ -361,6 +375,23 @@ fn payload_range(path: &Path, h: &SetupHeader, image: &[u8]) -> Result<Range<usi
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kernel_release_from_kernel_version_pointer() {
+        let mut img = vec![0u8; 0x400];
+        assert_eq!(kernel_release(&img), None, "pointer 0 means no string");
+        img[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        let text = b"6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP";
+        img[0x300..0x300 + text.len()].copy_from_slice(text);
+        assert_eq!(
+            kernel_release(&img).as_deref(),
+            Some("6.1.0-56-cloud-amd64")
+        );
+        img[0x300 + text.len()..].fill(b'x');
+        assert_eq!(kernel_release(&img), None, "unterminated string");
+        img[0x20e..0x210].copy_from_slice(&0xfff0u16.to_le_bytes());
+        assert_eq!(kernel_release(&img), None, "pointer past the end");
+    }
     use super::*;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
