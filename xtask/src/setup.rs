@@ -25,7 +25,15 @@ pub const APT_PACKAGES: &[&str] = &[
     "gcc",
     "binutils",
     "file",
+    // promtool, which the export tests run on our Prometheus output.
+    "prometheus",
+    // `python3 -m venv` for the Python checkers when python3 is Debian's.
+    "python3-venv",
 ];
+
+/// PyPI packages the export tests check our output with: independent implementations of the
+/// HdrHistogram codec and of the OpenMetrics parser. Installed into `python_venv()`.
+pub const PYTHON_PACKAGES: &[&str] = &["hdrhistogram==0.10.8", "prometheus-client==0.26.0"];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -35,12 +43,13 @@ pub struct SetupOptions {
 }
 
 pub fn setup(opts: &SetupOptions) -> Result<()> {
-    apt_packages().context("setup step 1/4 (Debian packages) failed")?;
-    rust_toolchains().context("setup step 2/4 (Rust toolchains) failed")?;
-    bpf_linker().context("setup step 3/4 (bpf-linker) failed")?;
+    apt_packages().context("setup step 1/5 (Debian packages) failed")?;
+    python_checkers().context("setup step 2/5 (Python checkers) failed")?;
+    rust_toolchains().context("setup step 3/5 (Rust toolchains) failed")?;
+    bpf_linker().context("setup step 4/5 (bpf-linker) failed")?;
     for k in &opts.kernels {
         let info = kernels::ensure(k, opts.refresh_kernels)
-            .with_context(|| format!("setup step 4/4 (lab kernel {k}) failed"))?;
+            .with_context(|| format!("setup step 5/5 (lab kernel {k}) failed"))?;
         step(format!(
             "kernel {}: {} ({}, {} payload, vmlinux {} MB)",
             info.name,
@@ -83,6 +92,50 @@ fn apt_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["-q", "-y", "install", "--no-install-recommends"])
             .args(&missing),
+    )
+}
+
+/// The virtualenv holding `PYTHON_PACKAGES` (fastkexec/tests/export.rs looks for it here).
+pub fn python_venv() -> PathBuf {
+    crate::util::workspace_root().join("target").join("pyvenv")
+}
+
+fn python_checkers() -> Result<()> {
+    let venv = python_venv();
+    let python = venv.join("bin").join("python3");
+    let probe = "import hdrh.log, prometheus_client.openmetrics.parser";
+    let ready = Command::new(&python)
+        .args(["-c", probe])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ready {
+        step(format!("Python checkers: present in {}", venv.display()));
+        return Ok(());
+    }
+    if !have("python3") {
+        bail!("python3 is not on PATH: install Debian's python3 (or any CPython 3.8+)");
+    }
+    step(format!(
+        "Python checkers: installing {} into {}",
+        PYTHON_PACKAGES.join(" "),
+        venv.display()
+    ));
+    run(
+        "python3 -m venv",
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    run(
+        "pip install",
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )?;
+    run(
+        "python3 import check",
+        Command::new(&python).args(["-c", probe]),
     )
 }
 

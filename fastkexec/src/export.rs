@@ -1,0 +1,895 @@
+//! The reboot histograms in the formats monitoring reads: Prometheus text (also for
+//! node_exporter's textfile collector), OpenMetrics, JSON, and the HdrHistogram interval log.
+//!
+//! Metric families (Prometheus names; OpenMetrics names the counter family without `_total`):
+//! - `fastkexec_phase_duration_seconds{phase}`: histogram, one per phase, every reboot folded;
+//! - `fastkexec_reboot_duration_seconds`: histogram of whole reboots (request → user space up);
+//! - `fastkexec_reboots_total`: counter, reboots folded;
+//! - `fastkexec_last_reboot_phase_seconds{phase}`, `fastkexec_last_reboot_total_seconds`,
+//!   `fastkexec_last_reboot_timestamp_seconds`: gauges, the last reboot folded;
+//! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded;
+//! - `fastkexec_state_corrupt_files`: gauge, corrupt state files moved aside (alert on > 0).
+//!
+//! Bucket counts come from the HdrHistogram: a value counts toward `le` when its whole
+//! HdrHistogram bucket (width ≤ 0.1 % of the value) lies at or below `le`, so a bucket never
+//! claims a value above its bound; a value within 0.1 % under a bound may land one bucket up.
+//! Durations are printed as exact decimals of their nanoseconds, never through a float.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::histogram::{encode_histogram, Boot, PhaseHistogram, State, SIGNIFICANT_DIGITS};
+use crate::{atomic_file, Error, Result};
+
+/// What `render` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text exposition format 0.0.4 (what node_exporter's textfile collector reads).
+    Prometheus,
+    /// OpenMetrics 1.0 text (`# UNIT`, `_created`, `info`, ends with `# EOF`).
+    OpenMetrics,
+    /// Summary figures and the encoded histograms, for scripts.
+    Json,
+    /// HdrHistogram interval log (format 1.3), one tagged line per phase: merge it across a
+    /// fleet with any HdrHistogram implementation's log reader.
+    HdrLog,
+}
+
+impl Format {
+    /// The HTTP Content-Type of this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Json => "application/json",
+            Format::HdrLog => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+/// The file `write_textfile` writes: node_exporter's textfile collector reads `*.prom`.
+pub const TEXTFILE_NAME: &str = "fastkexec.prom";
+
+/// Upper bounds (`le`) of the Prometheus buckets, in ns: 10 µs (a purgatory that hashes
+/// nothing) to 100 s (a slow shutdown), 1-2.5-5 per decade.
+pub const BUCKET_BOUNDS_NS: &[u64] = &[
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    25_000_000_000,
+    50_000_000_000,
+    100_000_000_000,
+];
+
+/// The state in `format`.
+pub fn render(format: Format, state: &State) -> Result<String> {
+    match format {
+        Format::Prometheus => Ok(metrics_text(state, false)),
+        Format::OpenMetrics => Ok(metrics_text(state, true)),
+        Format::Json => json(state),
+        Format::HdrLog => hdr_log(state),
+    }
+}
+
+/// Renders `state` and replaces `path` atomically with it.
+pub fn write_file(path: &Path, format: Format, state: &State) -> Result<()> {
+    atomic_file::write(path, render(format, state)?.as_bytes())
+}
+
+/// node_exporter's textfile convention: Prometheus text written to a temporary file in `dir`
+/// and renamed to `dir/fastkexec.prom`, so the collector never reads half a file. `dir` must
+/// exist (it is node_exporter's `--collector.textfile.directory`). Returns the file written.
+pub fn write_textfile(dir: &Path, state: &State) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        return Err(Error::StateFile {
+            path: dir.to_path_buf(),
+            problem: "no such directory: pass node_exporter's --collector.textfile.directory \
+                      (Debian: /var/lib/prometheus/node-exporter)"
+                .into(),
+        });
+    }
+    let path = dir.join(TEXTFILE_NAME);
+    write_file(&path, Format::Prometheus, state)?;
+    Ok(path)
+}
+
+/// Cumulative bucket counts for `BUCKET_BOUNDS_NS` (the `+Inf` bucket is `count()`).
+pub fn cumulative_buckets(h: &PhaseHistogram) -> Vec<u64> {
+    let hist = h.histogram();
+    let mut out = vec![0u64; BUCKET_BOUNDS_NS.len()];
+    for v in hist.iter_recorded() {
+        // value_iterated_to is the highest value equivalent to the recorded one.
+        let top = v.value_iterated_to();
+        if let Some(first) = BUCKET_BOUNDS_NS.iter().position(|&b| top <= b) {
+            for c in out.iter_mut().skip(first) {
+                *c = c.saturating_add(v.count_at_value());
+            }
+        }
+    }
+    out
+}
+
+/// `ns` as seconds, exactly, in the canonical form OpenMetrics wants (`1.0`, `0.00025`).
+pub fn seconds(ns: u64) -> String {
+    let whole = ns / 1_000_000_000;
+    let frac = ns % 1_000_000_000;
+    if frac == 0 {
+        return format!("{whole}.0");
+    }
+    let digits = format!("{frac:09}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+/// A label value escaped for the Prometheus and OpenMetrics text formats.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Family<'a> {
+    /// The name in Prometheus text; OpenMetrics drops a counter's `_total`.
+    name: &'a str,
+    kind: &'a str,
+    help: &'a str,
+    unit: Option<&'a str>,
+}
+
+fn header(out: &mut String, f: &Family, om: bool) {
+    let (name, kind) = match (om, f.kind) {
+        (true, "counter") => (f.name.strip_suffix("_total").unwrap_or(f.name), "counter"),
+        (true, "info") => (f.name.strip_suffix("_info").unwrap_or(f.name), "info"),
+        (false, "info") => (f.name, "gauge"),
+        (_, k) => (f.name, k),
+    };
+    // HELP text escapes only backslash and newline in both formats.
+    let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    if let (true, Some(unit)) = (om, f.unit) {
+        let _ = writeln!(out, "# UNIT {name} {unit}");
+    }
+}
+
+fn histogram_samples(
+    out: &mut String,
+    name: &str,
+    label: Option<(&str, &str)>,
+    h: &PhaseHistogram,
+    om: bool,
+) {
+    let (pre, plain) = match label {
+        Some((k, v)) => (format!("{k}=\"{}\",", escape_label(v)), {
+            format!("{{{k}=\"{}\"}}", escape_label(v))
+        }),
+        None => (String::new(), String::new()),
+    };
+    for (bound, count) in BUCKET_BOUNDS_NS.iter().zip(cumulative_buckets(h)) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{pre}le=\"{}\"}} {count}",
+            seconds(*bound)
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{{pre}le=\"+Inf\"}} {}", h.count());
+    if om {
+        let _ = writeln!(out, "{name}_count{plain} {}", h.count());
+        let _ = writeln!(out, "{name}_sum{plain} {}", seconds(h.sum_ns()));
+        let _ = writeln!(
+            out,
+            "{name}_created{plain} {}",
+            seconds(h.created_unix_ns())
+        );
+    } else {
+        let _ = writeln!(out, "{name}_sum{plain} {}", seconds(h.sum_ns()));
+        let _ = writeln!(out, "{name}_count{plain} {}", h.count());
+    }
+}
+
+fn metrics_text(state: &State, om: bool) -> String {
+    let mut out = String::new();
+    if !state.phases().is_empty() {
+        header(
+            &mut out,
+            &Family {
+                name: "fastkexec_phase_duration_seconds",
+                kind: "histogram",
+                help: "Duration of each phase of a kexec reboot, over every reboot folded in \
+                       by fastkexec report.",
+                unit: Some("seconds"),
+            },
+            om,
+        );
+        for p in state.phases() {
+            histogram_samples(
+                &mut out,
+                "fastkexec_phase_duration_seconds",
+                Some(("phase", p.name())),
+                p,
+                om,
+            );
+        }
+    }
+    if let Some(total) = state.total() {
+        header(
+            &mut out,
+            &Family {
+                name: "fastkexec_reboot_duration_seconds",
+                kind: "histogram",
+                help: "Duration of whole kexec reboots, from the reboot request to user space \
+                       up in the new kernel.",
+                unit: Some("seconds"),
+            },
+            om,
+        );
+        histogram_samples(
+            &mut out,
+            "fastkexec_reboot_duration_seconds",
+            None,
+            total,
+            om,
+        );
+    }
+    header(
+        &mut out,
+        &Family {
+            name: "fastkexec_reboots_total",
+            kind: "counter",
+            help: "Reboots folded into the fastkexec histograms.",
+            unit: None,
+        },
+        om,
+    );
+    let _ = writeln!(out, "fastkexec_reboots_total {}", state.boots());
+    // Before the first fold nothing is stored, so a creation time would be each reader's "now".
+    if om && state.boots() > 0 {
+        let _ = writeln!(
+            out,
+            "fastkexec_reboots_created {}",
+            seconds(state.created_unix_ns())
+        );
+    }
+    if let Some(last) = state.last() {
+        last_reboot(&mut out, last, om);
+    }
+    header(
+        &mut out,
+        &Family {
+            name: "fastkexec_state_corrupt_files",
+            kind: "gauge",
+            help: "Corrupt fastkexec state files moved aside (state.json.corrupt-*) in the \
+                   state directory.",
+            unit: None,
+        },
+        om,
+    );
+    let _ = writeln!(
+        out,
+        "fastkexec_state_corrupt_files {}",
+        state.corrupt_files()
+    );
+    if om {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+fn last_reboot(out: &mut String, last: &Boot, om: bool) {
+    if !last.phases.is_empty() {
+        header(
+            out,
+            &Family {
+                name: "fastkexec_last_reboot_phase_seconds",
+                kind: "gauge",
+                help: "Duration of each phase of the last reboot folded in.",
+                unit: Some("seconds"),
+            },
+            om,
+        );
+        for p in &last.phases {
+            let _ = writeln!(
+                out,
+                "fastkexec_last_reboot_phase_seconds{{phase=\"{}\"}} {}",
+                escape_label(&p.name),
+                seconds(p.duration_ns)
+            );
+        }
+    }
+    header(
+        out,
+        &Family {
+            name: "fastkexec_last_reboot_total_seconds",
+            kind: "gauge",
+            help: "Duration of the last reboot folded in, from the reboot request to user \
+                   space up.",
+            unit: Some("seconds"),
+        },
+        om,
+    );
+    let _ = writeln!(
+        out,
+        "fastkexec_last_reboot_total_seconds {}",
+        seconds(last.total_ns)
+    );
+    header(
+        out,
+        &Family {
+            name: "fastkexec_last_reboot_timestamp_seconds",
+            kind: "gauge",
+            help: "When the last reboot folded in was requested (unix time).",
+            unit: Some("seconds"),
+        },
+        om,
+    );
+    let _ = writeln!(
+        out,
+        "fastkexec_last_reboot_timestamp_seconds {}",
+        seconds(last.reboot_unix_ns)
+    );
+    header(
+        out,
+        &Family {
+            name: "fastkexec_last_reboot_info",
+            kind: "info",
+            help: "How the kernel of the last reboot folded in was loaded (always 1).",
+            unit: None,
+        },
+        om,
+    );
+    let _ = writeln!(
+        out,
+        "fastkexec_last_reboot_info{{mode=\"{}\"}} 1",
+        escape_label(&last.mode)
+    );
+}
+
+#[derive(Serialize)]
+struct JsonExport<'a> {
+    format: &'static str,
+    version: u32,
+    significant_digits: u8,
+    boots: u64,
+    created_unix_ns: u64,
+    updated_unix_ns: u64,
+    corrupt_files: usize,
+    /// `le` of the `buckets` counts, ns.
+    bucket_bounds_ns: &'static [u64],
+    total: Option<JsonHistogram<'a>>,
+    phases: Vec<JsonHistogram<'a>>,
+    last_reboot: Option<&'a Boot>,
+}
+
+#[derive(Serialize)]
+struct JsonHistogram<'a> {
+    name: &'a str,
+    count: u64,
+    sum_ns: u64,
+    min_ns: u64,
+    mean_ns: f64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+    /// Cumulative, one per `bucket_bounds_ns`.
+    buckets: Vec<u64>,
+    /// V2 compressed, base64 (`HdrHistogram.decode` and friends read it).
+    hdr: String,
+}
+
+fn json_histogram(h: &PhaseHistogram) -> Result<JsonHistogram<'_>> {
+    let hist = h.histogram();
+    Ok(JsonHistogram {
+        name: h.name(),
+        count: h.count(),
+        sum_ns: h.sum_ns(),
+        min_ns: hist.min(),
+        mean_ns: hist.mean(),
+        p50_ns: hist.value_at_quantile(0.5),
+        p90_ns: hist.value_at_quantile(0.9),
+        p99_ns: hist.value_at_quantile(0.99),
+        p999_ns: hist.value_at_quantile(0.999),
+        max_ns: hist.max(),
+        buckets: cumulative_buckets(h),
+        hdr: encode_histogram(hist, h.name())?,
+    })
+}
+
+fn json(state: &State) -> Result<String> {
+    let doc = JsonExport {
+        format: "fastkexec-export",
+        version: 1,
+        significant_digits: SIGNIFICANT_DIGITS,
+        boots: state.boots(),
+        created_unix_ns: state.created_unix_ns(),
+        updated_unix_ns: state.updated_unix_ns(),
+        corrupt_files: state.corrupt_files(),
+        bucket_bounds_ns: BUCKET_BOUNDS_NS,
+        total: state.total().map(json_histogram).transpose()?,
+        phases: state
+            .phases()
+            .iter()
+            .map(json_histogram)
+            .collect::<Result<_>>()?,
+        last_reboot: state.last(),
+    };
+    let mut s = serde_json::to_string_pretty(&doc).map_err(|e| Error::HistogramEncode {
+        what: "the JSON export".into(),
+        problem: e.to_string(),
+    })?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// The tag of the whole-reboot histogram in the interval log.
+pub const HDR_LOG_TOTAL_TAG: &str = "total";
+
+/// An interval-log tag for `name`: tags may not hold ',' or white space.
+pub fn hdr_log_tag(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == ',' || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Seconds with millisecond precision, as interval logs write them.
+fn log_seconds(ns: u64) -> String {
+    format!(
+        "{}.{:03}",
+        ns / 1_000_000_000,
+        (ns % 1_000_000_000) / 1_000_000
+    )
+}
+
+fn hdr_log(state: &State) -> Result<String> {
+    let start = state.created_unix_ns();
+    let length = state.updated_unix_ns().saturating_sub(start);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "#[fastkexec reboot phase durations, {} reboots: values in nanoseconds, Interval_Max in \
+         milliseconds; Tag=<phase>, Tag={HDR_LOG_TOTAL_TAG} for whole reboots]",
+        state.boots()
+    );
+    out.push_str("#[Histogram log format version 1.3]\n");
+    let _ = writeln!(
+        out,
+        "#[StartTime: {} (seconds since epoch), {}]",
+        log_seconds(start),
+        utc_date(start / 1_000_000_000)
+    );
+    let _ = writeln!(
+        out,
+        "#[BaseTime: {} (seconds since epoch)]",
+        log_seconds(start)
+    );
+    out.push_str(
+        "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+    );
+    let lines = state
+        .phases()
+        .iter()
+        .map(|p| (hdr_log_tag(p.name()), p))
+        .chain(state.total().map(|t| (HDR_LOG_TOTAL_TAG.to_string(), t)));
+    for (tag, h) in lines {
+        let hist = h.histogram();
+        // Interval_Max in ms, as Java's HistogramLogWriter writes ns histograms by default.
+        let _ = writeln!(
+            out,
+            "Tag={tag},0.000,{},{:.3},{}",
+            log_seconds(length),
+            hist.max() as f64 / 1e6,
+            encode_histogram(hist, h.name())?
+        );
+    }
+    Ok(out)
+}
+
+/// `secs` since the epoch as an ISO 8601 UTC date (days to civil date: Howard Hinnant's
+/// algorithm).
+fn utc_date(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram::{Boot, Phase};
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+    /// (boot id, phases as (name, ns), total ns) of each boot.
+    type Boots<'a> = &'a [(&'a str, &'a [(&'a str, u64)], u64)];
+
+    fn state(boots: Boots) -> State {
+        let mut st = State::new();
+        for (i, (id, phases, total)) in boots.iter().enumerate() {
+            st.fold(&Boot {
+                boot_id: id.to_string(),
+                phases: phases.iter().map(|(n, d)| Phase::new(*n, *d)).collect(),
+                total_ns: *total,
+                reboot_unix_ns: 1_700_000_000_000_000_000 + i as u64 * 1_000_000_000,
+                mode: "uncompressed".into(),
+            })
+            .unwrap();
+        }
+        st
+    }
+
+    fn three() -> State {
+        state(&[
+            (
+                "a",
+                &[("device_shutdown", 4_900_000), ("purgatory", 30_000)],
+                2_600_000_000,
+            ),
+            (
+                "b",
+                &[("device_shutdown", 11_000_000), ("purgatory", 45_000)],
+                320_000_000,
+            ),
+            ("c", &[("device_shutdown", 7_000_000)], 3_775_000_000),
+        ])
+    }
+
+    /// (name, labels, value) of every sample line.
+    fn samples(text: &str) -> Vec<(String, String, String)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                (name.to_string(), labels.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    fn value(text: &str, name: &str, labels: &str) -> String {
+        samples(text)
+            .into_iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|(_, _, v)| v)
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+    }
+
+    #[test]
+    fn seconds_are_exact_canonical_decimals() {
+        assert_eq!(seconds(0), "0.0");
+        assert_eq!(seconds(1_000_000_000), "1.0");
+        assert_eq!(seconds(250_000), "0.00025");
+        assert_eq!(seconds(2_500_000_000), "2.5");
+        assert_eq!(seconds(1), "0.000000001");
+        assert_eq!(seconds(123_456_789_012), "123.456789012");
+        assert_eq!(seconds(u64::MAX), "18446744073.709551615");
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_inf_equals_count() {
+        let st = three();
+        let text = render(Format::Prometheus, &st).unwrap();
+        for phase in ["device_shutdown", "purgatory"] {
+            let p = st.phase(phase).unwrap();
+            let mut prev = 0u64;
+            for b in BUCKET_BOUNDS_NS {
+                let v: u64 = value(
+                    &text,
+                    "fastkexec_phase_duration_seconds_bucket",
+                    &format!("phase=\"{phase}\",le=\"{}\"", seconds(*b)),
+                )
+                .parse()
+                .unwrap();
+                assert!(v >= prev, "{phase} le={b}: {v} < {prev}");
+                prev = v;
+            }
+            let inf = value(
+                &text,
+                "fastkexec_phase_duration_seconds_bucket",
+                &format!("phase=\"{phase}\",le=\"+Inf\""),
+            );
+            let count = value(
+                &text,
+                "fastkexec_phase_duration_seconds_count",
+                &format!("phase=\"{phase}\""),
+            );
+            assert_eq!(inf, count);
+            assert_eq!(count, p.count().to_string());
+            assert!(prev <= p.count());
+        }
+        // Exact bucket counts for values far from every bound.
+        assert_eq!(
+            value(
+                &text,
+                "fastkexec_phase_duration_seconds_bucket",
+                "phase=\"device_shutdown\",le=\"0.005\""
+            ),
+            "1"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fastkexec_phase_duration_seconds_bucket",
+                "phase=\"device_shutdown\",le=\"0.01\""
+            ),
+            "2"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fastkexec_phase_duration_seconds_bucket",
+                "phase=\"device_shutdown\",le=\"0.025\""
+            ),
+            "3"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fastkexec_phase_duration_seconds_sum",
+                "phase=\"device_shutdown\""
+            ),
+            "0.0229"
+        );
+        assert_eq!(
+            value(&text, "fastkexec_reboot_duration_seconds_count", ""),
+            "3"
+        );
+        assert_eq!(
+            value(&text, "fastkexec_reboot_duration_seconds_sum", ""),
+            "6.695"
+        );
+        assert_eq!(value(&text, "fastkexec_reboots_total", ""), "3");
+        assert_eq!(
+            value(
+                &text,
+                "fastkexec_last_reboot_phase_seconds",
+                "phase=\"device_shutdown\""
+            ),
+            "0.007"
+        );
+        assert_eq!(
+            value(&text, "fastkexec_last_reboot_total_seconds", ""),
+            "3.775"
+        );
+        assert_eq!(
+            value(&text, "fastkexec_last_reboot_timestamp_seconds", ""),
+            "1700000002.0"
+        );
+        assert_eq!(
+            value(&text, "fastkexec_last_reboot_info", "mode=\"uncompressed\""),
+            "1"
+        );
+    }
+
+    #[test]
+    fn a_bucket_never_counts_a_value_above_its_bound() {
+        // Exactly on a bound, just above and just below, across the range.
+        let mut boots = Vec::new();
+        for (i, b) in BUCKET_BOUNDS_NS.iter().enumerate() {
+            for (j, v) in [*b, b + b / 500, b - b / 500].into_iter().enumerate() {
+                boots.push((format!("{i}-{j}"), v));
+            }
+        }
+        let mut st = State::new();
+        for (id, v) in &boots {
+            st.fold(&Boot {
+                boot_id: id.clone(),
+                phases: vec![Phase::new("p", *v)],
+                total_ns: *v,
+                reboot_unix_ns: 0,
+                mode: String::new(),
+            })
+            .unwrap();
+        }
+        let got = cumulative_buckets(st.phase("p").unwrap());
+        for (bound, count) in BUCKET_BOUNDS_NS.iter().zip(&got) {
+            let exact = boots.iter().filter(|(_, v)| v <= bound).count() as u64;
+            // Never more than the exact count; at most the values within 0.1 % under the
+            // bound (here: the one exactly on it) fewer.
+            assert!(*count <= exact, "le={bound}: {count} > {exact}");
+            assert!(exact - count <= 1, "le={bound}: {count} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let st = state(&[("a", &[("quote\"back\\slash", 1_000)], 5_000)]);
+        let text = render(Format::Prometheus, &st).unwrap();
+        assert!(
+            text.contains(
+                r#"fastkexec_phase_duration_seconds_count{phase="quote\"back\\slash"} 1"#
+            ),
+            "{text}"
+        );
+        assert_eq!(escape_label("a\nb"), "a\\nb");
+        assert_eq!(escape_label("plain é"), "plain é");
+    }
+
+    #[test]
+    fn an_empty_state_still_says_nothing_was_folded() {
+        let st = State::new();
+        let text = render(Format::Prometheus, &st).unwrap();
+        assert!(!text.contains("fastkexec_phase_duration_seconds"));
+        assert!(!text.contains("fastkexec_last_reboot"));
+        assert_eq!(value(&text, "fastkexec_reboots_total", ""), "0");
+        assert_eq!(value(&text, "fastkexec_state_corrupt_files", ""), "0");
+        let om = render(Format::OpenMetrics, &st).unwrap();
+        assert!(om.ends_with("\n# EOF\n"));
+        let log = render(Format::HdrLog, &st).unwrap();
+        assert_eq!(IntervalLogIterator::new(log.as_bytes()).count(), 2);
+        let json: serde_json::Value =
+            serde_json::from_str(&render(Format::Json, &st).unwrap()).unwrap();
+        assert_eq!(json["boots"], 0);
+        assert!(json["total"].is_null());
+    }
+
+    #[test]
+    fn every_family_is_announced_once_before_its_samples() {
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = render(format, &three()).unwrap();
+            let mut typed: Vec<String> = Vec::new();
+            for l in text.lines() {
+                if let Some(rest) = l.strip_prefix("# TYPE ") {
+                    let name = rest.split(' ').next().unwrap().to_string();
+                    assert!(!typed.contains(&name), "{name} typed twice");
+                    typed.push(name);
+                } else if !l.starts_with('#') {
+                    let name = l.split(['{', ' ']).next().unwrap();
+                    let family = typed.last().unwrap();
+                    assert!(name.starts_with(family.as_str()), "{name} outside {family}");
+                }
+            }
+            assert_eq!(typed.len(), 8, "{format:?}");
+            assert!(text.ends_with('\n'));
+        }
+    }
+
+    #[test]
+    fn openmetrics_has_units_created_and_eof() {
+        let text = render(Format::OpenMetrics, &three()).unwrap();
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.contains("# UNIT fastkexec_phase_duration_seconds seconds\n"));
+        assert!(text.contains("# TYPE fastkexec_reboots counter\n"));
+        assert!(text.contains("\nfastkexec_reboots_total 3\n"));
+        assert!(text.contains("# TYPE fastkexec_last_reboot info\n"));
+        assert!(text.contains("fastkexec_phase_duration_seconds_created{phase=\"purgatory\"} "));
+        // Every unit is the suffix of its family's name, as OpenMetrics requires.
+        for l in text.lines().filter(|l| l.starts_with("# UNIT ")) {
+            let mut it = l["# UNIT ".len()..].split(' ');
+            let (name, unit) = (it.next().unwrap(), it.next().unwrap());
+            assert!(name.ends_with(&format!("_{unit}")), "{l}");
+        }
+    }
+
+    #[test]
+    fn json_has_percentiles_and_decodable_histograms() {
+        let st = three();
+        let v: serde_json::Value =
+            serde_json::from_str(&render(Format::Json, &st).unwrap()).unwrap();
+        assert_eq!(v["boots"], 3);
+        let ds = &v["phases"][0];
+        assert_eq!(ds["name"], "device_shutdown");
+        assert_eq!(ds["count"], 3);
+        assert_eq!(ds["sum_ns"], 22_900_000);
+        let h = st.phase("device_shutdown").unwrap().histogram();
+        assert_eq!(ds["p50_ns"], h.value_at_quantile(0.5));
+        assert_eq!(ds["max_ns"], h.max());
+        let back = crate::histogram::decode_histogram(ds["hdr"].as_str().unwrap()).unwrap();
+        assert_eq!(&back, h);
+        assert_eq!(v["last_reboot"]["boot_id"], "c");
+        assert_eq!(
+            v["phases"][0]["buckets"].as_array().unwrap().len(),
+            BUCKET_BOUNDS_NS.len()
+        );
+    }
+
+    #[test]
+    fn the_interval_log_reads_back_with_tags_and_times() {
+        let st = state(&[(
+            "a",
+            &[("kernel init", 900_000_000), ("x,y", 5)],
+            2_000_000_000,
+        )]);
+        let log = render(Format::HdrLog, &st).unwrap();
+        assert!(log.contains("\n#[Histogram log format version 1.3]\n"));
+        let mut tags = Vec::new();
+        let mut base = None;
+        for e in IntervalLogIterator::new(log.as_bytes()) {
+            match e.unwrap() {
+                LogEntry::BaseTime(t) => base = Some(t),
+                LogEntry::StartTime(_) => {}
+                LogEntry::Interval(i) => {
+                    let h = crate::histogram::decode_histogram(i.encoded_histogram()).unwrap();
+                    assert_eq!(h.len(), 1);
+                    let tag = i.tag().unwrap().as_str().to_string();
+                    let want = if tag == HDR_LOG_TOTAL_TAG {
+                        st.total().unwrap()
+                    } else {
+                        st.phases()
+                            .iter()
+                            .find(|p| hdr_log_tag(p.name()) == tag)
+                            .unwrap()
+                    };
+                    assert_eq!(&h, want.histogram());
+                    assert!((i.max() - want.histogram().max() as f64 / 1e6).abs() < 0.001);
+                    tags.push(tag);
+                }
+            }
+        }
+        assert_eq!(tags, ["kernel_init", "x_y", "total"]);
+        assert_eq!(
+            base.unwrap().as_millis() as u64,
+            st.created_unix_ns() / 1_000_000
+        );
+    }
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(utc_date(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_date(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_date(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn the_textfile_lands_atomically_in_an_existing_directory_only() {
+        let d = tempfile::tempdir().unwrap();
+        let st = three();
+        let path = write_textfile(d.path(), &st).unwrap();
+        assert_eq!(path, d.path().join(TEXTFILE_NAME));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, render(Format::Prometheus, &st).unwrap());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        let err = write_textfile(&d.path().join("missing"), &three()).unwrap_err();
+        assert!(
+            err.to_string().contains("collector.textfile.directory"),
+            "{err}"
+        );
+    }
+}

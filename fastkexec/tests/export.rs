@@ -1,0 +1,571 @@
+//! `fastkexec export` and `fastkexec serve` checked by the ecosystem's own tools: Prometheus'
+//! `promtool check metrics`, the OpenMetrics parser of PyPI's prometheus-client, and PyPI's
+//! hdrhistogram (an independent HdrHistogram codec) for the interval log.
+//!
+//! `cargo xtask setup` installs them (Debian's prometheus package; a virtualenv in
+//! target/pyvenv). A missing checker fails the test: CI runs setup first.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use fastkexec::histogram::{fold_boot, Boot, Phase, State, StateDir};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fastkexec"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run fastkexec")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn promtool() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    found.expect(
+        "promtool not found: run `cargo xtask setup` (installs Debian's prometheus package)",
+    )
+}
+
+fn python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let py = root.join("target/pyvenv/bin/python3");
+    assert!(
+        py.exists(),
+        "{} missing: run `cargo xtask setup` (installs PyPI's hdrhistogram and prometheus-client there)",
+        py.display()
+    );
+    py
+}
+
+/// Runs `prog args` with `input` on stdin.
+fn pipe(prog: &Path, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", prog.display()));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `promtool check metrics` must accept `metrics` without a single lint remark.
+fn assert_promtool_accepts(metrics: &[u8]) {
+    let o = pipe(&promtool(), &["check", "metrics"], metrics);
+    assert!(
+        o.status.success() && o.stdout.is_empty() && o.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\n--- input ---\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr),
+        text(metrics)
+    );
+}
+
+const PHASES: &[&str] = &[
+    "userspace shutdown",
+    "device_shutdown",
+    "purgatory",
+    "decompression",
+    "kernel init",
+    // Label escaping and non-ASCII, end to end.
+    "odd \"quoted\" \\ phase é",
+];
+
+/// Three reboots with every phase, one more without "decompression" (uncompressed mode).
+fn lab_like_state(dir: &Path) {
+    for (i, scale) in [1u64, 3, 2].into_iter().enumerate() {
+        let boot = Boot {
+            boot_id: format!("0b7c1a6e-0000-4000-8000-00000000000{i}"),
+            phases: PHASES
+                .iter()
+                .enumerate()
+                .map(|(j, n)| Phase::new(*n, scale * 7_000 * 10u64.pow(j as u32 % 6)))
+                .collect(),
+            total_ns: scale * 2_605_000_000,
+            reboot_unix_ns: 1_795_000_000_000_000_000 + i as u64 * 60_000_000_000,
+            mode: "uncompressed".into(),
+        };
+        fold_boot(dir, &boot).unwrap();
+    }
+}
+
+/// (name, labels, value) of each sample line of Prometheus text.
+fn samples(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            (
+                name.to_string(),
+                labels.trim_end_matches('}').to_string(),
+                value.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_export_passes_promtool_and_counts_every_reboot() {
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let o = run(&["export", "--state-dir", d.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_promtool_accepts(&o.stdout);
+    let out = text(&o.stdout);
+    let counts: Vec<_> = samples(&out)
+        .into_iter()
+        .filter(|(n, _, _)| n == "fastkexec_phase_duration_seconds_count")
+        .collect();
+    assert_eq!(counts.len(), PHASES.len());
+    for (_, labels, value) in &counts {
+        assert_eq!(value, "3", "{labels}");
+    }
+    assert!(
+        out.contains(r#"{phase="odd \"quoted\" \\ phase é"} 3"#),
+        "{out}"
+    );
+    assert!(out.contains("\nfastkexec_reboots_total 3\n"));
+    assert!(out.contains("\nfastkexec_reboot_duration_seconds_count 3\n"));
+}
+
+#[test]
+fn an_empty_or_missing_state_passes_promtool() {
+    let d = tempfile::tempdir().unwrap();
+    for dir in [d.path().to_path_buf(), d.path().join("never-created")] {
+        let o = run(&["export", "--state-dir", dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert_promtool_accepts(&o.stdout);
+        assert!(text(&o.stdout).contains("fastkexec_reboots_total 0\n"));
+    }
+}
+
+#[test]
+fn promtool_is_a_real_check() {
+    // The same output with the counter's `_total` dropped must be refused: the checker bites.
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let o = run(&["export", "--state-dir", d.path().to_str().unwrap()]);
+    let broken = text(&o.stdout).replace("fastkexec_reboots_total", "fastkexec_reboots");
+    let o = pipe(&promtool(), &["check", "metrics"], broken.as_bytes());
+    assert!(
+        !o.status.success(),
+        "promtool accepted a counter without _total"
+    );
+}
+
+#[test]
+fn textfile_export_is_one_prom_file_that_passes_promtool() {
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let tf = tempfile::tempdir().unwrap();
+    let state_dir = d.path().to_str().unwrap();
+    let tf_dir = tf.path().to_str().unwrap();
+    for _ in 0..2 {
+        let o = run(&["export", "--state-dir", state_dir, "--textfile-dir", tf_dir]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+    }
+    let names: Vec<String> = fs::read_dir(tf.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["fastkexec.prom"]);
+    let prom = fs::read(tf.path().join("fastkexec.prom")).unwrap();
+    assert!(prom.ends_with(b"\n"));
+    assert_promtool_accepts(&prom);
+
+    // node_exporter reads only Prometheus text; --output and --textfile-dir exclude each other.
+    let o = run(&[
+        "export",
+        "--state-dir",
+        state_dir,
+        "--textfile-dir",
+        tf_dir,
+        "--format",
+        "json",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--format prometheus"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(&["export", "--textfile-dir", tf_dir, "--output", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let o = run(&[
+        "export",
+        "--state-dir",
+        state_dir,
+        "--textfile-dir",
+        "/nonexistent/dir",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("collector.textfile.directory"));
+}
+
+const OPENMETRICS_PARSER: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+fams = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    fams.append({"name": f.name, "type": f.type, "unit": f.unit,
+                 "samples": [[s.name, s.labels, s.value] for s in f.samples]})
+print(json.dumps(fams))
+"#;
+
+#[test]
+fn openmetrics_export_parses_with_prometheus_clients_strict_parser() {
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let out = d.path().join("metrics.om");
+    let o = run(&[
+        "export",
+        "--state-dir",
+        d.path().to_str().unwrap(),
+        "--format",
+        "openmetrics",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let om = fs::read(&out).unwrap();
+    assert!(om.ends_with(b"\n# EOF\n"));
+    let o = pipe(&python(), &["-c", OPENMETRICS_PARSER], &om);
+    assert!(
+        o.status.success(),
+        "parser: {}\n{}",
+        text(&o.stderr),
+        text(&om)
+    );
+    let fams: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let by_name: BTreeMap<&str, &serde_json::Value> = fams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f))
+        .collect();
+    let expect = [
+        ("fastkexec_phase_duration_seconds", "histogram", "seconds"),
+        ("fastkexec_reboot_duration_seconds", "histogram", "seconds"),
+        ("fastkexec_reboots", "counter", ""),
+        ("fastkexec_last_reboot_phase_seconds", "gauge", "seconds"),
+        ("fastkexec_last_reboot_total_seconds", "gauge", "seconds"),
+        (
+            "fastkexec_last_reboot_timestamp_seconds",
+            "gauge",
+            "seconds",
+        ),
+        ("fastkexec_last_reboot", "info", ""),
+        ("fastkexec_state_corrupt_files", "gauge", ""),
+    ];
+    assert_eq!(by_name.len(), expect.len(), "{fams}");
+    for (name, kind, unit) in expect {
+        let f = by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(f["type"], kind, "{name}");
+        assert_eq!(f["unit"], unit, "{name}");
+    }
+    let hist = by_name["fastkexec_phase_duration_seconds"]["samples"]
+        .as_array()
+        .unwrap();
+    for phase in PHASES {
+        let count = hist
+            .iter()
+            .find(|s| s[0] == "fastkexec_phase_duration_seconds_count" && s[1]["phase"] == *phase)
+            .unwrap_or_else(|| panic!("no _count for {phase}"));
+        assert_eq!(count[2], 3.0);
+        assert!(
+            hist.iter()
+                .any(|s| s[0] == "fastkexec_phase_duration_seconds_created"
+                    && s[1]["phase"] == *phase)
+        );
+    }
+    let info = &by_name["fastkexec_last_reboot"]["samples"][0];
+    assert_eq!(info[1]["mode"], "uncompressed");
+
+    // The parser is strict: without `# EOF`, or with a bucket count going down, it refuses.
+    let text_om = text(&om);
+    let no_eof = text_om.trim_end_matches("# EOF\n");
+    let o = pipe(&python(), &["-c", OPENMETRICS_PARSER], no_eof.as_bytes());
+    assert!(!o.status.success(), "accepted OpenMetrics without # EOF");
+    let inf = "fastkexec_reboot_duration_seconds_bucket{le=\"+Inf\"} 3";
+    assert!(text_om.contains(inf));
+    let shrunk = text_om.replace(
+        inf,
+        "fastkexec_reboot_duration_seconds_bucket{le=\"+Inf\"} 2",
+    );
+    let o = pipe(&python(), &["-c", OPENMETRICS_PARSER], shrunk.as_bytes());
+    assert!(!o.status.success(), "accepted +Inf != _count");
+}
+
+const HDR_DECODER: &str = r#"
+import json, sys
+from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogReader
+reader = HistogramLogReader(sys.argv[1], HdrHistogram(1, 86400 * 10**9, 3))
+out = {}
+while True:
+    h = reader.get_next_interval_histogram()
+    if h is None:
+        break
+    out[h.get_tag()] = {
+        "count": h.get_total_count(),
+        "min": h.get_min_value(),
+        "max": h.get_max_value(),
+        "p50": h.get_value_at_percentile(50.0),
+        "p90": h.get_value_at_percentile(90.0),
+        "p99": h.get_value_at_percentile(99.0),
+        "p999": h.get_value_at_percentile(99.9),
+        "start_ms": h.get_start_time_stamp(),
+    }
+print(json.dumps(out))
+"#;
+
+/// Deterministic durations spread log-uniformly from 10 µs to 10 s.
+fn durations(seed: u64, n: usize) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            (10_000.0 * 10f64.powf(6.0 * u)) as u64
+        })
+        .collect()
+}
+
+/// The `q` quantile of `sorted` with HdrHistogram's rank rule (the ceil(q·n)-th value).
+fn exact_quantile(sorted: &[u64], q: f64) -> u64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
+#[test]
+fn hdr_log_decodes_with_pypi_hdrhistogram_to_the_same_counts_and_percentiles() {
+    // 1000 reboots: q·n is a whole number for every quantile compared, so Python's
+    // round-half-up rank and Rust's ceil rank pick the same value.
+    const N: usize = 1000;
+    let names = ["device_shutdown", "kernel init", "purgatory"];
+    let values: Vec<Vec<u64>> = (0..names.len())
+        .map(|i| durations(i as u64 + 1, N))
+        .collect();
+    let totals = durations(99, N);
+    let mut st = State::new();
+    for b in 0..N {
+        st.fold(&Boot {
+            boot_id: format!("boot-{b}"),
+            phases: names
+                .iter()
+                .zip(&values)
+                .map(|(n, v)| Phase::new(*n, v[b]))
+                .collect(),
+            total_ns: totals[b],
+            reboot_unix_ns: 0,
+            mode: "file".into(),
+        })
+        .unwrap();
+    }
+    let d = tempfile::tempdir().unwrap();
+    StateDir::lock(d.path()).unwrap().save(&st).unwrap();
+    let log = d.path().join("reboots.hlog");
+    let o = run(&[
+        "export",
+        "--state-dir",
+        d.path().to_str().unwrap(),
+        "--format",
+        "hdr-log",
+        "--output",
+        log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = Command::new(python())
+        .args(["-c", HDR_DECODER, log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python hdrh: {}\n{}",
+        text(&o.stderr),
+        fs::read_to_string(&log).unwrap()
+    );
+    let decoded: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        decoded.as_object().unwrap().len(),
+        names.len() + 1,
+        "{decoded}"
+    );
+
+    let tags = ["device_shutdown", "kernel_init", "purgatory", "total"];
+    let raw: Vec<&Vec<u64>> = values.iter().chain([&totals]).collect();
+    for ((tag, name), raw) in tags.iter().zip(names.iter().chain(&["total"])).zip(raw) {
+        let theirs = &decoded[tag];
+        let ours = if *name == "total" {
+            st.total().unwrap()
+        } else {
+            st.phase(name).unwrap()
+        }
+        .histogram();
+        let mut sorted = raw.clone();
+        sorted.sort_unstable();
+        assert_eq!(theirs["count"], N as u64, "{tag}");
+        assert_eq!(theirs["count"], ours.len(), "{tag}");
+        assert_eq!(theirs["max"], ours.max(), "{tag} max");
+        assert_eq!(theirs["min"], ours.min(), "{tag} min");
+        for (key, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            let ours_v = ours.value_at_quantile(q);
+            assert_eq!(theirs[key], ours_v, "{tag} {key}");
+            // And both agree with the raw samples to the histogram's 3 digits.
+            let exact = exact_quantile(&sorted, q);
+            let err = ours_v.abs_diff(exact) as f64 / exact as f64;
+            assert!(err <= 1e-3, "{tag} {key}: {ours_v} vs exact {exact}");
+        }
+        let max = *sorted.last().unwrap();
+        assert!(ours.max() >= max && (ours.max() - max) as f64 <= max as f64 * 1e-3);
+        // The interval starts when the state was created (StartTime/BaseTime headers).
+        let start_ms = theirs["start_ms"].as_f64().unwrap();
+        let created_ms = (st.created_unix_ns() / 1_000_000) as f64;
+        assert!(
+            (start_ms - created_ms).abs() <= 1.0,
+            "{start_ms} vs {created_ms}"
+        );
+    }
+}
+
+#[test]
+fn serve_answers_scrapes_with_output_promtool_accepts() {
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            d.path().to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let get = |path: &str| {
+        let addr = first
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|s| s.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    };
+    let (head, body) = get("/metrics");
+    let (head404, _) = get("/");
+    // Stop the server we started (by its handle) before asserting anything.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert_promtool_accepts(body.as_bytes());
+    assert!(body.contains("fastkexec_reboots_total 3\n"));
+    assert!(head404.starts_with("HTTP/1.1 404"), "{head404}");
+
+    // Not on a non-loopback address without --allow-remote.
+    let o = run(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--state-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("--allow-remote"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+const HDR_ENCODER: &str = r#"
+import json, sys
+from hdrh.histogram import HdrHistogram
+h = HdrHistogram(1, 86400 * 10**9, 3)
+for v in json.loads(sys.argv[1]):
+    h.record_value(v)
+print(h.encode().decode())
+"#;
+
+#[test]
+fn histograms_encoded_by_pypi_hdrhistogram_decode_in_ours() {
+    // The other direction: a fleet tool may write histograms we read (e.g. merged states).
+    let values = durations(7, 200);
+    let o = Command::new(python())
+        .args(["-c", HDR_ENCODER, &serde_json::to_string(&values).unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let h = fastkexec::histogram::decode_histogram(text(&o.stdout).trim()).unwrap();
+    assert_eq!(h.len(), values.len() as u64);
+    let mut sorted = values.clone();
+    sorted.sort_unstable();
+    for q in [0.5, 0.9, 0.99] {
+        let exact = exact_quantile(&sorted, q);
+        let got = h.value_at_quantile(q);
+        assert!(
+            got.abs_diff(exact) as f64 <= exact as f64 * 1e-3,
+            "q{q}: {got} vs {exact}"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_systemd_unit_exports_with_arguments_the_cli_accepts() {
+    let unit =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd/fastkexec-report.service");
+    let unit = fs::read_to_string(&unit).unwrap();
+    let export: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|args| args.get(1) == Some(&"export"))
+        .expect("an ExecStart running `fastkexec export`");
+    assert_eq!(export[0], "/usr/local/bin/fastkexec");
+    assert!(unit.contains("\nType=oneshot\n") && unit.contains("\nWantedBy=multi-user.target\n"));
+    // The same arguments, with the two directories moved into temporary ones.
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let tf = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = export[1..].iter().map(|s| s.to_string()).collect();
+    for (flag, dir) in [("--state-dir", d.path()), ("--textfile-dir", tf.path())] {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing"));
+        args[i + 1] = dir.to_str().unwrap().to_string();
+    }
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+    assert_promtool_accepts(&fs::read(tf.path().join("fastkexec.prom")).unwrap());
+}
