@@ -8,12 +8,17 @@
 //!   `reboot(LINUX_REBOOT_CMD_KEXEC)` right away. Services get no chance to stop and file
 //!   systems stay mounted (their data is synced, not unmounted cleanly). Without systemd — a
 //!   busybox init, an initramfs shell — this is the only path, as with `kexec -e`.
+//!
+//! After `load --mode staged`, both paths first check that the crashkernel reservation still
+//! holds the kernel fastkexec staged there, and refuse if something else was loaded into it
+//! since (see [`staged`](crate::staged)).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::kexec::{self, Call};
+use crate::staged::{self, PreExec};
 use crate::status;
 use crate::{Error, Result};
 
@@ -90,6 +95,7 @@ pub fn ensure_loaded(root: &Path) -> Result<()> {
 pub fn exec(force: bool) -> Result<()> {
     let root = Path::new("/");
     ensure_loaded(root)?;
+    check_staged(root)?;
     // Sync first on both paths: if the clean shutdown stalls or the new kernel hangs, written
     // data is already on disk.
     kexec::sync();
@@ -119,11 +125,35 @@ pub fn exec(force: bool) -> Result<()> {
     }
 }
 
-/// Unloads the loaded (normal) image; a no-op for the kernel when none is loaded.
-pub fn unload() -> Result<()> {
+/// Refuses when `load --mode staged` recorded a staged kernel that is no longer the crash
+/// image (see [`staged::check_before_exec`]).
+pub fn check_staged(root: &Path) -> Result<PreExec> {
+    let found = staged::check_before_exec(root)?;
+    match &found {
+        PreExec::NotStaged => {}
+        PreExec::Intact { blocks, ms } => log::info!(
+            "the staged kernel is intact ({blocks} blocks sampled and the small pieces summed \
+             in {ms:.1} ms)"
+        ),
+        PreExec::Unverified { why } => log::warn!(
+            "cannot check the staged kernel beforehand: {why}; the trampoline still checks it \
+             and resets the machine rather than boot a replaced kernel"
+        ),
+    }
+    Ok(found)
+}
+
+/// Unloads the loaded (normal) image — a no-op for the kernel when none is loaded — and, after
+/// `load --mode staged`, the staged crash image while it is still ours. Says what was done.
+pub fn unload() -> Result<String> {
+    let root = Path::new("/");
     kexec::unload().map_err(|e| {
-        let st = status::status(Path::new("/")).unwrap_or_default();
+        let st = status::status(root).unwrap_or_default();
         kexec::explain(Call::Unload, e, &st)
+    })?;
+    Ok(match staged::unload_staged(root)? {
+        Some(also) => format!("unloaded; {also}"),
+        None => "unloaded".to_string(),
     })
 }
 

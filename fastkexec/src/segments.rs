@@ -172,6 +172,27 @@ pub fn plan_uncompressed(input: &UncompressedInput) -> Result<Plan> {
 
 /// Plans an uncompressed load.
 pub fn plan_uncompressed_with(input: &UncompressedInput, extras: &PlanExtras) -> Result<Plan> {
+    plan_impl(input, extras, None)
+}
+
+/// Plans an uncompressed load whose every segment lies inside `within` (the
+/// crashkernel reservation, for staged mode). The kernel's footprint after
+/// `phys_delta` must already fall inside it; everything else is placed
+/// top-down inside it (still at or above 1 MiB and below 4 GiB where the
+/// unconstrained plan demands that).
+pub fn plan_uncompressed_within(
+    input: &UncompressedInput,
+    extras: &PlanExtras,
+    within: PhysRange,
+) -> Result<Plan> {
+    plan_impl(input, extras, Some(within))
+}
+
+fn plan_impl(
+    input: &UncompressedInput,
+    extras: &PlanExtras,
+    within: Option<PhysRange>,
+) -> Result<Plan> {
     let host = input.host;
     let vm = vmlinux::parse_vmlinux(input.vmlinux_path, input.vmlinux)?;
     if input.phys_delta % PHYS_DELTA_ALIGN != 0 {
@@ -214,27 +235,20 @@ pub fn plan_uncompressed_with(input: &UncompressedInput, extras: &PlanExtras) ->
             });
         }
     }
+    if let Some(w) = within.filter(|w| !w.contains_range(&footprint)) {
+        return Err(Error::Plan {
+            problem: format!(
+                "the kernel's footprint {footprint} ({}) after the physical shift {:#x} is not inside {w}",
+                human(footprint.len()),
+                input.phys_delta
+            ),
+        });
+    }
     let entry = shift(vm.entry)?;
 
     // --- command line ---
     let caps = bootparams::header_caps(input.setup_header);
-    if input.cmdline.as_bytes().contains(&0) {
-        return Err(Error::Plan {
-            problem: "the kernel command line contains a NUL byte, which would end it early".into(),
-        });
-    }
-    if input.cmdline.len() > caps.cmdline_size as usize {
-        return Err(Error::CmdlineTooLong {
-            len: input.cmdline.len(),
-            max: caps.cmdline_size as usize,
-            limit_from: if caps.from_bzimage {
-                "the bzImage setup header's cmdline_size (0x238)".into()
-            } else {
-                "the x86 COMMAND_LINE_SIZE (2048 incl. NUL) assumed for a vmlinux without a bzImage header"
-                    .into()
-            },
-        });
-    }
+    check_cmdline(input.cmdline, &caps)?;
 
     let mut used: Vec<PhysRange> = vec![footprint];
     used.extend(reserved.iter().copied());
@@ -290,7 +304,7 @@ pub fn plan_uncompressed_with(input: &UncompressedInput, extras: &PlanExtras) ->
                 ),
             )
         };
-        let free = free_for_placement(host, &used);
+        let free = free_for_placement(host, &used, within);
         let at = e820::find_hole(
             &free,
             &HoleRequest {
@@ -319,112 +333,38 @@ pub fn plan_uncompressed_with(input: &UncompressedInput, extras: &PlanExtras) ->
         initrd_place = Some((at, size));
     }
 
-    // --- boot block: zero page, command line, EFI map, setup_data ---
-    let (efi, efi_state) = match bootparams::efi_parts(host) {
-        Ok(p) => {
-            let state = EfiHandoff::Passed {
-                runtime_regions: p.runtime_regions,
-            };
-            (Some(p), state)
-        }
-        Err(state) => (None, state),
-    };
-    let mut nodes: Vec<SetupData> = Vec::new();
-    let e820_ext = bootparams::e820_ext_node(&host.memmap);
-    nodes.extend(e820_ext);
-    if let Some(p) = &efi {
-        nodes.push(p.setup.clone());
-    }
-    if let Some(seed) = &host.rng_seed {
-        nodes.push(bootparams::rng_seed_node(seed));
-    }
-    nodes.extend(extras.setup_data.iter().cloned());
-    let layout = bootparams::layout_boot_block(
-        input.cmdline.len(),
-        efi.as_ref().map_or(0, |p| p.memmap.len()),
-        &nodes,
-    );
-    let boot_base = place_low(
-        host,
-        &used,
-        layout.size,
-        "boot_params, command line and setup_data",
+    // --- boot block and purgatory ---
+    let path = boot_path(
+        &BootPathInput {
+            host,
+            e820: &host.memmap,
+            setup_header: input.setup_header,
+            cmdline: input.cmdline,
+            initrd: initrd_place,
+            entry,
+            extras,
+            within,
+            verify: input.verify.then_some(segments.as_slice()),
+        },
+        &mut used,
     )?;
-    used.push(PhysRange::from_len(boot_base, layout.size));
-
-    // --- purgatory ---
-    let mut purg = Purgatory::new()?;
-    let purg_memsz = page_up(purg.bytes().len() as u64)?;
-    let purg_base = place_low(host, &used, purg_memsz, "the purgatory")?;
-    used.push(PhysRange::from_len(purg_base, purg_memsz));
-
-    // --- fill in the addresses ---
-    let at = |off: u64| boot_base + off;
-    let setup_data_head = match layout.nodes.first() {
-        Some(&o) => at(o),
-        None => extras.setup_data_tail,
-    };
-    let cmdline_addr = at(layout.cmdline);
-    let zero_page = bootparams::build_zero_page(&ZeroPageInput {
-        host,
-        setup_header: input.setup_header,
-        e820: &host.memmap,
+    let purg_base = path.purgatory.mem;
+    let BootPath {
+        block,
+        purgatory: purg_segment,
+        boot_params_addr,
         cmdline_addr,
-        initrd: initrd_place,
-        setup_data_head,
-        efi: efi.as_ref().zip(layout.efi_memmap.map(at)),
-    })?;
-    let block = bootparams::build_boot_block(
-        boot_base,
-        &layout,
-        &zero_page,
-        input.cmdline,
-        efi.as_ref().map(|p| p.memmap.as_slice()),
-        &nodes,
-        extras.setup_data_tail,
-    )?;
-    segments.push(Segment {
-        data: block,
-        mem: boot_base,
-        memsz: layout.size,
-        what: "boot_params, command line, setup_data".into(),
-    });
-
-    let verify: Vec<VerifyEntry> = if input.verify {
-        segments
-            .iter()
-            .filter(|s| !s.data.is_empty())
-            .map(|s| VerifyEntry::for_data(s.mem, &s.data))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    purg.set_entry(entry);
-    purg.set_boot_params(at(layout.zero_page));
-    purg.set_stack_top(purg_base + purg.stack_end() as u64);
-    purg.set_tsc_out(extras.tsc_out);
-    purg.set_verify(&verify)?;
-    segments.push(Segment {
-        data: purg.into_bytes(),
-        mem: purg_base,
-        memsz: purg_memsz,
-        what: "purgatory".into(),
-    });
+        setup_data,
+        efi: efi_state,
+        verified,
+    } = path;
+    segments.push(block);
+    segments.push(purg_segment);
 
     validate(&segments, &host.memmap, &reserved)?;
 
-    let setup_data = layout
-        .nodes
-        .iter()
-        .zip(&nodes)
-        .map(|(&o, n)| SetupDataSummary {
-            addr: at(o),
-            kind: n.kind,
-            len: n.data.len() as u32,
-        })
-        .collect();
     let summary = BootParamsSummary {
-        boot_params_addr: at(layout.zero_page),
+        boot_params_addr,
         cmdline_addr,
         cmdline_limit: caps.cmdline_size,
         header_from_bzimage: caps.from_bzimage,
@@ -446,7 +386,7 @@ pub fn plan_uncompressed_with(input: &UncompressedInput, extras: &PlanExtras) ->
         purgatory_addr: purg_base,
         tsc_record_addr: purg_base + purgatory::OFF_TSC_RECORD as u64,
         tsc_out: extras.tsc_out,
-        verified_segments: verify.len(),
+        verified_segments: verified,
     };
     Ok(Plan {
         segments,
@@ -556,18 +496,32 @@ fn kernel_segments(
 
 /// Free RAM for what we place ourselves: RAM in the firmware map (what the
 /// next kernel will be told) that the running kernel also still counts as
-/// RAM, minus `used`.
-fn free_for_placement(host: &HostBootInfo, used: &[PhysRange]) -> Vec<PhysRange> {
+/// RAM, minus `used`, and only inside `within` when given.
+fn free_for_placement(
+    host: &HostBootInfo,
+    used: &[PhysRange],
+    within: Option<PhysRange>,
+) -> Vec<PhysRange> {
     let free = e820::free_ranges(&host.memmap, used);
-    match &host.iomem_ram {
+    let free = match &host.iomem_ram {
         Some(ram) => e820::intersect(&free, ram),
+        None => free,
+    };
+    match within {
+        Some(w) => e820::intersect(&free, &[w]),
         None => free,
     }
 }
 
-/// Top-down below 4 GiB, at or above 1 MiB.
-fn place_low(host: &HostBootInfo, used: &[PhysRange], size: u64, what: &str) -> Result<u64> {
-    let free = free_for_placement(host, used);
+/// Top-down below 4 GiB, at or above 1 MiB (and inside `within`).
+fn place_low(
+    host: &HostBootInfo,
+    used: &[PhysRange],
+    size: u64,
+    what: &str,
+    within: Option<PhysRange>,
+) -> Result<u64> {
+    let free = free_for_placement(host, used, within);
     e820::find_hole(
         &free,
         &HoleRequest {
@@ -582,10 +536,237 @@ fn place_low(host: &HostBootInfo, used: &[PhysRange], size: u64, what: &str) -> 
         what: what.to_string(),
         size,
         limit: format!(
-            "free RAM between 1 MiB and 4 GiB; largest free RAM range is {}",
+            "free RAM between 1 MiB and 4 GiB{}; largest free RAM range is {}",
+            within.map_or_else(String::new, |w| format!(" inside {w}")),
             largest(&free)
         ),
     })
+}
+
+/// The command line must be NUL-free and within the header's limit.
+fn check_cmdline(cmdline: &str, caps: &bootparams::HeaderCaps) -> Result<()> {
+    if cmdline.as_bytes().contains(&0) {
+        return Err(Error::Plan {
+            problem: "the kernel command line contains a NUL byte, which would end it early".into(),
+        });
+    }
+    if cmdline.len() > caps.cmdline_size as usize {
+        return Err(Error::CmdlineTooLong {
+            len: cmdline.len(),
+            max: caps.cmdline_size as usize,
+            limit_from: if caps.from_bzimage {
+                "the bzImage setup header's cmdline_size (0x238)".into()
+            } else {
+                "the x86 COMMAND_LINE_SIZE (2048 incl. NUL) assumed for a vmlinux without a bzImage header"
+                    .into()
+            },
+        });
+    }
+    Ok(())
+}
+
+/// What one way into the kernel is built from: a boot block (zero page with
+/// its e820 map, command line, EFI map, setup_data) and a purgatory that
+/// jumps to `entry` with it.
+struct BootPathInput<'a> {
+    host: &'a HostBootInfo,
+    e820: &'a [e820::E820Entry],
+    setup_header: Option<&'a SetupHeader>,
+    cmdline: &'a str,
+    /// Physical address and exact size.
+    initrd: Option<(u64, u64)>,
+    entry: u64,
+    extras: &'a PlanExtras,
+    within: Option<PhysRange>,
+    /// Segments the purgatory checksums before the jump (the new boot block
+    /// is added to them); `None` = no verification.
+    verify: Option<&'a [Segment]>,
+}
+
+/// The two segments of a boot path and what the summary shows of them.
+struct BootPath {
+    block: Segment,
+    purgatory: Segment,
+    boot_params_addr: u64,
+    cmdline_addr: u64,
+    setup_data: Vec<SetupDataSummary>,
+    efi: EfiHandoff,
+    verified: usize,
+}
+
+/// Places and builds a boot block and its purgatory top-down, clear of
+/// `used` (which grows by both).
+fn boot_path(b: &BootPathInput, used: &mut Vec<PhysRange>) -> Result<BootPath> {
+    let host = b.host;
+    let (efi, efi_state) = match bootparams::efi_parts(host) {
+        Ok(p) => {
+            let state = EfiHandoff::Passed {
+                runtime_regions: p.runtime_regions,
+            };
+            (Some(p), state)
+        }
+        Err(state) => (None, state),
+    };
+    let mut nodes: Vec<SetupData> = Vec::new();
+    nodes.extend(bootparams::e820_ext_node(b.e820));
+    if let Some(p) = &efi {
+        nodes.push(p.setup.clone());
+    }
+    if let Some(seed) = &host.rng_seed {
+        nodes.push(bootparams::rng_seed_node(seed));
+    }
+    nodes.extend(b.extras.setup_data.iter().cloned());
+    let layout = bootparams::layout_boot_block(
+        b.cmdline.len(),
+        efi.as_ref().map_or(0, |p| p.memmap.len()),
+        &nodes,
+    );
+    let boot_base = place_low(
+        host,
+        used,
+        layout.size,
+        "boot_params, command line and setup_data",
+        b.within,
+    )?;
+    used.push(PhysRange::from_len(boot_base, layout.size));
+
+    let mut purg = Purgatory::new()?;
+    let purg_memsz = page_up(purg.bytes().len() as u64)?;
+    let purg_base = place_low(host, used, purg_memsz, "the purgatory", b.within)?;
+    used.push(PhysRange::from_len(purg_base, purg_memsz));
+
+    let at = |off: u64| boot_base + off;
+    let setup_data_head = match layout.nodes.first() {
+        Some(&o) => at(o),
+        None => b.extras.setup_data_tail,
+    };
+    let cmdline_addr = at(layout.cmdline);
+    let zero_page = bootparams::build_zero_page(&ZeroPageInput {
+        host,
+        setup_header: b.setup_header,
+        e820: b.e820,
+        cmdline_addr,
+        initrd: b.initrd,
+        setup_data_head,
+        efi: efi.as_ref().zip(layout.efi_memmap.map(at)),
+    })?;
+    let data = bootparams::build_boot_block(
+        boot_base,
+        &layout,
+        &zero_page,
+        b.cmdline,
+        efi.as_ref().map(|p| p.memmap.as_slice()),
+        &nodes,
+        b.extras.setup_data_tail,
+    )?;
+    let block = Segment {
+        data,
+        mem: boot_base,
+        memsz: layout.size,
+        what: "boot_params, command line, setup_data".into(),
+    };
+
+    let verify: Vec<VerifyEntry> = match b.verify {
+        Some(segs) => segs
+            .iter()
+            .chain(std::iter::once(&block))
+            .filter(|s| !s.data.is_empty())
+            .map(|s| VerifyEntry::for_data(s.mem, &s.data))
+            .collect(),
+        None => Vec::new(),
+    };
+    purg.set_entry(b.entry);
+    purg.set_boot_params(at(layout.zero_page));
+    purg.set_stack_top(purg_base + purg.stack_end() as u64);
+    purg.set_tsc_out(b.extras.tsc_out);
+    purg.set_verify(&verify)?;
+    let setup_data = layout
+        .nodes
+        .iter()
+        .zip(&nodes)
+        .map(|(&o, n)| SetupDataSummary {
+            addr: at(o),
+            kind: n.kind,
+            len: n.data.len() as u32,
+        })
+        .collect();
+    Ok(BootPath {
+        block,
+        purgatory: Segment {
+            data: purg.into_bytes(),
+            mem: purg_base,
+            memsz: purg_memsz,
+            what: "purgatory".into(),
+        },
+        boot_params_addr: at(layout.zero_page),
+        cmdline_addr,
+        setup_data,
+        efi: efi_state,
+        verified: verify.len(),
+    })
+}
+
+/// A second way into a planned kernel, as [`add_boot_path`] placed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraBootPath {
+    /// Where its purgatory starts: the entry point of this path.
+    pub purgatory_addr: u64,
+    pub boot_params_addr: u64,
+    pub cmdline_addr: u64,
+    pub e820_entries: usize,
+}
+
+/// Adds a second way into the kernel of `plan` (staged mode's panic path):
+/// another boot block with its own e820 map and command line, no tracer chain
+/// and no TSC copy, and another purgatory that jumps to the same kernel entry
+/// with it. Both are placed clear of every segment of the plan and of
+/// `input.reserved`, inside `within` when given. `input` must be the one the
+/// plan was made from (its host facts and setup header are reused).
+pub fn add_boot_path(
+    plan: &mut Plan,
+    input: &UncompressedInput,
+    e820_map: &[e820::E820Entry],
+    cmdline: &str,
+    within: Option<PhysRange>,
+) -> Result<ExtraBootPath> {
+    let caps = bootparams::header_caps(input.setup_header);
+    check_cmdline(cmdline, &caps)?;
+    let reserved: Vec<PhysRange> = input
+        .reserved
+        .iter()
+        .map(|&(start, size)| PhysRange::from_len(start, size))
+        .filter(|r| !r.is_empty())
+        .collect();
+    let mut used: Vec<PhysRange> = plan.segments.iter().map(Segment::range).collect();
+    used.extend(reserved.iter().copied());
+    let path = boot_path(
+        &BootPathInput {
+            host: input.host,
+            e820: e820_map,
+            setup_header: input.setup_header,
+            cmdline,
+            initrd: plan.summary.initrd,
+            entry: plan.summary.kernel_entry,
+            extras: &PlanExtras::default(),
+            within,
+            verify: None,
+        },
+        &mut used,
+    )?;
+    let extra = ExtraBootPath {
+        purgatory_addr: path.purgatory.mem,
+        boot_params_addr: path.boot_params_addr,
+        cmdline_addr: path.cmdline_addr,
+        e820_entries: e820_map.len(),
+    };
+    let before = plan.segments.len();
+    plan.segments.push(path.block);
+    plan.segments.push(path.purgatory);
+    if let Err(e) = validate(&plan.segments, &input.host.memmap, &reserved) {
+        plan.segments.truncate(before);
+        return Err(e);
+    }
+    Ok(extra)
 }
 
 fn largest(free: &[PhysRange]) -> String {
@@ -1263,6 +1444,44 @@ mod tests {
             plan_uncompressed(&i).unwrap_err(),
             Error::KernelNotInRam { .. }
         ));
+    }
+
+    #[test]
+    fn within_keeps_every_segment_in_the_window_and_a_second_path_fits_beside() {
+        let h = host("qemu-seabios");
+        let window = PhysRange::new(0x3000_0000, 0x3100_0000);
+        let initrd = vec![9u8; 1 << 20];
+        let mut i = input(&h, Some(&initrd[..]));
+        i.phys_delta = 0x3000_0000 - 0x100_0000;
+        let mut plan = plan_uncompressed_within(&i, &PlanExtras::default(), window).unwrap();
+        check_invariants(&plan, &h, &[]);
+        assert!(plan
+            .segments
+            .iter()
+            .all(|s| window.contains_range(&s.range())));
+        let before = plan.segments.len();
+        let extra =
+            add_boot_path(&mut plan, &i, &h.memmap[..2], "panic path", Some(window)).unwrap();
+        check_invariants(&plan, &h, &[]);
+        assert_eq!(plan.segments.len(), before + 2);
+        assert!(window.contains_range(&PhysRange::from_len(extra.purgatory_addr, 4096)));
+        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.clone()).unwrap();
+        assert_eq!(purg.entry(), plan.summary.kernel_entry);
+        assert_eq!(purg.boot_params(), extra.boot_params_addr);
+        assert_ne!(extra.boot_params_addr, plan.summary.boot_params_addr);
+        let zp = plan.read_phys(extra.boot_params_addr, 4096).unwrap();
+        assert_eq!(zp[0x1e8], 2, "the second path's own e820 map");
+
+        // The kernel footprint outside the window is refused.
+        i.phys_delta = 0;
+        let e = plan_uncompressed_within(&i, &PlanExtras::default(), window).unwrap_err();
+        assert!(e.to_string().contains("not inside"), "{e}");
+        // A window with no room left for a second path leaves the plan as it was.
+        let n = plan.segments.len();
+        let kernel = plan.segments[0].range();
+        let e = add_boot_path(&mut plan, &i, &h.memmap, "x", Some(kernel)).unwrap_err();
+        assert!(matches!(e, Error::NoRamHole { .. }), "{e}");
+        assert_eq!(plan.segments.len(), n);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Status {
     pub privilege: Privilege,
     /// What each load mode needs, and whether this kernel provides it.
     pub modes: Modes,
+    /// What `fastkexec load --mode staged` put into the crashkernel reservation during this
+    /// boot (from its record; see [`crate::staged`]).
+    pub staged: Option<crate::staged::StagedState>,
+    /// Whether this kernel's own kexec_file_load avoids the relocation copy.
+    pub kernel_native: KernelNative,
     /// Files that could not be read, and other remarks.
     pub notes: Vec<String>,
 }
@@ -91,6 +96,92 @@ pub struct KernelConfig {
     pub kexec_sig_force: Option<bool>,
     /// CONFIG_RANDOMIZE_BASE: kernel-text KASLR (lost in uncompressed mode).
     pub randomize_base: Option<bool>,
+    /// CONFIG_DMA_CMA: a default CMA area is possible (kexec_file_load's CMA placement).
+    pub dma_cma: Option<bool>,
+}
+
+/// The kernel-native way around the relocation copy: since Linux 6.17, `kexec_file_load`
+/// places the segments in the default CMA area at load time when there is one (not for crash
+/// images; `KEXEC_FILE_NO_CMA` opts out). The in-kernel purgatory still hashes them at reboot.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct KernelNative {
+    /// `Some(true)`: `--mode file` takes the CMA route on this kernel now.
+    pub file_cma_placement: Option<bool>,
+    /// `CmaTotal` from /proc/meminfo, in KiB.
+    pub cma_total_kb: Option<u64>,
+    /// `/sys/kernel/mm/cma/reserved` exists: the default (DMA) CMA area is set up.
+    pub default_cma_area: Option<bool>,
+    /// Why, in words.
+    pub detail: String,
+}
+
+/// First kernel release whose `kexec_file_load` places segments in CMA.
+pub const FILE_CMA_SINCE: (u32, u32) = (6, 17);
+
+/// `(major, minor)` of a release string such as `7.2.13+deb14-cloud-amd64`.
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Decides [`KernelNative`] from the release, the config and the CMA facts.
+pub fn kernel_native(
+    release: Option<&str>,
+    dma_cma: Option<bool>,
+    cma_total_kb: Option<u64>,
+    default_cma_area: Option<bool>,
+) -> KernelNative {
+    let mut k = KernelNative {
+        cma_total_kb,
+        default_cma_area,
+        ..KernelNative::default()
+    };
+    let Some(version) = release.and_then(release_version) else {
+        k.detail = "kernel version unknown".into();
+        return k;
+    };
+    let (maj, min) = FILE_CMA_SINCE;
+    let area = default_cma_area.or(cma_total_kb.map(|kb| kb > 0));
+    let (yes, detail) = if version < FILE_CMA_SINCE {
+        (
+            false,
+            format!(
+                "kexec_file_load copies the segments into place at reboot on {}.{} (CMA \
+                 placement needs {maj}.{min} or later); staged mode avoids that copy here",
+                version.0, version.1
+            ),
+        )
+    } else if dma_cma == Some(false) {
+        (
+            false,
+            "this kernel can place kexec_file_load segments in CMA, but was built without \
+             CONFIG_DMA_CMA"
+                .into(),
+        )
+    } else if area == Some(false) || area.is_none() {
+        (
+            false,
+            "this kernel can place kexec_file_load segments in CMA, but has no default CMA \
+             area: add cma=SIZE (e.g. cma=256M) to its command line"
+                .into(),
+        )
+    } else {
+        (
+            true,
+            format!(
+                "kexec_file_load places the segments in the default CMA area{} at load time: no \
+                 relocation copy at reboot (the kernel's purgatory still hashes them); --mode \
+                 file takes this route",
+                cma_total_kb
+                    .map_or_else(String::new, |kb| format!(" (CmaTotal {} MiB)", kb / 1024))
+            ),
+        )
+    };
+    k.file_cma_placement = Some(yes);
+    k.detail = detail;
+    k
 }
 
 /// Privilege of the calling process, from `/proc/self/status`.
@@ -118,13 +209,16 @@ pub struct Availability {
     pub caveats: Vec<String>,
 }
 
-/// Availability of both loader modes.
+/// Availability of the loader modes.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Modes {
     /// `kexec_file_load` of a bzImage.
     pub file: Availability,
     /// `kexec_load` of the uncompressed vmlinux with our own boot_params and purgatory.
     pub uncompressed: Availability,
+    /// The uncompressed kernel staged in the crashkernel reservation (`KEXEC_ON_CRASH`) and
+    /// entered through a one-page trampoline.
+    pub staged: Availability,
 }
 
 /// Reads the kexec status of the system mounted at `root` (`/` for this machine).
@@ -199,6 +293,26 @@ pub fn status(root: &Path) -> Result<Status> {
         }
     };
     st.modes = modes(&st);
+    let (staged, staged_note) = crate::staged::read_state(root);
+    st.staged = staged;
+    notes.extend(staged_note);
+    let meminfo = fs::read_to_string(p("proc/meminfo")).unwrap_or_default();
+    let cma_total_kb = meminfo.lines().find_map(|l| {
+        l.strip_prefix("CmaTotal:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    });
+    let cma_dir = p("sys/kernel/mm/cma");
+    let default_cma_area = cma_dir.is_dir().then(|| cma_dir.join("reserved").is_dir());
+    st.kernel_native = kernel_native(
+        st.kernel_release.as_deref(),
+        st.config.dma_cma,
+        cma_total_kb,
+        default_cma_area,
+    );
     st.notes = notes;
     Ok(st)
 }
@@ -334,6 +448,7 @@ pub fn parse_config_into(text: &str, cfg: &mut KernelConfig) {
             "CONFIG_KEXEC_FILE" => &mut cfg.kexec_file,
             "CONFIG_KEXEC_SIG_FORCE" => &mut cfg.kexec_sig_force,
             "CONFIG_RANDOMIZE_BASE" => &mut cfg.randomize_base,
+            "CONFIG_DMA_CMA" => &mut cfg.dma_cma,
             _ => continue,
         };
         *slot = Some(value);
@@ -344,6 +459,7 @@ pub fn parse_config_into(text: &str, cfg: &mut KernelConfig) {
         &mut cfg.kexec_file,
         &mut cfg.kexec_sig_force,
         &mut cfg.randomize_base,
+        &mut cfg.dma_cma,
     ] {
         slot.get_or_insert(false);
     }
@@ -456,9 +572,11 @@ pub fn modes(st: &Status) -> Modes {
     );
     file.allowed = file.blockers.is_empty();
     unc.allowed = unc.blockers.is_empty();
+    let staged = crate::staged::availability(&unc, st);
     Modes {
         file,
         uncompressed: unc,
+        staged,
     }
 }
 
@@ -543,9 +661,29 @@ impl fmt::Display for Status {
             opt(&self.privilege.euid),
             yes_no(self.privilege.cap_sys_boot)
         )?;
+        match (&self.staged, self.crash_loaded) {
+            (Some(s), Some(true)) => writeln!(
+                f,
+                "staged kernel:        {} occupies the crashkernel reservation {:#x}-{:#x} \
+                 (loaded by fastkexec; kdump is displaced until the next boot)",
+                s.kernel.display(),
+                s.reservation_start,
+                s.reservation_end.saturating_sub(1)
+            )?,
+            (Some(s), _) => writeln!(
+                f,
+                "staged kernel:        recorded ({}) but no crash image is loaded now",
+                s.kernel.display()
+            )?,
+            (None, _) => {}
+        }
         for (name, a) in [
             ("file (kexec_file_load)", &self.modes.file),
             ("uncompressed (kexec_load)", &self.modes.uncompressed),
+            (
+                "staged (kexec_load into the crashkernel reservation)",
+                &self.modes.staged,
+            ),
         ] {
             writeln!(
                 f,
@@ -559,6 +697,16 @@ impl fmt::Display for Status {
                 writeln!(f, "  - note: {c}")?;
             }
         }
+        writeln!(
+            f,
+            "kernel-native route:  {}: {}",
+            match self.kernel_native.file_cma_placement {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "unknown",
+            },
+            self.kernel_native.detail
+        )?;
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
@@ -728,6 +876,124 @@ mod tests {
         );
         assert!(confidential_guest(&flags("hypervisor vmx")).is_none());
         assert!(confidential_guest("").is_none());
+    }
+
+    #[test]
+    fn kernel_native_cma_route_is_decided_from_version_config_and_area() {
+        assert_eq!(release_version("7.2.13+deb14-cloud-amd64"), Some((7, 2)));
+        assert_eq!(release_version("6.1.0-56-cloud-amd64"), Some((6, 1)));
+        assert_eq!(release_version("6.17"), Some((6, 17)));
+        assert_eq!(release_version("garbage"), None);
+
+        let old = kernel_native(
+            Some("6.12.118+deb13-cloud-amd64"),
+            Some(true),
+            Some(0),
+            None,
+        );
+        assert_eq!(old.file_cma_placement, Some(false));
+        assert!(old.detail.contains("6.17"), "{}", old.detail);
+        let no_area = kernel_native(Some("7.2.13"), Some(true), Some(0), Some(false));
+        assert_eq!(no_area.file_cma_placement, Some(false));
+        assert!(no_area.detail.contains("cma="), "{}", no_area.detail);
+        let no_config = kernel_native(Some("6.17.1"), Some(false), Some(262_144), Some(true));
+        assert_eq!(no_config.file_cma_placement, Some(false));
+        assert!(no_config.detail.contains("CONFIG_DMA_CMA"));
+        let yes = kernel_native(Some("7.2.13"), Some(true), Some(262_144), Some(true));
+        assert_eq!(yes.file_cma_placement, Some(true));
+        assert!(yes.detail.contains("256 MiB"), "{}", yes.detail);
+        // Without CMA sysfs, CmaTotal stands in for the default area.
+        let meminfo_only = kernel_native(Some("7.2.13"), None, Some(262_144), None);
+        assert_eq!(meminfo_only.file_cma_placement, Some(true));
+        assert_eq!(
+            kernel_native(None, None, None, None).file_cma_placement,
+            None
+        );
+    }
+
+    fn tree_from(case: &str) -> tempfile::TempDir {
+        fn copy(from: &Path, to: &Path) {
+            for e in fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                let dest = to.join(e.file_name());
+                if e.file_type().unwrap().is_dir() {
+                    fs::create_dir_all(&dest).unwrap();
+                    copy(&e.path(), &dest);
+                } else {
+                    fs::copy(e.path(), dest).unwrap();
+                }
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        copy(&fixture(case), t.path());
+        t
+    }
+
+    #[test]
+    fn staged_mode_needs_a_visible_reservation() {
+        let st = status(&fixture("crashkernel")).unwrap();
+        assert!(st.modes.staged.allowed, "{:?}", st.modes.staged);
+        // A crash kernel is loaded there: explicit staged would displace it.
+        assert!(st
+            .modes
+            .staged
+            .caveats
+            .iter()
+            .any(|c| c.contains("auto will not")));
+        let st = status(&fixture("plain")).unwrap();
+        assert!(!st.modes.staged.allowed);
+        assert!(st.modes.staged.blockers[0].contains("crashkernel="));
+        let st = status(&fixture("unprivileged")).unwrap();
+        assert!(st.modes.staged.blockers.iter().any(|b| b.contains("root")));
+        let st = status(&fixture("lockdown")).unwrap();
+        assert!(!st.modes.staged.allowed);
+        assert!(st.to_string().contains("mode staged"));
+    }
+
+    #[test]
+    fn a_staged_record_shows_in_status_and_kernel_native_route_is_reported() {
+        let t = tree_from("crashkernel");
+        let root = t.path();
+        let state = r#"{"version":1,"boot_id":null,"loaded_at_unix":1,
+            "kernel":"/boot/vmlinuz-next","initrd":null,"cmdline":"quiet",
+            "panic_cmdline":"quiet reset_devices fastkexec.staged=panic",
+            "reservation_start":1694498816,"reservation_end":1962934272,
+            "crash_entry":1962000000,"trampoline":2147000000,"header_addr":1961000000,
+            "header_len":4096,"header_sum":7,"nonce":"00112233445566778899aabbccddeeff",
+            "sampled_blocks":800}"#;
+        fs::create_dir_all(root.join("run/fastkexec")).unwrap();
+        fs::write(root.join(crate::staged::STATE_FILE), state).unwrap();
+        let st = status(root).unwrap();
+        let rec = st.staged.as_ref().unwrap();
+        assert_eq!(rec.kernel, PathBuf::from("/boot/vmlinuz-next"));
+        let text = st.to_string();
+        assert!(
+            text.contains("/boot/vmlinuz-next occupies the crashkernel reservation"),
+            "{text}"
+        );
+        assert!(text.contains("kernel-native route:  no"), "{text}");
+        // The crash image went away since: the record no longer occupies it.
+        fs::write(root.join("sys/kernel/kexec_crash_loaded"), "0\n").unwrap();
+        let text = status(root).unwrap().to_string();
+        assert!(text.contains("no crash image is loaded now"), "{text}");
+        // A 7.x kernel with a default CMA area.
+        fs::write(
+            root.join("proc/sys/kernel/osrelease"),
+            "7.2.13+deb14-cloud-amd64\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("proc/meminfo"),
+            "MemTotal: 1754736 kB\nCmaTotal: 262144 kB\n",
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("sys/kernel/mm/cma/reserved")).unwrap();
+        let st = status(root).unwrap();
+        assert_eq!(st.kernel_native.file_cma_placement, Some(true));
+        assert_eq!(st.kernel_native.cma_total_kb, Some(262_144));
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["kernel_native"]["default_cma_area"], true);
+        assert_eq!(json["staged"]["sampled_blocks"], 800);
     }
 
     #[test]
