@@ -8,7 +8,10 @@
 //! built and an empty object is embedded instead (user space still compiles;
 //! loading the programs then fails).
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context as _};
 
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow!("eBPF crate path {} is not UTF-8", ebpf_dir.display()))?;
 
+    share_nested_target(&out_dir);
     aya_build::build_ebpf(
         [aya_build::Package {
             name: EBPF_PACKAGE,
@@ -70,4 +74,30 @@ fn main() -> anyhow::Result<()> {
 /// Same rule as aya-build's own check, so both agree on when nothing is built.
 fn skip_requested() -> bool {
     env::var_os(AYA_BUILD_SKIP).is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// aya-build builds in `OUT_DIR/aya-build/target/<package>`, so every host
+/// profile (dev, clippy's check, the static musl release) rebuilds `core` for
+/// the BPF target from scratch: minutes each. Its build is always `--release`
+/// for `bpfel-unknown-none` with fixed flags, independent of the host profile,
+/// so one nested target directory under `<target>/ebpf-shared` serves them all;
+/// cargo's own lock on that directory serialises concurrent builds. Best
+/// effort: if anything here fails, aya-build simply uses its own directory.
+fn share_nested_target(out_dir: &Path) {
+    let Some(target_root) = out_dir
+        .ancestors()
+        .find(|a| a.join("CACHEDIR.TAG").is_file())
+    else {
+        return;
+    };
+    let shared = target_root.join("ebpf-shared").join(EBPF_PACKAGE);
+    let link = out_dir.join("aya-build").join("target").join(EBPF_PACKAGE);
+    if link.symlink_metadata().is_ok() || fs::create_dir_all(&shared).is_err() {
+        return;
+    }
+    if let Some(parent) = link.parent() {
+        if fs::create_dir_all(parent).is_ok() {
+            let _ = std::os::unix::fs::symlink(&shared, &link);
+        }
+    }
 }

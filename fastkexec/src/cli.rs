@@ -30,11 +30,24 @@ refused under lockdown (Secure Boot) and when kernel.kexec_load_disabled=1. The 
 runs without kernel-text KASLR. Not for SEV/TDX confidential guests. Also accepts a vmlinux
 ELF as --kernel.
 
-auto (the default): uncompressed when this kernel allows kexec_load, else file; the report
-says which and why. `fastkexec status` shows what is allowed here.
+staged: uncompressed, but copied into the crashkernel reservation (crashkernel= on this
+kernel's command line) at load time with kexec_load(KEXEC_ON_CRASH); the normal image is a
+one-page trampoline that enters it, so the relocation at exec copies one page instead of the
+whole kernel. The normal path boots with all RAM; a panic before exec boots the staged kernel
+with only the reservation as RAM (kdump-safe, `fastkexec.staged=panic` on its command line).
+While staged no kdump kernel is loaded: a loaded one is displaced until the next boot. `exec`
+checks the staged image is still there and refuses otherwise; should a crash kernel be loaded
+over it anyway, the trampoline resets the machine through the firmware instead of booting it.
+The reservation must hold the kernel's footprint and the initrd; `unload` removes both images.
+
+auto (the default): staged when kexec_load is allowed and the crashkernel reservation is idle
+(no crash kernel loaded) and large enough; else uncompressed when this kernel allows
+kexec_load; else file. It never displaces a loaded kdump kernel. The report says which and
+why. `fastkexec status` shows what is allowed here.
 
 A failed load leaves the previously loaded kernel in place: everything is checked before the
-single load syscall, and the kernel replaces the old image only when that call succeeds.
+load syscall, and the kernel replaces the old image only when that call succeeds (staged mode
+makes two calls and undoes the first if the second fails).
 --dry-run prints the plan without root and without writing anything.
 
 Examples:
@@ -43,13 +56,17 @@ fastkexec load --kernel /boot/vmlinuz-6.12.0 --initrd /boot/initrd.img-6.12.0 --
 
 fastkexec load --kernel /boot/vmlinuz-6.12.0 --append 'root=/dev/vda1 console=ttyS0' --mode file
 
+fastkexec load --kernel /boot/vmlinuz-6.12.0 --initrd /boot/initrd.img-6.12.0 --reuse-cmdline --mode staged
+
 fastkexec load --kernel /boot/vmlinuz-6.12.0 --reuse-cmdline --append initcall_debug --dry-run";
 
 const EXEC_AFTER_HELP: &str = "\
 Without --force, when PID 1 is systemd, this runs `systemctl kexec`: systemd stops the
 services, unmounts the file systems and then jumps into the kernel fastkexec loaded. Without
 systemd (busybox init, an initramfs shell) --force is the only path, as with `kexec -e`.
-Both paths call sync(2) first.";
+Both paths call sync(2) first. After `load --mode staged`, exec first checks that the
+crashkernel reservation still holds the staged kernel (through /proc/kcore) and refuses if a
+crash kernel was loaded over it since.";
 
 /// `fastkexec`: top-level options and the command.
 #[derive(Debug, Parser)]
@@ -81,12 +98,23 @@ pub enum Command {
     /// Boot the loaded kernel now (sync, then a clean `systemctl kexec` or, with --force, at once).
     #[command(after_long_help = EXEC_AFTER_HELP)]
     Exec(ExecArgs),
-    /// Unload the loaded kernel (nothing happens at the next reboot).
+    /// Unload the loaded kernel, and a kernel staged in the crashkernel reservation.
     Unload,
     /// Show what is loaded, the crashkernel reservation, lockdown, and which modes work here.
     Status(StatusArgs),
     /// Extract and cache the vmlinux of a bzImage now, so `load --mode uncompressed` is fast.
     Prepare(PrepareArgs),
+    /// Attach probes to the reboot path, load a kernel (as `load`), and with --exec reboot into it.
+    #[command(after_long_help = TRACE_AFTER_HELP)]
+    Trace(TraceArgs),
+    /// In the new kernel: where the milliseconds of the last kexec reboot went, phase by phase.
+    #[command(after_long_help = REPORT_AFTER_HELP)]
+    Report(ReportArgs),
+    /// Export the reboot histograms for monitoring: Prometheus, OpenMetrics, JSON, HdrHistogram log.
+    #[command(after_long_help = EXPORT_AFTER_HELP)]
+    Export(ExportArgs),
+    /// Serve the reboot histograms on /metrics over HTTP for Prometheus to scrape.
+    Serve(ServeArgs),
     /// Print a shell completion script (e.g. `fastkexec completions bash > /etc/bash_completion.d/fastkexec`).
     Completions {
         /// The shell to generate completions for.
@@ -110,6 +138,8 @@ pub enum ModeArg {
     File,
     /// kexec_load of the cached vmlinux (no decompression, no hashing at reboot)
     Uncompressed,
+    /// uncompressed, copied into the crashkernel reservation at load (exec relocates one page)
+    Staged,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +195,64 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `fastkexec trace --damage` (lab tests of the record checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DamageArg {
+    /// flip a byte of the sealed header page
+    HeaderByte,
+    /// seal the record with another boot id
+    OtherBoot,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Reboot into the loaded kernel once everything is in place.
+    #[arg(long)]
+    pub exec: bool,
+
+    /// With --exec: sync and reboot(LINUX_REBOOT_CMD_KEXEC) at once, without `systemctl kexec`.
+    #[arg(long, short = 'f', requires = "exec")]
+    pub force: bool,
+
+    /// Attach only the phase-boundary probes: no per-device or per-notifier stamps (least overhead).
+    #[arg(long)]
+    pub lean: bool,
+
+    /// Print TEXT on stdout right before requesting the reboot (a stopwatch mark for the lab).
+    #[arg(long, hide = true, value_name = "TEXT")]
+    pub mark: Option<String>,
+
+    /// Damage the record on purpose (lab tests of the checks in `report`).
+    #[arg(long, hide = true, value_enum)]
+    pub damage: Option<DamageArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many of the slowest devices and notifiers to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// End the timeline at the first kernel log line containing TEXT instead of now.
+    #[arg(long, value_name = "TEXT")]
+    pub until_kmsg: Option<String>,
+
+    /// Directory holding the reboot histograms this boot is folded into.
+    #[arg(long, value_name = "DIR", default_value = fastkexec::histogram::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Do not fold this boot into the histograms.
+    #[arg(long)]
+    pub no_fold: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
     /// The bzImage whose vmlinux to extract.
@@ -178,6 +266,116 @@ pub struct PrepareArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+const TRACE_AFTER_HELP: &str = "\
+Probes (fentry/fexit where the kernel's BTF and ftrace allow, else kprobes/kretprobes, decided
+at run time; -v shows the decisions and every stamp through aya-log): reboot(2) (syscall
+tracepoint), kernel_kexec, each reboot notifier callback, device_shutdown and every device's
+shutdown (name, bus, driver), migrate_to_reboot_cpu, syscore_shutdown (newer kernels only),
+machine_shutdown, machine_kexec. A probe that cannot attach is reported, and its phase shows
+as unseen in the report.
+
+The stamps go into a BPF map whose pages are chained into the next kernel's boot_params
+(setup_data type 0x464b5854), together with the TSC calibration, this boot's id and the
+purgatory's TSC stamps; `fastkexec report` in the next kernel reads them. Only the
+uncompressed mode can carry them (--mode auto means uncompressed here); with --mode file the
+next kernel's report shows only its own phases. The next kernel's command line gets
+fastkexec.boot_id=<this boot>, which ties the record to this reboot.
+
+With --exec the reboot follows at once (--force: reboot(2) directly; else `systemctl kexec`
+when PID 1 is systemd, with the probes pinned in /sys/fs/bpf/fastkexec so they survive
+systemd stopping every process). Without --exec the tracer pins the probes, prints events as
+they come, and waits for a kexec reboot started by anything else (e.g. `systemctl kexec`);
+Ctrl-C detaches and unloads the kernel (its boot_params point at the trace pages).
+
+Example:
+
+fastkexec trace --exec --force --kernel /boot/vmlinuz-6.12.0 --initrd /boot/initrd.img-6.12.0 --reuse-cmdline";
+
+const REPORT_AFTER_HELP: &str = "\
+Phases tile the timeline from the reboot request (or reboot(2) when the tracer followed a
+reboot it did not start) to the user-space mark, with no gap or overlap: time no probe explains
+is its own `unattributed` phase. The user-space mark is the moment report runs, or with
+--until-kmsg the first kernel log line containing TEXT (an init can write one to /dev/kmsg as
+it starts). The new kernel's phases are placed on the TSC through a line report writes to
+/dev/kmsg (its printk stamp against rdtsc).
+
+The record is validated whole (magic, version, length, checksums, and that it was written by
+the boot that started this kernel); a missing, torn or stale record is reported as such, only
+this kernel's own phases are shown, and the exit status is 2. With a record, the boot is folded
+into the histograms in --state-dir (see `fastkexec export`).
+
+JSON: phases (name, start_ns, duration_ns, share, note), total_ns (= the sum of the phases),
+spans, devices, notifiers, unseen, record, clock.";
+
+const EXPORT_AFTER_HELP: &str = "\
+The histograms are the ones `fastkexec report` folds each boot into (one HdrHistogram per
+phase, nanoseconds, 3 significant digits) in --state-dir.
+
+Formats: prometheus (text 0.0.4: histogram fastkexec_phase_duration_seconds{phase}, histogram
+fastkexec_reboot_duration_seconds, counter fastkexec_reboots_total, gauges
+fastkexec_last_reboot_phase_seconds{phase}, fastkexec_last_reboot_total_seconds,
+fastkexec_last_reboot_timestamp_seconds, fastkexec_last_reboot_info{mode},
+fastkexec_state_corrupt_files); openmetrics (the same in OpenMetrics 1.0, ending in # EOF);
+json; hdr-log (HdrHistogram interval log 1.3, one line per phase tagged with its name, for
+merging across machines with any HdrHistogram log reader).
+
+--textfile-dir writes fastkexec.prom for node_exporter's textfile collector (a temporary file
+renamed into place); --output writes any format to a file the same way; without either the
+export goes to standard output.
+
+Examples:
+
+fastkexec export --textfile-dir /var/lib/prometheus/node-exporter
+
+fastkexec export --format hdr-log --output /tmp/$(hostname).hlog";
+
+/// `fastkexec export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Prometheus text exposition format 0.0.4
+    Prometheus,
+    /// OpenMetrics 1.0 text
+    Openmetrics,
+    /// JSON: counts, sums, percentiles, buckets and the encoded histograms
+    Json,
+    /// HdrHistogram interval log (V2 compressed histograms, one line per phase)
+    HdrLog,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Directory holding the histograms.
+    #[arg(long, value_name = "DIR", default_value = fastkexec::histogram::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Prometheus)]
+    pub format: FormatArg,
+
+    /// Write to this file (atomically: a temporary file renamed over it) instead of stdout.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "textfile_dir")]
+    pub output: Option<PathBuf>,
+
+    /// Write fastkexec.prom into node_exporter's textfile directory (Prometheus format only).
+    #[arg(long, value_name = "DIR")]
+    pub textfile_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory holding the histograms (read afresh on every scrape).
+    #[arg(long, value_name = "DIR", default_value = fastkexec::histogram::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Address and port to listen on (port 0 picks a free one and prints it).
+    #[arg(long, value_name = "ADDR:PORT", default_value = fastkexec::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+
+    /// Allow a non-loopback --listen address (anyone reaching it sees the reboot history).
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 #[cfg(test)]

@@ -5,22 +5,146 @@
 //! are its function names, map names its statics); the tests check them
 //! against the embedded object so a rename on either side fails here.
 
-/// Program attached as a kprobe on `kernel_kexec`.
-pub const PROG_KERNEL_KEXEC: &str = "kernel_kexec";
-/// Program attached as a kprobe on `machine_kexec`.
-pub const PROG_MACHINE_KEXEC: &str = "machine_kexec";
+use fastkexec_common::EventKind;
 
-/// `(program, kernel function)` pairs to attach as kprobes.
-pub const KPROBES: [(&str, &str); 2] = [
-    (PROG_KERNEL_KEXEC, "kernel_kexec"),
-    (PROG_MACHINE_KEXEC, "machine_kexec"),
+/// One probe point on the kexec path, with its two program flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbePoint {
+    /// What the stamp marks.
+    pub kind: EventKind,
+    /// The kernel function.
+    pub function: &'static str,
+    /// Program to load as fentry (or fexit, when `exit`).
+    pub fentry: &'static str,
+    /// Program to attach as kprobe (or kretprobe, when `exit`).
+    pub kprobe: &'static str,
+    /// Stamps the function's return rather than its entry.
+    pub exit: bool,
+}
+
+const fn point(
+    kind: EventKind,
+    function: &'static str,
+    fentry: &'static str,
+    kprobe: &'static str,
+    exit: bool,
+) -> ProbePoint {
+    ProbePoint {
+        kind,
+        function,
+        fentry,
+        kprobe,
+        exit,
+    }
+}
+
+/// The syscall tracepoint program (`syscalls/sys_enter_reboot`).
+pub const PROG_TP_REBOOT: &str = "tp_reboot";
+/// Fallback for the syscall when the tracepoint is missing.
+pub const REBOOT_FALLBACK: ProbePoint = point(
+    EventKind::REBOOT_ENTER,
+    "__do_sys_reboot",
+    "fe_reboot",
+    "kp_reboot",
+    false,
+);
+
+/// The static probe points, in timeline order.
+pub const PHASE_PROBES: [ProbePoint; 10] = [
+    point(
+        EventKind::KERNEL_KEXEC,
+        "kernel_kexec",
+        "fe_kernel_kexec",
+        "kp_kernel_kexec",
+        false,
+    ),
+    point(
+        EventKind::DEVICE_SHUTDOWN_ENTER,
+        "device_shutdown",
+        "fe_dev_shutdown",
+        "kp_dev_shutdown",
+        false,
+    ),
+    point(
+        EventKind::DEVICE_SHUTDOWN_EXIT,
+        "device_shutdown",
+        "fx_dev_shutdown",
+        "kr_dev_shutdown",
+        true,
+    ),
+    point(
+        EventKind::MIGRATE_TO_REBOOT_CPU,
+        "migrate_to_reboot_cpu",
+        "fe_migrate",
+        "kp_migrate",
+        false,
+    ),
+    point(
+        EventKind::MIGRATE_TO_REBOOT_CPU_EXIT,
+        "migrate_to_reboot_cpu",
+        "fx_migrate",
+        "kr_migrate",
+        true,
+    ),
+    point(
+        EventKind::SYSCORE_SHUTDOWN,
+        "syscore_shutdown",
+        "fe_syscore",
+        "kp_syscore",
+        false,
+    ),
+    point(
+        EventKind::SYSCORE_SHUTDOWN_EXIT,
+        "syscore_shutdown",
+        "fx_syscore",
+        "kr_syscore",
+        true,
+    ),
+    point(
+        EventKind::MACHINE_SHUTDOWN,
+        "machine_shutdown",
+        "fe_mach_shutdown",
+        "kp_mach_shutdown",
+        false,
+    ),
+    point(
+        EventKind::MACHINE_SHUTDOWN_EXIT,
+        "machine_shutdown",
+        "fx_mach_shutdown",
+        "kr_mach_shutdown",
+        true,
+    ),
+    point(
+        EventKind::MACHINE_KEXEC,
+        "machine_kexec",
+        "fe_machine_kexec",
+        "kp_machine_kexec",
+        false,
+    ),
 ];
 
-/// `Array<Event>` of [`fastkexec_common::EVENT_CAPACITY`] slots, `BPF_F_MMAPABLE`.
+/// Per-device stamps: `pm_runtime_barrier(dev)` inside `device_shutdown`.
+pub const DEVICE_PROBE: ProbePoint = point(
+    EventKind::DEVICE_ENTER,
+    "pm_runtime_barrier",
+    "fe_device",
+    "kp_device",
+    false,
+);
+
+/// Kprobe attached to every reboot notifier callback.
+pub const PROG_NOTIFIER_ENTER: &str = "kp_notifier";
+/// Kretprobe attached to every reboot notifier callback.
+pub const PROG_NOTIFIER_EXIT: &str = "kr_notifier";
+/// Raw tracepoint program, never attached: run once to walk the notifier list.
+pub const PROG_WALK_NOTIFIERS: &str = "walk_notifiers";
+
+/// `Array<EventPage>`, `BPF_F_MMAPABLE`: the trace record (slot 0 = header page).
 pub const MAP_EVENTS: &str = "EVENTS";
-/// `Array<u64>` with one slot: events claimed so far, stored or dropped
-/// (more than [`fastkexec_common::EVENT_CAPACITY`] means some were dropped).
-pub const MAP_EVENT_INDEX: &str = "EVENT_INDEX";
+/// `Array<ProbeConfig>` with one slot.
+pub const MAP_CONFIG: &str = "CONFIG";
+/// `Array<u64>`: the notifier walk's result.
+pub const MAP_NOTIFIER_WALK: &str = "NOTIFIER_WALK";
 /// Ring buffer aya-log-ebpf writes log records to (drained by aya-log).
 pub const MAP_LOGS: &str = "AYA_LOGS";
 
@@ -39,7 +163,7 @@ mod tests {
         generated::{bpf_map_type, BPF_F_MMAPABLE},
         Object, ProgramSection,
     };
-    use fastkexec_common::{Event, EVENT_CAPACITY};
+    use fastkexec_common::{EventPage, ProbeConfig, DEFAULT_EVENT_PAGES, NOTIFIER_WALK_SLOTS};
 
     fn parsed() -> Object {
         match Object::parse(object()) {
@@ -48,6 +172,13 @@ mod tests {
                 "embedded eBPF object does not parse ({} bytes): {e}",
                 object().len()
             ),
+        }
+    }
+
+    fn section(obj: &Object, prog: &str) -> ProgramSection {
+        match obj.programs.get(prog) {
+            Some(p) => p.section.clone(),
+            None => panic!("program {prog} missing; have {:?}", obj.programs.keys()),
         }
     }
 
@@ -61,17 +192,52 @@ mod tests {
     }
 
     #[test]
-    fn kprobe_programs_are_present() {
+    fn every_probe_point_has_both_flavours() {
         let obj = parsed();
-        for (prog, _function) in KPROBES {
-            let Some(p) = obj.programs.get(prog) else {
-                panic!("program {prog} missing; have {:?}", obj.programs.keys());
-            };
-            assert!(
-                matches!(p.section, ProgramSection::KProbe),
-                "{prog} is {:?}, not a kprobe",
-                p.section
-            );
+        for p in PHASE_PROBES.iter().chain([&REBOOT_FALLBACK, &DEVICE_PROBE]) {
+            match (section(&obj, p.fentry), p.exit) {
+                (ProgramSection::FEntry { .. }, false) | (ProgramSection::FExit { .. }, true) => {}
+                (s, _) => panic!("{} is {s:?}", p.fentry),
+            }
+            match (section(&obj, p.kprobe), p.exit) {
+                (ProgramSection::KProbe, false) | (ProgramSection::KRetProbe, true) => {}
+                (s, _) => panic!("{} is {s:?}", p.kprobe),
+            }
+        }
+        assert!(matches!(
+            section(&obj, PROG_TP_REBOOT),
+            ProgramSection::TracePoint
+        ));
+        assert!(matches!(
+            section(&obj, PROG_NOTIFIER_ENTER),
+            ProgramSection::KProbe
+        ));
+        assert!(matches!(
+            section(&obj, PROG_NOTIFIER_EXIT),
+            ProgramSection::KRetProbe
+        ));
+        assert!(matches!(
+            section(&obj, PROG_WALK_NOTIFIERS),
+            ProgramSection::RawTracePoint
+        ));
+    }
+
+    #[test]
+    fn probe_kinds_are_distinct_and_in_timeline_order() {
+        let order: Vec<_> = fastkexec_common::EventKind::ALL
+            .iter()
+            .position(|k| *k == PHASE_PROBES[0].kind)
+            .into_iter()
+            .collect();
+        assert_eq!(order.len(), 1);
+        let pos = |k| {
+            fastkexec_common::EventKind::ALL
+                .iter()
+                .position(|x| *x == k)
+                .unwrap()
+        };
+        for w in PHASE_PROBES.windows(2) {
+            assert!(pos(w[0].kind) < pos(w[1].kind), "{w:?}");
         }
     }
 
@@ -85,18 +251,21 @@ mod tests {
         assert_eq!(events.key_size(), 4);
         assert_eq!(
             usize::try_from(events.value_size()).ok(),
-            Some(size_of::<Event>())
+            Some(size_of::<EventPage>())
         );
-        assert_eq!(events.max_entries(), EVENT_CAPACITY);
+        assert_eq!(events.max_entries(), 1 + DEFAULT_EVENT_PAGES);
         // Its pages are handed to the next kernel (DESIGN.md §3).
         assert_ne!(events.map_flags() & BPF_F_MMAPABLE, 0);
 
-        let Some(index) = obj.maps.get(MAP_EVENT_INDEX) else {
-            panic!("map {MAP_EVENT_INDEX} missing; have {:?}", obj.maps.keys());
-        };
-        assert_eq!(index.map_type(), bpf_map_type::BPF_MAP_TYPE_ARRAY as u32);
-        assert_eq!(index.value_size(), 8);
-        assert_eq!(index.max_entries(), 1);
+        let config = obj.maps.get(MAP_CONFIG).unwrap();
+        assert_eq!(
+            usize::try_from(config.value_size()).ok(),
+            Some(size_of::<ProbeConfig>())
+        );
+        assert_eq!(config.max_entries(), 1);
+        let walk = obj.maps.get(MAP_NOTIFIER_WALK).unwrap();
+        assert_eq!(walk.value_size(), 8);
+        assert_eq!(walk.max_entries(), NOTIFIER_WALK_SLOTS);
 
         let Some(logs) = obj.maps.get(MAP_LOGS) else {
             panic!("map {MAP_LOGS} missing; have {:?}", obj.maps.keys());

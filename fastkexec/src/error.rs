@@ -135,6 +135,63 @@ pub enum Error {
     /// The uncompressed-load plan is impossible for another reason, named in `problem`.
     #[error("cannot plan the load: {problem}")]
     Plan { problem: String },
+
+    // --- tracer, trace record, report (btf.rs, trace.rs, handoff.rs, report.rs) ---
+    /// A BTF blob (e.g. /sys/kernel/btf/vmlinux) cannot be read as BTF.
+    #[error("{path}: {problem}")]
+    Btf { path: PathBuf, problem: String },
+    /// The tracer cannot run here; `problem` says what is missing and what to do.
+    #[error("cannot trace: {problem}")]
+    Tracer { problem: String },
+    /// There is no trace record for this boot.
+    #[error("no trace record: {reason}; run `fastkexec trace --exec --mode uncompressed ...` in the old kernel to get one")]
+    TraceRecordMissing { reason: String },
+    /// The trace record is damaged; it is not used at all.
+    #[error(
+        "the trace record is torn ({what}); it was rejected as a whole, no part of it is used"
+    )]
+    TraceRecordTorn { what: String },
+    /// The trace record belongs to another boot; it is not used at all.
+    #[error(
+        "the trace record is stale ({why}); it was rejected as a whole, no part of it is used"
+    )]
+    TraceRecordStale { why: String },
+
+    // --- staged mode: crashkernel memory reuse (staged.rs, trampoline.rs) ---
+    /// Staged mode found no usable crashkernel reservation; `problem` says why and what to do.
+    #[error("staged mode needs a crashkernel reservation: {problem}")]
+    NoCrashReservation { problem: String },
+    /// The crashkernel reservation cannot hold the staged image.
+    #[error("the crashkernel reservation {reservation} ({size_mib} MiB) is too small for the staged image: {need}; boot with a larger reservation (e.g. crashkernel={suggest_mib}M) or use --mode uncompressed")]
+    ReservationTooSmall {
+        reservation: String,
+        size_mib: u64,
+        need: String,
+        suggest_mib: u64,
+    },
+    /// The crash image is no longer the kernel `fastkexec load` staged.
+    #[error("the kernel staged in the crashkernel reservation {reservation} is not the one `fastkexec load` put there: {problem}; exec refused (the staged trampoline would reset the machine rather than boot it); run `fastkexec load` again, or `fastkexec unload`")]
+    StagedReplaced {
+        reservation: String,
+        problem: String,
+    },
+    /// The embedded trampoline blob or its parameters are unusable.
+    #[error("trampoline: {problem}")]
+    Trampoline { problem: String },
+
+    // --- reboot histograms, export, serve (histogram.rs, export.rs, serve.rs) ---
+    /// A boot handed to `fold` is unusable; `problem` names the field (boot id, phase) at fault.
+    #[error("cannot fold boot {boot_id:?} into the histograms: {problem}")]
+    InvalidBoot { boot_id: String, problem: String },
+    /// A state or export file cannot be used as it is; `problem` says why and what to do.
+    #[error("{path}: {problem}")]
+    StateFile { path: PathBuf, problem: String },
+    /// A histogram could not be encoded for the state file or an export.
+    #[error("cannot encode the histogram of {what}: {problem}")]
+    HistogramEncode { what: String, problem: String },
+    /// `fastkexec serve` cannot or will not listen on the address given.
+    #[error("cannot serve on {addr}: {problem}")]
+    Serve { addr: String, problem: String },
 }
 
 impl Error {

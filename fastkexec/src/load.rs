@@ -9,6 +9,11 @@
 //!   decompression and (unless `--verify`) no hashing at reboot. Needs `kexec_load`: not under
 //!   lockdown, and not for SEV/TDX guests; the next kernel runs without kernel-text KASLR.
 //!
+//! - **staged**: like uncompressed, but every segment is copied straight into the crashkernel
+//!   reservation at load time (`kexec_load` with `KEXEC_ON_CRASH`), and the normal image is a
+//!   one-page trampoline that enters it: the relocation at exec copies one page. See
+//!   [`staged`](crate::staged); kdump is displaced while staged.
+//!
 //! Nothing is half loaded: every input is read and checked and the whole segment list is built
 //! before the single syscall, and the kernel replaces the previously loaded normal image only
 //! when that call succeeds — so a failed load leaves the old image loaded (we never unload
@@ -25,7 +30,7 @@ use serde::Serialize;
 
 use crate::kexec::{self, Call, SegmentSpec};
 use crate::status::{self, Status};
-use crate::{bzimage, hostinfo, prepare, segments, vmlinux};
+use crate::{bzimage, hostinfo, prepare, segments, staged, vmlinux};
 use crate::{Error, Result};
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 including the NUL; a vmlinux carries no
@@ -39,7 +44,9 @@ pub const FILE_MODE_CMDLINE_RESERVE: usize = 30;
 /// Parameters of the running kernel's command line that make no sense for the next kernel:
 /// `BOOT_IMAGE` names the file the boot loader loaded (kexec-tools drops it too) and `initrd`
 /// is a boot-loader/EFI-stub path — the initrd is passed with `--initrd` instead.
-pub const REUSE_CMDLINE_DROPPED: [&str; 2] = ["BOOT_IMAGE", "initrd"];
+/// `fastkexec.boot_id` is the tracer's tie between a trace record and the boot that wrote it
+/// (see `handoff`): the next `trace` sets a fresh one.
+pub const REUSE_CMDLINE_DROPPED: [&str; 3] = ["BOOT_IMAGE", "initrd", "fastkexec.boot_id"];
 
 /// Where the next kernel's command line comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +61,13 @@ pub enum CmdlineSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Uncompressed when this kernel allows `kexec_load`, else file.
+    /// Staged when the crashkernel reservation is idle and large enough, else uncompressed
+    /// when this kernel allows `kexec_load`, else file.
     Auto,
     File,
     Uncompressed,
+    /// Uncompressed, staged in the crashkernel reservation (displaces a loaded kdump kernel).
+    Staged,
 }
 
 /// The loader mode actually used.
@@ -66,6 +76,7 @@ pub enum Mode {
 pub enum LoadMode {
     File,
     Uncompressed,
+    Staged,
 }
 
 impl fmt::Display for LoadMode {
@@ -73,6 +84,7 @@ impl fmt::Display for LoadMode {
         f.write_str(match self {
             LoadMode::File => "file",
             LoadMode::Uncompressed => "uncompressed",
+            LoadMode::Staged => "staged",
         })
     }
 }
@@ -118,6 +130,8 @@ pub struct LoadReport {
     pub syscall: String,
     /// Uncompressed mode: the segment plan (what `--dry-run` shows).
     pub plan: Option<String>,
+    /// Staged mode: where things went in the crashkernel reservation.
+    pub staged: Option<staged::StagedSummary>,
     pub dry_run: bool,
     pub loaded: bool,
     pub notes: Vec<String>,
@@ -235,6 +249,13 @@ pub fn choose_mode(
             }
             (LoadMode::Uncompressed, "--mode uncompressed".to_string())
         }
+        Mode::Staged => {
+            let st = &status.modes.staged;
+            if !st.allowed {
+                unavailable("staged", join(&st.blockers))?;
+            }
+            (LoadMode::Staged, "--mode staged".to_string())
+        }
         Mode::Auto if unc.allowed => (
             LoadMode::Uncompressed,
             "auto: this kernel allows kexec_load, so the uncompressed kernel is loaded (no \
@@ -304,7 +325,7 @@ pub fn check_cmdline_len(
                 ),
             )
         }
-        (LoadMode::Uncompressed, Some(size)) => (
+        (LoadMode::Uncompressed | LoadMode::Staged, Some(size)) => (
             usize::try_from(size).unwrap_or(usize::MAX),
             "the bzImage's setup header (cmdline_size)".to_string(),
         ),
@@ -352,6 +373,27 @@ fn open_initrd(path: &Path) -> Result<(File, u64)> {
 
 /// Loads the next kernel (or, with `dry_run`, plans it). See the module docs.
 pub fn load(opts: &LoadOptions) -> Result<LoadReport> {
+    load_with(opts, &LoadExtras::default())
+}
+
+/// What the tracer adds to a load (see `trace`): physical ranges no segment may touch, the
+/// setup_data chain and TSC record target for the purgatory, and words for the command line.
+/// Only the uncompressed mode can carry the chain and the TSC target; other modes say so in
+/// the report's notes.
+#[derive(Debug, Clone, Default)]
+pub struct LoadExtras {
+    /// `(start, size)` physical ranges to keep clear.
+    pub reserved: Vec<(u64, u64)>,
+    pub plan: segments::PlanExtras,
+    /// Appended to the command line (after `--append`).
+    pub cmdline_append: Option<String>,
+    /// Shift of the kernel's physical placement (a multiple of 2 MiB), e.g. to
+    /// step over reserved pages that lie in its way.
+    pub phys_delta: i64,
+}
+
+/// [`load`] with the tracer's [`LoadExtras`].
+pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
     let t0 = Instant::now();
     let mut timings = Vec::new();
     let status = status::status(&opts.root)?;
@@ -370,11 +412,18 @@ pub fn load(opts: &LoadOptions) -> Result<LoadReport> {
         None
     };
 
-    let (cmdline, cmdline_dropped) = build_cmdline(&opts.cmdline, &opts.root)?;
+    let (mut cmdline, cmdline_dropped) = build_cmdline(&opts.cmdline, &opts.root)?;
+    if let Some(extra) = extras.cmdline_append.as_deref().filter(|s| !s.is_empty()) {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(extra);
+    }
     let (mode, mode_reason, mut notes) = choose_mode(opts.mode, &status, is_bz, opts.dry_run)?;
     let caveats = match mode {
         LoadMode::File => &status.modes.file.caveats,
         LoadMode::Uncompressed => &status.modes.uncompressed.caveats,
+        LoadMode::Staged => &status.modes.staged.caveats,
     };
     notes.extend(caveats.iter().cloned());
     check_cmdline_len(&cmdline, mode, header.as_ref().map(|h| h.cmdline_size))?;
@@ -420,16 +469,41 @@ pub fn load(opts: &LoadOptions) -> Result<LoadReport> {
         cmdline_dropped,
         syscall: String::new(),
         plan: None,
+        staged: None,
         dry_run: opts.dry_run,
         loaded: false,
         notes,
         timings,
     };
+    let staging = match mode {
+        LoadMode::Staged => Staging::Asked,
+        LoadMode::Uncompressed if opts.mode == Mode::Auto => {
+            match staged::auto_eligible(&status, &opts.root) {
+                Some(why) => Staging::Auto(why),
+                None => Staging::No,
+            }
+        }
+        _ => Staging::No,
+    };
+    let carries_record = extras.plan != segments::PlanExtras::default();
+    if carries_record && mode == LoadMode::File {
+        report.notes.push(format!(
+            "{mode} mode cannot carry the trace record (only the uncompressed and staged modes \
+             build boot_params and the purgatory themselves): the next kernel's report will show \
+             only its own phases"
+        ));
+    }
     match mode {
         LoadMode::File => load_file(opts, &status, &mut report)?,
-        LoadMode::Uncompressed => {
-            load_uncompressed(opts, &status, &kernel_bytes, header.as_ref(), &mut report)?
-        }
+        LoadMode::Uncompressed | LoadMode::Staged => load_uncompressed(
+            opts,
+            &status,
+            &kernel_bytes,
+            header.as_ref(),
+            staging,
+            extras,
+            &mut report,
+        )?,
     }
     report.timings.push(Timing {
         phase: "total",
@@ -482,11 +556,22 @@ fn load_file(opts: &LoadOptions, status: &Status, report: &mut LoadReport) -> Re
     Ok(())
 }
 
+/// Whether an uncompressed load goes into the crashkernel reservation.
+enum Staging {
+    No,
+    /// `--mode staged`.
+    Asked,
+    /// `auto` found the reservation idle (the reason); staged if it is large enough.
+    Auto(String),
+}
+
 fn load_uncompressed(
     opts: &LoadOptions,
     status: &Status,
     kernel_bytes: &[u8],
     header: Option<&bzimage::SetupHeader>,
+    staging: Staging,
+    extras: &LoadExtras,
     report: &mut LoadReport,
 ) -> Result<()> {
     let t = Instant::now();
@@ -538,11 +623,35 @@ fn load_uncompressed(
         initrd: initrd.as_ref().map(|(p, b)| (*p, b.as_slice())),
         cmdline: &report.cmdline,
         host: &host,
-        reserved: Vec::new(),
+        reserved: extras.reserved.clone(),
         verify: opts.verify,
-        phys_delta: 0,
+        phys_delta: extras.phys_delta,
     };
-    let plan = segments::plan_uncompressed(&input)?;
+    match staging {
+        Staging::No => {}
+        Staging::Asked => {
+            let plan = plan_staged(status, &input, &extras.plan)?;
+            return load_staged(opts, status, &plan, report);
+        }
+        Staging::Auto(why) => match plan_staged(status, &input, &extras.plan) {
+            Ok(plan) if plan.free_after >= staged::MIN_PANIC_FREE => {
+                report.mode = LoadMode::Staged;
+                report.mode_reason = format!(
+                    "auto: {why} and large enough, so the kernel is staged in it (the relocation \
+                     at exec copies one page)"
+                );
+                return load_staged(opts, status, &plan, report);
+            }
+            Ok(plan) => report.notes.push(format!(
+                "auto: not staged: only {} MiB of the crashkernel reservation would stay free \
+                 (at least {} MiB keep a panic-path boot possible)",
+                plan.free_after >> 20,
+                staged::MIN_PANIC_FREE >> 20
+            )),
+            Err(e) => report.notes.push(format!("auto: not staged: {e}")),
+        },
+    }
+    let plan = segments::plan_uncompressed_with(&input, &extras.plan)?;
     let specs: Vec<SegmentSpec<'_>> = plan
         .segments
         .iter()
@@ -575,6 +684,120 @@ fn load_uncompressed(
         phase: "kexec_load",
         ms: ms(t.elapsed()),
     });
+    Ok(())
+}
+
+/// The normal path carries `extras` (the tracer's chain and the purgatory's TSC target) like an
+/// uncompressed load; the panic path carries nothing of it.
+fn plan_staged(
+    status: &Status,
+    input: &segments::UncompressedInput,
+    extras: &segments::PlanExtras,
+) -> Result<staged::StagedPlan> {
+    let opts = staged::StagedOptions {
+        reservation: staged::pick_reservation(status)?,
+        nonce: staged::new_nonce()?,
+        trampoline_tsc_out: 0,
+    };
+    staged::plan_staged(input, extras, &opts)
+}
+
+/// Loads a staged plan: the crash image first (copied into the reservation now), then the
+/// trampoline as the normal image; if the second load fails, the first is undone.
+fn load_staged(
+    opts: &LoadOptions,
+    status: &Status,
+    plan: &staged::StagedPlan,
+    report: &mut LoadReport,
+) -> Result<()> {
+    let t = Instant::now();
+    let ours_before = staged::read_state(&opts.root).0.is_some();
+    let displaced = status.crash_loaded == Some(true) && !ours_before;
+    report.notes.extend(plan.notes.iter().cloned());
+    if displaced {
+        report.notes.push(
+            "a crash (kdump) kernel was loaded: staging replaces it, so there is no kdump until \
+             the next boot (or until `fastkexec unload` and the kdump service loads it again)"
+                .into(),
+        );
+    }
+    report.notes.push(
+        "kdump is displaced while this kernel is staged: a panic before exec boots the staged \
+         kernel with only the crashkernel reservation as RAM (kdump-safe), and no dump is taken"
+            .into(),
+    );
+    let crash = plan.crash_specs();
+    let normal = plan.normal_specs();
+    kexec::validate_segments(plan.crash_entry, &crash)?;
+    kexec::validate_segments(plan.trampoline_entry(), &normal)?;
+    report.plan = Some(plan.to_string());
+    report.staged = Some(plan.summary(displaced));
+    report.syscall = format!(
+        "kexec_load(entry={:#x}, nr_segments={}, flags={:#x}) then kexec_load(entry={:#x}, \
+         nr_segments=1, flags={:#x})",
+        plan.crash_entry,
+        crash.len(),
+        kexec::KEXEC_ON_CRASH | kexec::KEXEC_ARCH_X86_64,
+        plan.trampoline_entry(),
+        kexec::KEXEC_ARCH_X86_64
+    );
+    report.timings.push(Timing {
+        phase: "plan",
+        ms: ms(t.elapsed()),
+    });
+    if opts.dry_run {
+        return Ok(());
+    }
+    let t = Instant::now();
+    kexec::kexec_load(plan.crash_entry, &crash, kexec::KEXEC_ON_CRASH)
+        .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
+    report.timings.push(Timing {
+        phase: "kexec_load (crash image, into the reservation)",
+        ms: ms(t.elapsed()),
+    });
+    let t = Instant::now();
+    if let Err(e) = kexec::kexec_load(plan.trampoline_entry(), &normal, 0) {
+        let err = kexec::explain(Call::KexecLoad, e, status);
+        let undo = staged::unload_crash(status);
+        let _ = staged::remove_state(&opts.root);
+        // After an earlier staged load the normal image is its trampoline, whose staged kernel
+        // was just overwritten: left loaded it would reset the machine at exec.
+        let stale = ours_before.then(kexec::unload);
+        return Err(match (undo, stale) {
+            (Ok(()), None) => err,
+            (Ok(()), Some(Ok(()))) => Error::Plan {
+                problem: format!(
+                    "loading the trampoline failed ({err}); the staged crash image and the \
+                     previous staged load's trampoline were unloaded: nothing is loaded now"
+                ),
+            },
+            (undo, stale) => Error::Plan {
+                problem: format!(
+                    "loading the trampoline failed ({err}); undoing it failed too (crash image: \
+                     {undo:?}, previous trampoline: {stale:?}): run `fastkexec unload`"
+                ),
+            },
+        });
+    }
+    report.timings.push(Timing {
+        phase: "kexec_load (trampoline)",
+        ms: ms(t.elapsed()),
+    });
+    report.loaded = true;
+    let state = staged::StagedState::new(
+        plan,
+        &opts.kernel,
+        opts.initrd.as_deref(),
+        &report.cmdline,
+        staged::boot_id(&opts.root),
+    );
+    if let Err(e) = staged::write_state(&opts.root, &state) {
+        report.notes.push(format!(
+            "could not record the staged load ({e}): `fastkexec exec` cannot check it beforehand \
+             (the trampoline still checks it and resets the machine rather than boot a replaced \
+             kernel)"
+        ));
+    }
     Ok(())
 }
 
@@ -737,6 +960,7 @@ mod tests {
             modes: Modes {
                 file: av(file_blockers),
                 uncompressed: av(unc_blockers),
+                staged: av(&["no crashkernel reservation"]),
             },
             ..Status::default()
         }
@@ -955,6 +1179,115 @@ mod tests {
         o.dry_run = false;
         let e = load(&o).unwrap_err();
         assert!(e.to_string().contains("kexec_load_disabled"), "{e}");
+    }
+
+    /// A QEMU guest tree with a 256 MiB crashkernel reservation at 0x65000000, idle or
+    /// holding someone's crash kernel.
+    fn machine_with_reservation(crash_loaded: bool) -> tempfile::TempDir {
+        let t = machine("plain");
+        let iomem = fs::read_to_string(t.path().join("proc/iomem")).unwrap();
+        let ram = "00100000-7ffdffff : System RAM\n";
+        assert!(iomem.contains(ram));
+        let iomem = iomem.replace(ram, &format!("{ram}  65000000-74ffffff : Crash kernel\n"));
+        fs::write(t.path().join("proc/iomem"), iomem).unwrap();
+        let flag = if crash_loaded { "1\n" } else { "0\n" };
+        fs::write(t.path().join("sys/kernel/kexec_crash_loaded"), flag).unwrap();
+        t
+    }
+
+    #[test]
+    fn auto_stages_into_an_idle_reservation() {
+        let root = machine_with_reservation(false);
+        let cache = tempfile::tempdir().unwrap();
+        let r = load(&opts(
+            root.path(),
+            "bzImage-tiny.zstd",
+            Mode::Auto,
+            cache.path(),
+        ))
+        .unwrap();
+        assert_eq!(r.mode, LoadMode::Staged);
+        assert!(r.mode_reason.contains("idle"), "{}", r.mode_reason);
+        let st = r.staged.as_ref().unwrap();
+        assert_eq!(st.reservation_start, 0x6500_0000);
+        assert_eq!(st.reservation_end, 0x7500_0000);
+        assert!(!st.displaced_crash_kernel);
+        assert!(
+            r.syscall.contains("flags=0x3e0001") && r.syscall.contains("then kexec_load"),
+            "{}",
+            r.syscall
+        );
+        assert!(r.notes.iter().any(|n| n.contains("kdump is displaced")));
+        let text = r.to_string();
+        assert!(text.contains("KEXEC_ON_CRASH"), "{text}");
+        assert!(text.contains("trampoline"), "{text}");
+        assert_eq!(serde_json::to_value(&r).unwrap()["mode"], "staged");
+        assert_eq!(files_under(cache.path()), 0);
+    }
+
+    #[test]
+    fn auto_never_displaces_a_loaded_crash_kernel() {
+        let root = machine_with_reservation(true);
+        let cache = tempfile::tempdir().unwrap();
+        let r = load(&opts(
+            root.path(),
+            "bzImage-tiny.zstd",
+            Mode::Auto,
+            cache.path(),
+        ))
+        .unwrap();
+        assert_eq!(r.mode, LoadMode::Uncompressed);
+        assert!(r.staged.is_none());
+        // Asked for explicitly, it does displace it, and says so.
+        let r = load(&opts(
+            root.path(),
+            "bzImage-tiny.zstd",
+            Mode::Staged,
+            cache.path(),
+        ))
+        .unwrap();
+        assert_eq!(r.mode, LoadMode::Staged);
+        assert!(r.staged.as_ref().unwrap().displaced_crash_kernel);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("a crash (kdump) kernel was loaded")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn staged_without_a_reservation_is_refused_before_any_syscall() {
+        let root = machine("plain");
+        let cache = tempfile::tempdir().unwrap();
+        // A dry run plans anyway and fails on the missing reservation.
+        let e = load(&opts(
+            root.path(),
+            "bzImage-tiny.zstd",
+            Mode::Staged,
+            cache.path(),
+        ))
+        .unwrap_err();
+        assert!(matches!(e, Error::NoCrashReservation { .. }), "{e}");
+        assert!(e.to_string().contains("crashkernel="), "{e}");
+        // A real load stops at the mode check.
+        let mut o = opts(root.path(), "bzImage-tiny.zstd", Mode::Staged, cache.path());
+        o.dry_run = false;
+        let e = load(&o).unwrap_err();
+        assert!(
+            matches!(e, Error::ModeUnavailable { mode: "staged", .. }),
+            "{e}"
+        );
+        // So does one under lockdown, whose kexec_load is forbidden.
+        let e = choose_mode(
+            Mode::Staged,
+            &st(&[], &["lockdown is 'integrity'"]),
+            true,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("staged mode is not possible"), "{e}");
     }
 
     #[test]

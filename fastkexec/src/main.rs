@@ -12,8 +12,9 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command, LoadArgs, ModeArg, PrepareArgs};
+use cli::{DamageArg, ReportArgs, TraceArgs};
 use fastkexec::load::{self, CmdlineSource, LoadOptions, Mode};
-use fastkexec::{exec, prepare, status};
+use fastkexec::{exec, prepare, report, status, trace};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,10 +23,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             print_error(&e);
-            ExitCode::from(1)
+            ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
         }
     }
 }
+
+/// An error that asks for a specific exit status (e.g. `report` without a record: 2).
+#[derive(Debug)]
+struct ExitStatus(u8, String);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
@@ -67,8 +80,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Unload => {
-            exec::unload().context("cannot unload the kexec image")?;
-            println!("unloaded");
+            let done = exec::unload().context("cannot unload the kexec image")?;
+            println!("{done}");
             Ok(())
         }
         Command::Status(args) => {
@@ -81,6 +94,10 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Prepare(args) => run_prepare(args),
+        Command::Trace(args) => run_trace(args, cli.verbose, &cli.root),
+        Command::Report(args) => run_report(args, &cli.root),
+        Command::Export(args) => run_export(args),
+        Command::Serve(args) => run_serve(args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "fastkexec", &mut io::stdout());
@@ -116,6 +133,7 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
             ModeArg::Auto => Mode::Auto,
             ModeArg::File => Mode::File,
             ModeArg::Uncompressed => Mode::Uncompressed,
+            ModeArg::Staged => Mode::Staged,
         },
         dry_run: args.dry_run,
         verify: args.verify,
@@ -130,6 +148,128 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
         print!("{report}");
         Ok(())
     }
+}
+
+/// `load`'s options from its arguments, for `trace` (same rules as `run_load`).
+fn trace_load_options(args: &LoadArgs, root: &Path) -> LoadOptions {
+    LoadOptions {
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: if args.reuse_cmdline {
+            CmdlineSource::ReuseCmdline {
+                append: args.append.clone(),
+            }
+        } else {
+            CmdlineSource::Append(args.append.clone().unwrap_or_default())
+        },
+        mode: match args.mode {
+            ModeArg::Auto => Mode::Auto,
+            ModeArg::File => Mode::File,
+            ModeArg::Uncompressed => Mode::Uncompressed,
+            ModeArg::Staged => Mode::Staged,
+        },
+        dry_run: args.dry_run,
+        verify: args.verify,
+        cache_dir: args.cache_dir.clone(),
+        root: root.to_path_buf(),
+    }
+}
+
+fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
+    if root != Path::new("/") {
+        anyhow::bail!("--root does not go with trace (it probes and loads on this machine)");
+    }
+    let opts = trace::TraceOptions {
+        load: trace_load_options(&args.load, root),
+        exec: args.exec,
+        force: args.force,
+        verbose: verbose > 0,
+        lean: args.lean,
+        mark: args.mark,
+        damage: args.damage.map(|d| match d {
+            DamageArg::HeaderByte => trace::Damage::HeaderByte,
+            DamageArg::OtherBoot => trace::Damage::OtherBoot,
+        }),
+    };
+    let mut out = io::stdout();
+    let summary = trace::run(&opts, &mut out).with_context(|| {
+        format!(
+            "cannot trace the reboot into {}",
+            opts.load.kernel.display()
+        )
+    })?;
+    if args.load.json {
+        return print_json(&summary);
+    }
+    print!("{}", summary.load);
+    for a in &summary.attachments {
+        println!(
+            "probe:    {} {} {}",
+            a.how,
+            a.function,
+            a.why
+                .as_deref()
+                .map(|w| format!("({w})"))
+                .unwrap_or_default()
+        );
+    }
+    for n in &summary.notes {
+        println!("note:     {n}");
+    }
+    Ok(())
+}
+
+fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
+    let rep = report::report(&report::ReportOptions {
+        root: root.to_path_buf(),
+        until_kmsg: args.until_kmsg.clone(),
+        top: args.top,
+    })
+    .context("cannot build the report")?;
+    if args.json {
+        print_json(&rep)?;
+    } else {
+        print!("{rep}");
+    }
+    if !rep.has_record() {
+        let detail = rep.record.detail.clone().unwrap_or_default();
+        return Err(ExitStatus(2, detail).into());
+    }
+    if !args.no_fold {
+        if let Err(e) = fold_report(&rep, root, &args.state_dir) {
+            log::warn!(
+                "the reboot was not folded into {}: {e:#}",
+                args.state_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Folds a reported reboot into the histograms (`fastkexec export` reads them).
+fn fold_report(rep: &report::Report, root: &Path, dir: &Path) -> Result<()> {
+    let boot_id = fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
+        .context("reading this boot's id")?
+        .trim()
+        .to_string();
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // The request was this long before report ran (past the end mark, if one was used).
+    let since_request = rep.spans.to_report_ns.unwrap_or(rep.total_ns);
+    let boot = fastkexec::histogram::Boot {
+        boot_id,
+        phases: rep
+            .phases
+            .iter()
+            .map(|p| fastkexec::histogram::Phase::new(p.name.clone(), p.duration_ns))
+            .collect(),
+        total_ns: rep.total_ns,
+        reboot_unix_ns: now_unix.saturating_sub(since_request),
+        mode: "uncompressed".into(),
+    };
+    fastkexec::histogram::fold_boot(dir, &boot)?;
+    Ok(())
 }
 
 fn run_prepare(args: PrepareArgs) -> Result<()> {
@@ -162,6 +302,49 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
         }
     );
     println!("time:         {elapsed_ms:.1} ms");
+    Ok(())
+}
+
+fn run_export(args: cli::ExportArgs) -> Result<()> {
+    use fastkexec::export::{self, Format};
+    use fastkexec::histogram::State;
+    let format = match args.format {
+        cli::FormatArg::Prometheus => Format::Prometheus,
+        cli::FormatArg::Openmetrics => Format::OpenMetrics,
+        cli::FormatArg::Json => Format::Json,
+        cli::FormatArg::HdrLog => Format::HdrLog,
+    };
+    let state = State::open(&args.state_dir)
+        .with_context(|| format!("cannot read the histograms in {}", args.state_dir.display()))?;
+    if let Some(dir) = &args.textfile_dir {
+        if format != Format::Prometheus {
+            anyhow::bail!(
+                "--textfile-dir needs --format prometheus: node_exporter reads only that"
+            );
+        }
+        let path = export::write_textfile(dir, &state)?;
+        log::info!("wrote {}", path.display());
+        return Ok(());
+    }
+    match &args.output {
+        Some(path) => export::write_file(path, format, &state)?,
+        None => io::stdout()
+            .lock()
+            .write_all(export::render(format, &state)?.as_bytes())?,
+    }
+    Ok(())
+}
+
+fn run_serve(args: cli::ServeArgs) -> Result<()> {
+    use fastkexec::serve::{ServeOptions, Server, METRICS_PATH};
+    let server = Server::bind(&ServeOptions {
+        listen: args.listen,
+        allow_remote: args.allow_remote,
+        state_dir: args.state_dir,
+    })?;
+    // The real port (for --listen ...:0) on the first line, for scripts and tests.
+    println!("listening on http://{}{METRICS_PATH}", server.local_addr());
+    server.run()?;
     Ok(())
 }
 

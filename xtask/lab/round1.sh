@@ -2,7 +2,53 @@
 # The next kernel gets this command line with round 2 instead of round 1.
 NEXT=$(sed -e 's/fklab.round=1/fklab.round=2/' /proc/cmdline)
 INITRD=/lab/round2.cpio
+echo "FKLAB: cold memtotal_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
+# A panic with the staged kernel loaded: the crash path must boot it the kdump-safe way.
+lab_panic() {
+	echo c >/proc/sysrq-trigger
+}
+staged_load() {
+	fastkexec load --mode staged --kernel /lab/vmlinuz --cache-dir /lab/cache \
+		--initrd "$INITRD" --append "$NEXT" || fail "fastkexec load --mode staged failed rc=$?"
+	fastkexec status | grep -E '^(staged kernel|kernel-native route|crash image loaded)'
+}
 echo "FKLAB: loading mode=$MODE"
+# --trace: `fastkexec trace --exec` attaches the probes, loads and executes;
+# it prints "FKLAB: exec" itself right before it stamps the reboot request.
+if [ "$(arg fklab.trace)" = 1 ]; then
+	case "$MODE" in
+	fastkexec-uncompressed) TMODE=uncompressed ;;
+	fastkexec-file) TMODE=file ;;
+	*) fail "--trace needs a fastkexec mode, not $MODE" ;;
+	esac
+	DAMAGE=$(arg fklab.damage)
+	LEAN=$(arg fklab.lean)
+	if [ "$(arg fklab.follow)" = 1 ]; then
+		# Follow mode: the tracer loads and waits (links pinned in bpffs);
+		# something else starts the reboot, as `systemctl kexec` would.
+		mkdir -p /sys/fs/bpf
+		mount -t bpf bpf /sys/fs/bpf || fail "cannot mount bpffs"
+		(RUST_LOG_STYLE=never fastkexec trace ${LEAN:+--lean} --mode "$TMODE" --kernel /lab/vmlinuz \
+			--cache-dir /lab/cache --initrd "$INITRD" --append "$NEXT" 2>&1 | tee /tmp/trace.out) &
+		i=0
+		until grep -q 'waiting for a kexec reboot' /tmp/trace.out 2>/dev/null; do
+			grep -q 'fastkexec: error' /tmp/trace.out 2>/dev/null && fail "fastkexec trace (follow) failed"
+			i=$((i + 1))
+			[ $i -gt 1200 ] && fail "fastkexec trace (follow) did not get ready"
+			sleep 0.1
+		done
+		ls /sys/fs/bpf/fastkexec | wc -l | sed 's/^/FKLAB: pinned links=/'
+		sync
+		echo "FKLAB: exec"
+		fastkexec exec --force
+		fail "fastkexec exec returned rc=$?"
+	fi
+	sync
+	RUST_LOG=info RUST_LOG_STYLE=never fastkexec trace --exec --force --mark "FKLAB: exec" ${DAMAGE:+--damage "$DAMAGE"} ${LEAN:+--lean} \
+		--mode "$TMODE" --kernel /lab/vmlinuz --cache-dir /lab/cache \
+		--initrd "$INITRD" --append "$NEXT" || fail "fastkexec trace failed rc=$?"
+	fail "fastkexec trace --exec returned"
+fi
 case "$MODE" in
 kexec-tools-l)
 	kexec -l /lab/vmlinuz --initrd="$INITRD" --append="$NEXT" || fail "kexec -l failed rc=$?"
@@ -13,7 +59,7 @@ kexec-tools-l-i)
 	EXEC="kexec -e"
 	;;
 kexec-tools-s)
-	kexec -s /lab/vmlinuz --initrd="$INITRD" --append="$NEXT" || fail "kexec -s failed rc=$?"
+	kexec -s -l /lab/vmlinuz --initrd="$INITRD" --append="$NEXT" || fail "kexec -s -l failed rc=$?"
 	EXEC="kexec -e"
 	;;
 fastkexec-file)
@@ -25,6 +71,36 @@ fastkexec-uncompressed)
 	fastkexec load --mode uncompressed --kernel /lab/vmlinuz --cache-dir /lab/cache \
 		--initrd "$INITRD" --append "$NEXT" || fail "fastkexec load --mode uncompressed failed rc=$?"
 	EXEC="fastkexec exec --force"
+	;;
+fastkexec-staged)
+	staged_load
+	EXEC="fastkexec exec --force"
+	;;
+fastkexec-staged-panic)
+	# auto stages when the reservation is idle; unload removes both images.
+	fastkexec load --dry-run --kernel /lab/vmlinuz --initrd "$INITRD" --append "$NEXT" |
+		grep -q '^mode: *staged' || fail "auto did not pick staged with an idle reservation"
+	staged_load
+	fastkexec unload || fail "fastkexec unload failed rc=$?"
+	[ "$(cat /sys/kernel/kexec_loaded)$(cat /sys/kernel/kexec_crash_loaded)" = 00 ] ||
+		fail "fastkexec unload left an image loaded"
+	echo "FKLAB: unloaded both images"
+	staged_load
+	EXEC=lab_panic
+	;;
+fastkexec-staged-replaced)
+	staged_load
+	# What a kdump service would do: load its crash kernel over the staged one.
+	kexec -p /lab/vmlinuz --initrd="$INITRD" --append="$NEXT" || fail "kexec -p failed rc=$?"
+	# auto must not displace that kdump kernel.
+	fastkexec load --dry-run --kernel /lab/vmlinuz --initrd "$INITRD" --append "$NEXT" |
+		grep -q '^mode: *uncompressed' || fail "auto would displace a loaded kdump kernel"
+	if fastkexec exec --force; then
+		fail "fastkexec exec did not refuse the replaced staged kernel"
+	fi
+	echo "FKLAB: exec refused"
+	# Forced past the check: the trampoline must reset instead of booting.
+	EXEC="kexec -e"
 	;;
 *)
 	fail "unknown mode $MODE"

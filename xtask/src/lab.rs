@@ -21,6 +21,7 @@ pub enum Mode {
     /// kexec-tools `-l` bzImage (kexec_load, purgatory SHA-256 of every segment)
     KexecToolsL,
     /// kexec-tools `-l -i` bzImage (kexec_load, no hash)
+    #[value(name = "kexec-tools-l-i")]
     KexecToolsLI,
     /// kexec-tools `-s` (kexec_file_load, in-kernel purgatory hashes)
     KexecToolsS,
@@ -28,7 +29,40 @@ pub enum Mode {
     FastkexecFile,
     /// fastkexec load --mode uncompressed (vmlinux via kexec_load, our purgatory)
     FastkexecUncompressed,
+    /// fastkexec load --mode staged (vmlinux staged in the crashkernel reservation)
+    FastkexecStaged,
+    /// test: load staged, then panic (sysrq c): the kdump-safe panic path must boot
+    FastkexecStagedPanic,
+    /// test: load staged, load a kdump kernel over it: exec must refuse, a forced
+    /// exec must reset the machine instead of booting
+    FastkexecStagedReplaced,
 }
+
+/// What a successful run of a mode looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// The new kernel's init runs and reports itself (right kernel, cmdline, initrd).
+    Boot,
+    /// As `Boot`, and the new kernel sees all RAM: MemTotal within
+    /// [`MEMTOTAL_TOLERANCE`] of the cold boot's.
+    BootAllRam,
+    /// As `Boot` but through the panic path: at most the reservation
+    /// ([`CRASHKERNEL_MIB`]) as RAM and the panic marker on the command line.
+    BootKdumpSafe,
+    /// `fastkexec exec` refuses, then the trampoline resets the machine on a
+    /// forced exec: no new kernel runs.
+    RefuseThenReset,
+}
+
+/// The reservation the lab's command line asks for (`crashkernel=`).
+pub const CRASHKERNEL_MIB: u64 = 256;
+/// How far the staged kernel's MemTotal may be from the cold boot's.
+pub const MEMTOTAL_TOLERANCE: f64 = 0.02;
+/// The staged panic path's command-line marker (fastkexec's `staged::PANIC_MARKER`).
+pub const PANIC_MARKER: &str = fastkexec::staged::PANIC_MARKER;
+/// The line the trampoline prints before it resets the machine.
+pub const TRAMPOLINE_RESET_LINE: &str = "fastkexec trampoline: ";
 
 impl Mode {
     pub fn name(self) -> &'static str {
@@ -38,7 +72,30 @@ impl Mode {
             Mode::KexecToolsS => "kexec-tools-s",
             Mode::FastkexecFile => "fastkexec-file",
             Mode::FastkexecUncompressed => "fastkexec-uncompressed",
+            Mode::FastkexecStaged => "fastkexec-staged",
+            Mode::FastkexecStagedPanic => "fastkexec-staged-panic",
+            Mode::FastkexecStagedReplaced => "fastkexec-staged-replaced",
         }
+    }
+
+    pub fn expect(self) -> Expect {
+        match self {
+            Mode::FastkexecStaged => Expect::BootAllRam,
+            Mode::FastkexecStagedPanic => Expect::BootKdumpSafe,
+            Mode::FastkexecStagedReplaced => Expect::RefuseThenReset,
+            _ => Expect::Boot,
+        }
+    }
+
+    /// Round 1 loads the vmlinux fastkexec extracts: the host prepares its cache.
+    fn uses_vmlinux_cache(self) -> bool {
+        matches!(
+            self,
+            Mode::FastkexecUncompressed
+                | Mode::FastkexecStaged
+                | Mode::FastkexecStagedPanic
+                | Mode::FastkexecStagedReplaced
+        )
     }
 }
 
@@ -58,6 +115,15 @@ pub struct RunOptions {
     pub smp: u32,
     /// Extra kernel command-line words for both rounds.
     pub append: Vec<String>,
+    /// Round 1 runs `fastkexec trace --exec`, round 2 `fastkexec report --json`.
+    pub trace: bool,
+    /// With `trace`: damage the record on purpose (round 2 must refuse it).
+    pub trace_damage: Option<crate::labtrace::Damage>,
+    /// With `trace`: only the phase-boundary probes (`fastkexec trace --lean`).
+    pub trace_lean: bool,
+    /// With `trace`: `fastkexec trace` without --exec follows a reboot that
+    /// `fastkexec exec --force` starts (the request is then not stamped).
+    pub trace_follow: bool,
 }
 
 /// Serial-line marks, in host milliseconds since QEMU was started.
@@ -92,6 +158,17 @@ pub struct NewKernel {
     pub cmdline: Option<String>,
     pub mem_total_kb: Option<u64>,
     pub initrd_seen: Option<bool>,
+    /// MemTotal of the first (cold-booted) kernel, from round 1.
+    pub cold_mem_total_kb: Option<u64>,
+}
+
+/// Mode-specific facts round 1 reported.
+#[derive(Debug, Default, Serialize)]
+pub struct Round1 {
+    /// `fastkexec exec` refused (replaced-image test).
+    pub exec_refused: bool,
+    /// The trampoline printed its reset line after the forced exec.
+    pub trampoline_reset: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,10 +190,22 @@ pub struct RunReport {
     pub accel: String,
     pub qemu: Vec<String>,
     pub booted: bool,
+    /// What this mode counts as success.
+    pub expect: Expect,
     pub ok: bool,
     pub host_ms: HostMs,
     pub marks_ms: Marks,
     pub new_kernel: NewKernel,
+    pub round1: Round1,
+    /// `--trace`: round 2's `fastkexec report --json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+    /// `--trace`: round 2's report as the table it printed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub report_table: Vec<String>,
+    /// `--trace`: the report next to the host stopwatch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::labtrace::TraceCheck>,
     pub serial_log: PathBuf,
     pub error: Option<String>,
     pub tail: Vec<String>,
@@ -146,7 +235,7 @@ pub fn build_static_fastkexec() -> Result<PathBuf> {
 pub fn build_images(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<PathBuf> {
     let dir = lab_dir().join("images").join(&kernel.name);
     let mut extra = Vec::new();
-    if mode == Mode::FastkexecUncompressed {
+    if mode.uses_vmlinux_cache() {
         // Done on the host ahead of time, as `fastkexec prepare` would be on a
         // server: the guest's load then hits the cache.
         let cache = dir.join("cache");
@@ -371,6 +460,10 @@ pub fn resolve_accel(accel: Accel, probe_kernel: &KernelInfo, tools: &Tools) -> 
         memory: "512M".into(),
         smp: 1,
         append: vec![],
+        trace: false,
+        trace_damage: None,
+        trace_lean: false,
+        trace_follow: false,
     };
     let args = qemu_args(
         &probe_kernel.vmlinuz,
@@ -422,7 +515,14 @@ pub fn run_once(
         .join(format!("{when}-{}-{}", kernel.name, opts.mode.name()));
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("serial.log");
-    let cmd = cmdline("1", opts.mode.name(), &opts.append);
+    let mut append = opts.append.clone();
+    append.extend(crate::labtrace::cmdline_words(
+        opts.trace,
+        opts.trace_damage,
+        opts.trace_lean,
+        opts.trace_follow,
+    ));
+    let cmd = cmdline("1", opts.mode.name(), &append);
     let args = qemu_args(&kernel.vmlinuz, initrd, accel, opts, &cmd);
     step(format!(
         "lab: {} on {} ({}), serial log {}",
@@ -435,12 +535,47 @@ pub fn run_once(
         l.starts_with("FKLAB: done") || l.starts_with("FKLAB: error")
     })?;
     let mut report = analyse(kernel, opts.mode, accel, &serial.lines, log);
+    if opts.trace {
+        let (json, rc) = crate::labtrace::extract(&serial.lines);
+        let check = crate::labtrace::check(
+            json.as_ref(),
+            rc,
+            report.host_ms.exec_to_new_init,
+            opts.trace_damage,
+            opts.mode == Mode::FastkexecFile,
+        );
+        if !check.ok() && report.error.is_none() && report.booted {
+            report.error = Some(format!(
+                "the traced run's report is not what it must be: record {} (wanted {}), exit \
+                 status {:?}, phases sum to total: {}, missing phases: {:?}",
+                check.record_status.as_deref().unwrap_or("none"),
+                check.expected_status,
+                check.report_rc,
+                check.phases_sum_to_total,
+                check.missing_phases
+            ));
+        }
+        report.ok &= check.ok();
+        report.report_table = crate::labtrace::table(&serial.lines);
+        report.report = json;
+        report.trace = Some(check);
+    }
     report.qemu = std::iter::once("qemu-system-x86_64".to_string())
         .chain(args)
         .collect();
     if report.error.is_none() {
         if serial.timed_out {
             report.error = Some(format!("timeout after {} s", opts.timeout.as_secs()));
+        } else if report.expect == Expect::RefuseThenReset {
+            if !report.ok {
+                report.error = Some(if report.booted {
+                    "a kernel booted after the staged image was replaced".into()
+                } else if !report.round1.exec_refused {
+                    "fastkexec exec did not refuse the replaced staged image".into()
+                } else {
+                    "the forced exec did not end in the trampoline's reset".into()
+                });
+            }
         } else if !report.booted {
             report.error = Some(if serial.exited {
                 "QEMU exited before the new kernel's init ran (panic, triple fault or reset)".into()
@@ -448,7 +583,19 @@ pub fn run_once(
                 "round 2 never started".into()
             });
         } else if !report.ok {
-            report.error = Some("round 2 ran but its report is incomplete or wrong".into());
+            report.error = Some(match report.expect {
+                Expect::BootAllRam => {
+                    "round 2 ran but its report is incomplete or wrong, or MemTotal is not \
+                     within 2% of the cold boot's"
+                        .into()
+                }
+                Expect::BootKdumpSafe => {
+                    "round 2 ran but not the kdump-safe way (RAM beyond the reservation, or no \
+                     panic marker)"
+                        .into()
+                }
+                _ => "round 2 ran but its report is incomplete or wrong".into(),
+            });
         }
     }
     if report.error.is_some() {
@@ -478,6 +625,7 @@ pub fn analyse(
 ) -> RunReport {
     let mut m = Marks::default();
     let mut nk = NewKernel::default();
+    let mut r1 = Round1::default();
     let mut error = None;
     for (t, l) in lines {
         let t = Some(*t);
@@ -496,6 +644,12 @@ pub fn analyse(
             m.done = m.done.or(t);
         } else if let Some(e) = l.strip_prefix("FKLAB: error ") {
             error.get_or_insert_with(|| e.to_string());
+        } else if let Some(v) = l.strip_prefix("FKLAB: cold memtotal_kb=") {
+            nk.cold_mem_total_kb = v.trim().parse().ok();
+        } else if l == "FKLAB: exec refused" {
+            r1.exec_refused = true;
+        } else if m.exec.is_some() && m.new_init.is_none() && l.contains(TRAMPOLINE_RESET_LINE) {
+            r1.trampoline_reset = true;
         } else if m.new_init.is_some() {
             if let Some(v) = l.strip_prefix("FKLAB: kernel=") {
                 nk.release = Some(v.to_string());
@@ -522,7 +676,7 @@ pub fn analyse(
         cold_boot_to_init: m.init,
     };
     let booted = m.new_init.is_some();
-    let ok = booted
+    let reported = booted
         && m.done.is_some()
         && nk.initrd_seen == Some(true)
         && nk.release.as_deref() == Some(kernel.release.as_str())
@@ -531,6 +685,8 @@ pub fn analyse(
             .as_deref()
             .is_some_and(|c| c.split_whitespace().any(|w| w == "fklab.round=2"))
         && nk.mem_total_kb.is_some();
+    let expect = mode.expect();
+    let ok = meets(expect, reported, &nk, &r1, booted);
     RunReport {
         schema_version: 1,
         kernel: KernelRef {
@@ -545,13 +701,48 @@ pub fn analyse(
         accel: accel.to_string(),
         qemu: vec![],
         booted,
+        expect,
         ok,
         host_ms,
         marks_ms: m,
         new_kernel: nk,
+        round1: r1,
+        report: None,
+        report_table: Vec::new(),
+        trace: None,
         serial_log: log,
         error,
         tail: vec![],
+    }
+}
+
+/// Whether a run met its mode's expectation.
+pub fn meets(expect: Expect, reported: bool, nk: &NewKernel, r1: &Round1, booted: bool) -> bool {
+    let has_marker = || {
+        nk.cmdline
+            .as_deref()
+            .is_some_and(|c| c.split_whitespace().any(|w| w == PANIC_MARKER))
+    };
+    match expect {
+        Expect::Boot => reported,
+        Expect::BootAllRam => {
+            reported
+                && !has_marker()
+                && match (nk.mem_total_kb, nk.cold_mem_total_kb) {
+                    (Some(new), Some(cold)) if cold > 0 => {
+                        (new as f64 - cold as f64).abs() / cold as f64 <= MEMTOTAL_TOLERANCE
+                    }
+                    _ => false,
+                }
+        }
+        Expect::BootKdumpSafe => {
+            reported
+                && has_marker()
+                && nk
+                    .mem_total_kb
+                    .is_some_and(|kb| kb > 0 && kb <= CRASHKERNEL_MIB * 1024)
+        }
+        Expect::RefuseThenReset => !booted && r1.exec_refused && r1.trampoline_reset,
     }
 }
 
@@ -577,7 +768,7 @@ pub fn summary_line(r: &RunReport) -> String {
             .unwrap_or_else(|| "-".into())
     };
     format!(
-        "{} {} ({}): booted={} ok={} exec→first new-kernel line {} · exec→new init {} · load {}{}",
+        "{} {} ({}): booted={} ok={} exec→first new-kernel line {} · exec→new init {} · load {}{}{}",
         r.kernel.name,
         r.mode.name(),
         r.kernel.packages.first().map(String::as_str).unwrap_or(""),
@@ -586,6 +777,10 @@ pub fn summary_line(r: &RunReport) -> String {
         f(r.host_ms.exec_to_first_new_kernel_line),
         f(r.host_ms.exec_to_new_init),
         f(r.host_ms.load),
+        r.trace
+            .as_ref()
+            .map(crate::labtrace::summary)
+            .unwrap_or_default(),
         r.error
             .as_deref()
             .map(|e| format!(" · error: {e}"))
@@ -678,6 +873,101 @@ mod tests {
         let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
         assert!(r.booted && !r.ok);
         assert_eq!(r.new_kernel.initrd_seen, Some(false));
+    }
+
+    /// A round trip of `mode` whose new kernel reports `mem_kb` and `cmdline`.
+    fn staged_run(mode: Mode, cold_kb: u64, mem_kb: u64, cmdline: &str) -> RunReport {
+        let l = lines(&[
+            (900.0, "FKLAB: init round=1 mode=m uptime=0.9"),
+            (901.0, &format!("FKLAB: cold memtotal_kb={cold_kb}")),
+            (902.0, "FKLAB: loading mode=m"),
+            (1500.0, "FKLAB: loaded"),
+            (1510.0, "FKLAB: exec"),
+            (1700.0, "[    0.000000] Linux version 6.1.0-1-cloud-amd64"),
+            (6000.0, "FKLAB: init round=2 mode=m uptime=1.0"),
+            (6001.0, "FKLAB: kernel=6.1.0-1-cloud-amd64"),
+            (6002.0, &format!("FKLAB: cmdline={cmdline}")),
+            (6003.0, &format!("FKLAB: memtotal_kb={mem_kb}")),
+            (6004.0, "FKLAB: initrd=ok"),
+            (6005.0, "FKLAB: done"),
+        ]);
+        analyse(&kernel(), mode, "tcg", &l, PathBuf::from("x"))
+    }
+
+    #[test]
+    fn staged_needs_all_ram_back() {
+        let c = "console=ttyS0 crashkernel=256M fklab.round=2";
+        let r = staged_run(Mode::FastkexecStaged, 1_740_000, 1_735_000, c);
+        assert_eq!(r.expect, Expect::BootAllRam);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.new_kernel.cold_mem_total_kb, Some(1_740_000));
+        // 3% short: some RAM went missing.
+        let r = staged_run(Mode::FastkexecStaged, 1_740_000, 1_687_000, c);
+        assert!(r.booted && !r.ok);
+        // The panic path booted instead of the normal one.
+        let p = format!("{c} {PANIC_MARKER}");
+        assert!(!staged_run(Mode::FastkexecStaged, 1_740_000, 1_740_000, &p).ok);
+        // Other modes do not judge MemTotal.
+        assert!(staged_run(Mode::FastkexecUncompressed, 1_740_000, 900_000, c).ok);
+    }
+
+    #[test]
+    fn staged_panic_needs_the_kdump_safe_boot() {
+        let c = format!("console=ttyS0 fklab.round=2 reset_devices {PANIC_MARKER}");
+        let r = staged_run(Mode::FastkexecStagedPanic, 1_740_000, 180_000, &c);
+        assert_eq!(r.expect, Expect::BootKdumpSafe);
+        assert!(r.ok, "{r:?}");
+        // More RAM than the reservation: not kdump-safe.
+        assert!(!staged_run(Mode::FastkexecStagedPanic, 1_740_000, 1_700_000, &c).ok);
+        // No marker: the normal path ran, not the panic path.
+        let plain = "console=ttyS0 fklab.round=2";
+        assert!(!staged_run(Mode::FastkexecStagedPanic, 1_740_000, 180_000, plain).ok);
+    }
+
+    #[test]
+    fn staged_replaced_must_refuse_then_reset() {
+        let base: Vec<(f64, &str)> =
+            vec![
+            (900.0, "FKLAB: init round=1 mode=fastkexec-staged-replaced uptime=0.9"),
+            (902.0, "FKLAB: loading mode=fastkexec-staged-replaced"),
+            (1400.0, "fastkexec: error: the kernel staged in the crashkernel reservation ..."),
+            (1410.0, "FKLAB: exec refused"),
+            (1500.0, "FKLAB: loaded"),
+            (1510.0, "FKLAB: exec"),
+            (1530.0, "[    2.0] kexec_core: Starting new kernel"),
+            (
+                1540.0,
+                "fastkexec trampoline: the kernel staged in the crashkernel reservation is not ...",
+            ),
+        ];
+        let run = |v: &[(f64, &str)]| {
+            analyse(
+                &kernel(),
+                Mode::FastkexecStagedReplaced,
+                "tcg",
+                &lines(v),
+                PathBuf::from("x"),
+            )
+        };
+        let r = run(&base);
+        assert_eq!(r.expect, Expect::RefuseThenReset);
+        assert!(r.ok && !r.booted, "{r:?}");
+        assert!(r.round1.exec_refused && r.round1.trampoline_reset);
+        // No refusal line: exec went ahead.
+        let no_refusal: Vec<_> = base
+            .iter()
+            .copied()
+            .filter(|(_, l)| *l != "FKLAB: exec refused")
+            .collect();
+        assert!(!run(&no_refusal).ok);
+        // The trampoline stayed silent (a kernel may have been entered).
+        assert!(!run(&base[..6]).ok);
+        // A kernel booted anyway.
+        let mut booted = base.clone();
+        booted.push((5000.0, "FKLAB: init round=2 mode=fastkexec-staged-replaced"));
+        booted.push((5001.0, "FKLAB: done"));
+        let r = run(&booted);
+        assert!(r.booted && !r.ok);
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test`.
+//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test | bench`.
 
+mod bench;
+mod chart;
 mod initramfs;
 mod kernels;
 mod lab;
+mod labtrace;
 mod setup;
 mod test;
 mod util;
@@ -37,6 +40,36 @@ enum Cmd {
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
+    },
+    /// Every lab mode side by side: interleaved runs, JSON, markdown table, SVG chart
+    Bench {
+        #[command(flatten)]
+        k: KernelArgs,
+        /// Runs per mode (round-robin over the modes, this many rounds)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Modes to compare, e.g. kexec-tools-l,kexec-tools-l-i,fastkexec-uncompressed
+        /// (default: every lab mode but test-only ones)
+        #[arg(long, value_delimiter = ',', value_parser = bench::parse_mode)]
+        modes: Vec<lab::Mode>,
+        /// Write every run and the summary here as JSON (rewritten after each run)
+        #[arg(long, required_unless_present = "from_json")]
+        json: Option<PathBuf>,
+        /// Write the stacked-bar chart here (SVG)
+        #[arg(long)]
+        svg: PathBuf,
+        /// Write the markdown table here
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Trace fastkexec's own modes and chart their phases
+        #[arg(long)]
+        trace: bool,
+        /// Give up on one run after this many seconds (it counts as failed)
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Run nothing: redraw the chart and table from this bench JSON
+        #[arg(long, conflicts_with = "json")]
+        from_json: Option<PathBuf>,
     },
     /// Run every test: setup, fmt, clippy, unit tests, lab round trips
     Test {
@@ -89,6 +122,22 @@ enum LabCmd {
         /// Give up after this many seconds (a hang is `booted: false`)
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Trace the reboot: round 1 runs `fastkexec trace --exec`, round 2
+        /// `fastkexec report --json` (in the JSON under `report`, compared
+        /// with the host stopwatch under `trace`); fastkexec modes only
+        #[arg(long)]
+        trace: bool,
+        /// With --trace: damage the record on purpose; round 2 must refuse it
+        #[arg(long, value_enum, requires = "trace")]
+        trace_damage: Option<labtrace::Damage>,
+        /// With --trace: only the phase-boundary probes (`fastkexec trace
+        /// --lean`), to measure what the per-device and notifier probes cost
+        #[arg(long, requires = "trace")]
+        trace_lean: bool,
+        /// With --trace: `fastkexec trace` without --exec follows a reboot
+        /// that `fastkexec exec --force` starts (probes pinned in bpffs)
+        #[arg(long, requires = "trace")]
+        trace_follow: bool,
     },
     /// An interactive guest for exploration (Ctrl-A X quits)
     Shell {
@@ -122,6 +171,10 @@ fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions
         memory: k.memory.clone(),
         smp: k.smp,
         append: k.append.clone(),
+        trace: false,
+        trace_damage: None,
+        trace_lean: false,
+        trace_follow: false,
     }
 }
 
@@ -136,26 +189,79 @@ fn main() -> Result<()> {
             refresh_kernels,
         }),
         Cmd::Test { no_lab, kernels } => test::run_all(&kernels, !no_lab),
+        Cmd::Bench {
+            k,
+            runs,
+            modes,
+            json,
+            svg,
+            markdown,
+            trace,
+            timeout,
+            from_json,
+        } => {
+            if let Some(from) = from_json {
+                return bench::render_from(&from, &svg, markdown.as_deref());
+            }
+            let json = json.context("--json is required")?;
+            let kernel = kernel_of(&k)?;
+            let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
+            let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+            let plan = bench::Plan {
+                kernel: &kernel,
+                tools: &tools,
+                accel: &accel,
+                modes,
+                runs,
+                trace,
+                json,
+                svg,
+                markdown,
+            };
+            bench::run(&plan, &|mode, trace| lab::RunOptions {
+                trace,
+                ..run_options(&k, mode, timeout)
+            })
+        }
         Cmd::Lab { cmd } => match cmd {
             LabCmd::Run {
                 k,
                 mode,
                 json,
                 timeout,
+                trace,
+                trace_damage,
+                trace_lean,
+                trace_follow,
             } => {
                 let kernel = kernel_of(&k)?;
                 let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
                 let initrd = lab::build_images(&kernel, mode, &tools)?;
                 let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
-                let report =
-                    lab::run_once(&kernel, &initrd, &accel, &run_options(&k, mode, timeout))?;
+                let opts = lab::RunOptions {
+                    trace,
+                    trace_damage,
+                    trace_lean,
+                    trace_follow,
+                    ..run_options(&k, mode, timeout)
+                };
+                let report = lab::run_once(&kernel, &initrd, &accel, &opts)?;
+                for l in &report.report_table {
+                    println!("{l}");
+                }
                 let text = serde_json::to_string_pretty(&report)?;
                 if let Some(p) = &json {
                     util::write_atomic(p, text.as_bytes())
                         .with_context(|| format!("writing {}", p.display()))?;
                 }
                 println!("{}", lab::summary_line(&report));
-                if !report.booted {
+                if report.expect == lab::Expect::RefuseThenReset && !report.ok {
+                    bail!(
+                        "the replaced staged image was not refused and reset: {}",
+                        report.error.as_deref().unwrap_or("unknown")
+                    );
+                }
+                if report.expect != lab::Expect::RefuseThenReset && !report.booted {
                     bail!(
                         "the new kernel did not boot: {}",
                         report.error.as_deref().unwrap_or("unknown")
