@@ -13,12 +13,12 @@
 //! so deliberate tampering is out of scope, as it is for /boot itself.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use crate::atomic_file;
 use crate::bzimage::{self, SetupHeader};
 use crate::decompress::Compression;
 use crate::vmlinux::{self, Vmlinux};
@@ -121,10 +121,9 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
         )
     })?;
     // meta.json last: an entry without it (a crash mid-way) is not a hit.
-    write_atomic(&vmlinux_path, &x.vmlinux)?;
-    write_atomic(&header_path, &x.header.raw)?;
-    write_atomic(&entry_dir.join(META_FILE), &meta_json)?;
-    sync_dir(&entry_dir)?;
+    atomic_file::write(&vmlinux_path, &x.vmlinux)?;
+    atomic_file::write(&header_path, &x.header.raw)?;
+    atomic_file::write(&entry_dir.join(META_FILE), &meta_json)?;
     log::info!(
         "{}: extracted {} vmlinux ({} bytes) to {}",
         bzimage.display(),
@@ -246,42 +245,6 @@ fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
         ));
     }
     Ok(buf)
-}
-
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `data` to `path` via a uniquely named temporary file in the same
-/// directory, fsynced and renamed over `path`: readers see the old file or
-/// the complete new one, and concurrent writers never share a temp file.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        // Best effort: the temp file is garbage either way.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Makes the renames durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]
