@@ -257,12 +257,20 @@ fn fold_report(rep: &report::Report, root: &Path, dir: &Path) -> Result<()> {
         .map_or(0, |d| d.as_nanos() as u64);
     // The request was this long before report ran (past the end mark, if one was used).
     let since_request = rep.spans.to_report_ns.unwrap_or(rep.total_ns);
+    // The timeline may name a phase more than once (gaps between probes are
+    // each "unattributed"); a histogram takes one sample per phase per boot.
+    let mut phases: Vec<(String, u64)> = Vec::new();
+    for p in &rep.phases {
+        match phases.iter_mut().find(|(n, _)| *n == p.name) {
+            Some((_, d)) => *d = d.saturating_add(p.duration_ns),
+            None => phases.push((p.name.clone(), p.duration_ns)),
+        }
+    }
     let boot = fastkexec::histogram::Boot {
         boot_id,
-        phases: rep
-            .phases
-            .iter()
-            .map(|p| fastkexec::histogram::Phase::new(p.name.clone(), p.duration_ns))
+        phases: phases
+            .into_iter()
+            .map(|(name, ns)| fastkexec::histogram::Phase::new(name, ns))
             .collect(),
         total_ns: rep.total_ns,
         reboot_unix_ns: now_unix.saturating_sub(since_request),

@@ -27,6 +27,27 @@ fail() {
 	poweroff -f
 }
 
+# A chained run (--reboots): vda is the state disk (a raw tar archive of the
+# state directory), vdb the image every round boots. Cloud kernels build
+# virtio_blk (and on some, virtio_pci) as modules; the host put them here in
+# load order. The rounds call this themselves: round 2 only after its
+# first-command kmsg mark, so the traced timeline's end is not pushed back.
+lab_disks() {
+	[ "$(arg fklab.disk)" = 1 ] && [ -z "$DISKS_READY" ] || return 0
+	for m in /lab/modules/*.ko; do
+		[ -e "$m" ] || continue
+		insmod "$m" || fail "insmod $m failed"
+	done
+	i=0
+	until [ -b /dev/vda ] && [ -b /dev/vdb ]; do
+		i=$((i + 1))
+		[ $i -gt 100 ] && fail "no virtio disks (vda, vdb) appeared"
+		sleep 0.1
+	done
+	DISKS_READY=1
+	echo "FKLAB: disks ready"
+}
+
 case "$ROUND" in
 1) . /lab/round1.sh ;;
 2) . /lab/round2.sh ;;

@@ -1,7 +1,16 @@
 # Round 1: load the next kernel per $MODE and execute it.
 # The next kernel gets this command line with round 2 instead of round 1.
-NEXT=$(sed -e 's/fklab.round=1/fklab.round=2/' /proc/cmdline)
+# A chained run: fklab.reboots_left counts the reboots still to do, this one
+# included; the next kernel boots the chain image again (from vdb).
+LEFT=$(arg fklab.reboots_left)
+NEXT=$(sed -e 's/fklab.round=1/fklab.round=2/' \
+	-e "s/fklab.reboots_left=[0-9]*/fklab.reboots_left=$((${LEFT:-1} - 1))/" /proc/cmdline)
 INITRD=/lab/round2.cpio
+if [ "$(arg fklab.disk)" = 1 ]; then
+	lab_disks
+	INITRD=/tmp/chain.cpio
+	cat /dev/vdb >"$INITRD" || fail "cannot read the chain image from vdb"
+fi
 echo "FKLAB: cold memtotal_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
 # A panic with the staged kernel loaded: the crash path must boot it the kdump-safe way.
 lab_panic() {

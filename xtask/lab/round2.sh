@@ -7,12 +7,34 @@ echo "FKLAB: kernel=$(uname -r)"
 echo "FKLAB: cmdline=$(cat /proc/cmdline)"
 echo "FKLAB: memtotal_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
 if [ -e /lab/round2-marker ]; then echo "FKLAB: initrd=ok"; else echo "FKLAB: initrd=missing"; fi
+# A chained run folds each boot into the state directory, which lives on
+# vda between boots (see init.sh), and reboots again while any are left.
+DISK=$(arg fklab.disk)
+STATE=/var/lib/fastkexec
+FOLD=--no-fold
+if [ "$DISK" = 1 ]; then
+	lab_disks
+	mkdir -p "$STATE"
+	tar -xf /dev/vda -C "$STATE" || fail "cannot restore the state directory from vda"
+	FOLD=
+fi
 if [ "$TRACE" = 1 ]; then
 	fastkexec report --no-fold --until-kmsg "FKLAB: new-init"
 	echo "FKLAB: report-begin"
 	# stderr (the reason for a non-zero exit) went out with the table above.
-	fastkexec report --json --no-fold --until-kmsg "FKLAB: new-init" 2>/dev/null
+	# This run folds the boot in (chained runs): once per boot id.
+	fastkexec report --json $FOLD --state-dir "$STATE" --until-kmsg "FKLAB: new-init" 2>/tmp/report.err
 	echo "FKLAB: report-end rc=$?"
+	# What the JSON run said on stderr (e.g. why a fold failed), after the markers.
+	sed 's/^/FKLAB: report-stderr /' /tmp/report.err
+fi
+if [ "$DISK" = 1 ]; then
+	tar -cf /dev/vda -C "$STATE" . || fail "cannot save the state directory to vda"
+	sync
+	echo "FKLAB: state saved files=$(ls "$STATE" | wc -l) reboots_left=$(arg fklab.reboots_left)"
+	if [ "$(arg fklab.reboots_left)" -gt 0 ] 2>/dev/null; then
+		. /lab/round1.sh
+	fi
 fi
 echo "FKLAB: done"
 poweroff -f

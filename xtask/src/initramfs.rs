@@ -183,6 +183,42 @@ pub fn round2(tools: &Tools) -> Result<Vec<u8>> {
 /// The first boot's initramfs: tools, kexec-tools with its libraries, the
 /// next kernel, the round-2 initrd and any extra files (e.g. a prepared cache).
 pub fn round1(tools: &Tools, vmlinuz: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>> {
+    let mut c = loader(tools, vmlinuz, extra)?;
+    c.file("lab/round2.cpio", round2(tools)?, 0o644);
+    Ok(c.to_bytes())
+}
+
+/// The image of a chained run (`--reboots`): every round boots it, so it holds
+/// what round 1 needs to load the next kernel, the round-2 marker and the
+/// modules (`NN-name.ko`, in load order) that show the virtio disks. The next
+/// initrd is this image again, read from a virtio disk (a cpio cannot hold
+/// itself). Zero-padded to whole sectors: QEMU serves a raw file in sectors.
+pub fn chain(
+    tools: &Tools,
+    vmlinuz: &Path,
+    extra: &[(String, PathBuf)],
+    modules: &[(String, Vec<u8>)],
+) -> Result<Vec<u8>> {
+    let mut c = loader(tools, vmlinuz, extra)?;
+    c.file(
+        "lab/round2-marker",
+        b"fastkexec lab chained initrd\n".to_vec(),
+        0o644,
+    );
+    for (i, (name, data)) in modules.iter().enumerate() {
+        c.file(
+            &format!("lab/modules/{i:02}-{name}.ko"),
+            data.clone(),
+            0o644,
+        );
+    }
+    let mut bytes = c.to_bytes();
+    bytes.resize(bytes.len().next_multiple_of(512), 0);
+    Ok(bytes)
+}
+
+/// Round 1's tools: kexec-tools with its libraries, the next kernel, extras.
+fn loader(tools: &Tools, vmlinuz: &Path, extra: &[(String, PathBuf)]) -> Result<Cpio> {
     let mut c = base(tools)?;
     c.file("lab/round1.sh", ROUND1.as_bytes().to_vec(), 0o644);
     c.host_file("sbin/kexec", &tools.kexec, 0o755)?;
@@ -191,11 +227,10 @@ pub fn round1(tools: &Tools, vmlinuz: &Path, extra: &[(String, PathBuf)]) -> Res
         c.host_file(&dest, &lib, 0o755)?;
     }
     c.host_file("lab/vmlinuz", vmlinuz, 0o644)?;
-    c.file("lab/round2.cpio", round2(tools)?, 0o644);
     for (dest, host) in extra {
         c.host_file(dest, host, 0o644)?;
     }
-    Ok(c.to_bytes())
+    Ok(c)
 }
 
 /// The shared libraries (and loader) a dynamically linked binary needs, by ldd.

@@ -124,6 +124,18 @@ pub struct RunOptions {
     /// With `trace`: `fastkexec trace` without --exec follows a reboot that
     /// `fastkexec exec --force` starts (the request is then not stamped).
     pub trace_follow: bool,
+    /// kexec reboots to chain in one VM (1: the classic two rounds).
+    pub reboots: u32,
+    /// Chained runs: copy the guest's fastkexec state directory here.
+    pub state_out: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// A chained run: the state directory rides on a virtio disk and every
+    /// round boots the chain image (see `labchain`).
+    pub fn chained(&self) -> bool {
+        self.reboots > 1 || self.state_out.is_some()
+    }
 }
 
 /// Serial-line marks, in host milliseconds since QEMU was started.
@@ -206,6 +218,9 @@ pub struct RunReport {
     /// `--trace`: the report next to the host stopwatch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::labtrace::TraceCheck>,
+    /// `--reboots`/`--state-out`: the chained run's state and its export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<crate::labchain::ChainCheck>,
     pub serial_log: PathBuf,
     pub error: Option<String>,
     pub tail: Vec<String>,
@@ -228,12 +243,37 @@ pub fn build_static_fastkexec() -> Result<PathBuf> {
                 "fastkexec",
             ]),
     )?;
-    Ok(workspace_root().join("target/x86_64-unknown-linux-musl/release/fastkexec"))
+    Ok(static_fastkexec())
+}
+
+/// Where [`build_static_fastkexec`] leaves the binary.
+pub fn static_fastkexec() -> PathBuf {
+    workspace_root().join("target/x86_64-unknown-linux-musl/release/fastkexec")
 }
 
 /// Builds the round-1 initramfs for a kernel and mode; returns its path.
 pub fn build_images(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<PathBuf> {
     let dir = lab_dir().join("images").join(&kernel.name);
+    let extra = cache_files(kernel, mode, &dir)?;
+    let image = initramfs::round1(tools, &kernel.vmlinuz, &extra)?;
+    let path = dir.join(format!("round1-{}.cpio", mode.name()));
+    write_atomic(&path, &image)?;
+    Ok(path)
+}
+
+/// Builds the image every round of a chained run boots (`--reboots`).
+pub fn build_chain_image(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<PathBuf> {
+    let dir = lab_dir().join("images").join(&kernel.name);
+    let extra = cache_files(kernel, mode, &dir)?;
+    let modules = crate::labchain::disk_modules(kernel)?;
+    let image = initramfs::chain(tools, &kernel.vmlinuz, &extra, &modules)?;
+    let path = dir.join(format!("chain-{}.cpio", mode.name()));
+    write_atomic(&path, &image)?;
+    Ok(path)
+}
+
+/// The host-prepared vmlinux cache the mode loads from, as (guest path, host file).
+fn cache_files(kernel: &KernelInfo, mode: Mode, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut extra = Vec::new();
     if mode.uses_vmlinux_cache() {
         // Done on the host ahead of time, as `fastkexec prepare` would be on a
@@ -246,10 +286,7 @@ pub fn build_images(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<Pa
             extra.push((format!("lab/cache/{rel}"), f));
         }
     }
-    let image = initramfs::round1(tools, &kernel.vmlinuz, &extra)?;
-    let path = dir.join(format!("round1-{}.cpio", mode.name()));
-    write_atomic(&path, &image)?;
-    Ok(path)
+    Ok(extra)
 }
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -464,6 +501,8 @@ pub fn resolve_accel(accel: Accel, probe_kernel: &KernelInfo, tools: &Tools) -> 
         trace_damage: None,
         trace_lean: false,
         trace_follow: false,
+        reboots: 1,
+        state_out: None,
     };
     let args = qemu_args(
         &probe_kernel.vmlinuz,
@@ -522,8 +561,16 @@ pub fn run_once(
         opts.trace_lean,
         opts.trace_follow,
     ));
+    let state_img = dir.join("state.img");
+    if opts.chained() {
+        append.extend(crate::labchain::cmdline_words(opts.reboots));
+        crate::labchain::create_state_disk(&state_img)?;
+    }
     let cmd = cmdline("1", opts.mode.name(), &append);
-    let args = qemu_args(&kernel.vmlinuz, initrd, accel, opts, &cmd);
+    let mut args = qemu_args(&kernel.vmlinuz, initrd, accel, opts, &cmd);
+    if opts.chained() {
+        args.extend(crate::labchain::qemu_drives(&state_img, initrd));
+    }
     step(format!(
         "lab: {} on {} ({}), serial log {}",
         opts.mode.name(),
@@ -559,6 +606,34 @@ pub fn run_once(
         report.report_table = crate::labtrace::table(&serial.lines);
         report.report = json;
         report.trace = Some(check);
+    }
+    if opts.chained() {
+        let out = opts.state_out.clone().unwrap_or_else(|| dir.join("state"));
+        let check = crate::labchain::check(
+            &serial.lines,
+            opts.reboots,
+            &state_img,
+            &out,
+            &static_fastkexec(),
+        );
+        if !check.ok() && report.error.is_none() && report.booted {
+            report.error = Some(format!(
+                "the chained run's state is not what it must be: reboots {}/{}, states saved {}, \
+                 promtool ok {}, _count per phase {:?}{}",
+                check.reboots_seen,
+                check.reboots_wanted,
+                check.states_saved,
+                check.promtool_ok,
+                check.counts,
+                check
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        report.ok &= check.ok();
+        report.chain = Some(check);
     }
     report.qemu = std::iter::once("qemu-system-x86_64".to_string())
         .chain(args)
@@ -710,6 +785,7 @@ pub fn analyse(
         report: None,
         report_table: Vec::new(),
         trace: None,
+        chain: None,
         serial_log: log,
         error,
         tail: vec![],
@@ -768,7 +844,7 @@ pub fn summary_line(r: &RunReport) -> String {
             .unwrap_or_else(|| "-".into())
     };
     format!(
-        "{} {} ({}): booted={} ok={} exec→first new-kernel line {} · exec→new init {} · load {}{}{}",
+        "{} {} ({}): booted={} ok={} exec→first new-kernel line {} · exec→new init {} · load {}{}{}{}",
         r.kernel.name,
         r.mode.name(),
         r.kernel.packages.first().map(String::as_str).unwrap_or(""),
@@ -780,6 +856,10 @@ pub fn summary_line(r: &RunReport) -> String {
         r.trace
             .as_ref()
             .map(crate::labtrace::summary)
+            .unwrap_or_default(),
+        r.chain
+            .as_ref()
+            .map(crate::labchain::summary)
             .unwrap_or_default(),
         r.error
             .as_deref()

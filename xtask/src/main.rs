@@ -5,6 +5,7 @@ mod chart;
 mod initramfs;
 mod kernels;
 mod lab;
+mod labchain;
 mod labtrace;
 mod setup;
 mod test;
@@ -138,6 +139,15 @@ enum LabCmd {
         /// that `fastkexec exec --force` starts (probes pinned in bpffs)
         #[arg(long, requires = "trace")]
         trace_follow: bool,
+        /// With --trace: chain this many kexec reboots in one VM, each folded
+        /// into fastkexec's histograms, kept on a virtio disk
+        #[arg(long, default_value_t = 1, requires = "trace",
+              value_parser = clap::value_parser!(u32).range(1..=50))]
+        reboots: u32,
+        /// With --trace: copy the guest's state directory (histograms) here,
+        /// then check `fastkexec export` on it with promtool
+        #[arg(long, requires = "trace")]
+        state_out: Option<PathBuf>,
     },
     /// An interactive guest for exploration (Ctrl-A X quits)
     Shell {
@@ -175,6 +185,8 @@ fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions
         trace_damage: None,
         trace_lean: false,
         trace_follow: false,
+        reboots: 1,
+        state_out: None,
     }
 }
 
@@ -223,64 +235,100 @@ fn main() -> Result<()> {
                 ..run_options(&k, mode, timeout)
             })
         }
-        Cmd::Lab { cmd } => match cmd {
-            LabCmd::Run {
-                k,
-                mode,
-                json,
-                timeout,
-                trace,
-                trace_damage,
-                trace_lean,
-                trace_follow,
-            } => {
-                let kernel = kernel_of(&k)?;
-                let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
-                let initrd = lab::build_images(&kernel, mode, &tools)?;
-                let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
-                let opts = lab::RunOptions {
+        Cmd::Lab { cmd } => {
+            match cmd {
+                LabCmd::Run {
+                    k,
+                    mode,
+                    json,
+                    timeout,
                     trace,
                     trace_damage,
                     trace_lean,
                     trace_follow,
-                    ..run_options(&k, mode, timeout)
-                };
-                let report = lab::run_once(&kernel, &initrd, &accel, &opts)?;
-                for l in &report.report_table {
-                    println!("{l}");
+                    reboots,
+                    state_out,
+                } => {
+                    let kernel = kernel_of(&k)?;
+                    let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
+                    let opts = lab::RunOptions {
+                        trace,
+                        trace_damage,
+                        trace_lean,
+                        trace_follow,
+                        reboots,
+                        state_out,
+                        ..run_options(&k, mode, timeout)
+                    };
+                    if opts.chained() && trace_follow {
+                        bail!("--reboots/--state-out chain `fastkexec trace --exec`, not --trace-follow");
+                    }
+                    let initrd = if opts.chained() {
+                        lab::build_chain_image(&kernel, mode, &tools)?
+                    } else {
+                        lab::build_images(&kernel, mode, &tools)?
+                    };
+                    let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+                    let report = lab::run_once(&kernel, &initrd, &accel, &opts)?;
+                    for l in &report.report_table {
+                        println!("{l}");
+                    }
+                    if let Some(c) = &report.chain {
+                        println!(
+                            "state directory {} · promtool check metrics: {} {}",
+                            c.state_dir.display(),
+                            if c.promtool_ok { "ok" } else { "FAILED" },
+                            c.promtool_output
+                        );
+                        for l in &c.count_lines {
+                            println!("{l}");
+                        }
+                        if !c.ok() {
+                            println!(
+                                "CHAIN CHECK FAILED: {}",
+                                report.error.as_deref().unwrap_or("see the JSON's chain")
+                            );
+                        }
+                    }
+                    let text = serde_json::to_string_pretty(&report)?;
+                    if let Some(p) = &json {
+                        util::write_atomic(p, text.as_bytes())
+                            .with_context(|| format!("writing {}", p.display()))?;
+                    }
+                    println!("{}", lab::summary_line(&report));
+                    if report.expect == lab::Expect::RefuseThenReset && !report.ok {
+                        bail!(
+                            "the replaced staged image was not refused and reset: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    if report.expect != lab::Expect::RefuseThenReset && !report.booted {
+                        bail!(
+                            "the new kernel did not boot: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    if report.chain.as_ref().is_some_and(|c| !c.ok()) {
+                        bail!(
+                            "the chained run failed its check: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    Ok(())
                 }
-                let text = serde_json::to_string_pretty(&report)?;
-                if let Some(p) = &json {
-                    util::write_atomic(p, text.as_bytes())
-                        .with_context(|| format!("writing {}", p.display()))?;
+                LabCmd::Shell { k } => {
+                    let kernel = kernel_of(&k)?;
+                    let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
+                    let initrd = lab::build_images(&kernel, lab::Mode::KexecToolsL, &tools)?;
+                    let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+                    lab::shell(
+                        &kernel,
+                        &initrd,
+                        &accel,
+                        &run_options(&k, lab::Mode::KexecToolsL, 0),
+                    )
                 }
-                println!("{}", lab::summary_line(&report));
-                if report.expect == lab::Expect::RefuseThenReset && !report.ok {
-                    bail!(
-                        "the replaced staged image was not refused and reset: {}",
-                        report.error.as_deref().unwrap_or("unknown")
-                    );
-                }
-                if report.expect != lab::Expect::RefuseThenReset && !report.booted {
-                    bail!(
-                        "the new kernel did not boot: {}",
-                        report.error.as_deref().unwrap_or("unknown")
-                    );
-                }
-                Ok(())
             }
-            LabCmd::Shell { k } => {
-                let kernel = kernel_of(&k)?;
-                let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
-                let initrd = lab::build_images(&kernel, lab::Mode::KexecToolsL, &tools)?;
-                let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
-                lab::shell(
-                    &kernel,
-                    &initrd,
-                    &accel,
-                    &run_options(&k, lab::Mode::KexecToolsL, 0),
-                )
-            }
-        },
+        }
     }
 }
