@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for how the modules fit together.
 
 pub mod atomic_file;
+pub mod blob;
 pub mod bootparams;
 pub mod btf;
 pub mod bzimage;

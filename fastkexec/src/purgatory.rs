@@ -43,6 +43,7 @@
 //! | 0x068 | 16 × 24 | verify table: `{u64 addr, u64 len (multiple of 8), u64 checksum}` |
 //! | 0x1e8 | … | code, then GDT, messages and the built-in stack (which ends the blob) |
 
+use crate::blob as frame;
 use crate::error::{Error, Result};
 
 /// `"FKXPURG1"` at [`OFF_MAGIC`]: marks a fastkexec purgatory blob.
@@ -53,9 +54,9 @@ pub const TSC_MAGIC: u64 = u64::from_le_bytes(*b"FKXTSC01");
 /// Bumped whenever an offset below changes.
 pub const LAYOUT_VERSION: u32 = 1;
 
-pub const OFF_MAGIC: usize = 0x08;
-pub const OFF_VERSION: usize = 0x10;
-pub const OFF_CODE_END: usize = 0x14;
+pub const OFF_MAGIC: usize = frame::OFF_MAGIC;
+pub const OFF_VERSION: usize = frame::OFF_VERSION;
+pub const OFF_CODE_END: usize = frame::OFF_CODE_END;
 pub const OFF_ENTRY: usize = 0x18;
 pub const OFF_BOOT_PARAMS: usize = 0x20;
 pub const OFF_STACK_TOP: usize = 0x28;
@@ -77,6 +78,15 @@ pub const VERIFY_MAX: usize = 16;
 pub const OFF_CODE: usize = OFF_VERIFY_TABLE + VERIFY_MAX * VERIFY_ENTRY_SIZE;
 /// The built-in stack: the last this-many bytes of the blob.
 pub const STACK_SIZE: usize = 4096;
+
+const LAYOUT: frame::Layout = frame::Layout {
+    magic: MAGIC,
+    version: LAYOUT_VERSION,
+    tsc_record: OFF_TSC_RECORD,
+    tsc_magic: TSC_MAGIC,
+    code: OFF_CODE,
+    stack_size: STACK_SIZE,
+};
 /// Initial value of the checksum's running sum ("kexec_a1" read as a
 /// little-endian u64), so all-zero data does not sum to zero.
 pub const CHECKSUM_SEED: u64 = u64::from_le_bytes(*b"kexec_a1");
@@ -436,39 +446,8 @@ impl Purgatory {
 
     /// Wraps a blob after checking it has the layout this module patches.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let bad = |problem: String| Error::Purgatory { problem };
-        if bytes.len() < OFF_CODE + STACK_SIZE {
-            return Err(bad(format!(
-                "blob is {} bytes, shorter than its header and stack ({} bytes); this build of fastkexec is broken",
-                bytes.len(),
-                OFF_CODE + STACK_SIZE
-            )));
-        }
-        let p = Self { bytes };
-        if p.read_u64(OFF_MAGIC) != MAGIC {
-            return Err(bad(format!(
-                "magic at {OFF_MAGIC:#x} is {:#018x}, expected {MAGIC:#018x}",
-                p.read_u64(OFF_MAGIC)
-            )));
-        }
-        if p.read_u32(OFF_VERSION) != LAYOUT_VERSION {
-            return Err(bad(format!(
-                "layout version {} at {OFF_VERSION:#x}, expected {LAYOUT_VERSION}",
-                p.read_u32(OFF_VERSION)
-            )));
-        }
-        if p.read_u64(OFF_TSC_RECORD) != TSC_MAGIC {
-            return Err(bad(format!(
-                "TSC record magic at {OFF_TSC_RECORD:#x} missing"
-            )));
-        }
-        let code_end = p.code_end();
-        if code_end <= OFF_CODE || code_end > p.bytes.len() - STACK_SIZE {
-            return Err(bad(format!(
-                "code end offset {code_end:#x} outside the blob"
-            )));
-        }
-        Ok(p)
+        frame::check(&bytes, &LAYOUT).map_err(|problem| Error::Purgatory { problem })?;
+        Ok(Self { bytes })
     }
 
     /// The patched bytes, to be loaded as one segment.
@@ -571,26 +550,20 @@ impl Purgatory {
         self.read_u64(OFF_TSC_OUT)
     }
 
-    // The offsets are constants inside the length checked in `from_bytes`,
-    // so these accessors cannot go out of bounds.
     fn read_u64(&self, off: usize) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.bytes[off..off + 8]);
-        u64::from_le_bytes(b)
+        frame::read_u64(&self.bytes, off)
     }
 
     fn read_u32(&self, off: usize) -> u32 {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(&self.bytes[off..off + 4]);
-        u32::from_le_bytes(b)
+        frame::read_u32(&self.bytes, off)
     }
 
     fn write_u64(&mut self, off: usize, v: u64) {
-        self.bytes[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        frame::write_u64(&mut self.bytes, off, v);
     }
 
     fn write_u32(&mut self, off: usize, v: u32) {
-        self.bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        frame::write_u32(&mut self.bytes, off, v);
     }
 }
 

@@ -59,6 +59,7 @@
 //! | …    | 24 each | sampled ranges: `{addr (page aligned), blocks, offset of its sample table from the header start}` |
 //! | …    | 16 each | sample tables: per 64 KiB block `{offset in the block (8-aligned), expected u64}` |
 
+use crate::blob as frame;
 use crate::error::{Error, Result};
 
 /// `"FKXTRMP1"`: marks a fastkexec trampoline blob.
@@ -68,9 +69,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"FKXTRMP1");
 pub const TSC_MAGIC: u64 = u64::from_le_bytes(*b"FKXTRM01");
 pub const LAYOUT_VERSION: u32 = 1;
 
-pub const OFF_MAGIC: usize = 0x08;
-pub const OFF_VERSION: usize = 0x10;
-pub const OFF_CODE_END: usize = 0x14;
+pub const OFF_MAGIC: usize = frame::OFF_MAGIC;
+pub const OFF_VERSION: usize = frame::OFF_VERSION;
+pub const OFF_CODE_END: usize = frame::OFF_CODE_END;
 pub const OFF_TARGET: usize = 0x18;
 pub const OFF_HEADER_ADDR: usize = 0x20;
 pub const OFF_HEADER_LEN: usize = 0x28;
@@ -85,6 +86,15 @@ pub const TSC_RECORD_SIZE: usize = 32;
 pub const OFF_CODE: usize = 0x80;
 /// The built-in stack: the last this-many bytes of the blob.
 pub const STACK_SIZE: usize = 512;
+
+const LAYOUT: frame::Layout = frame::Layout {
+    magic: MAGIC,
+    version: LAYOUT_VERSION,
+    tsc_record: OFF_TSC_RECORD,
+    tsc_magic: TSC_MAGIC,
+    code: OFF_CODE,
+    stack_size: STACK_SIZE,
+};
 
 /// `"FKXSTAG1"` at the start of the staged header.
 pub const HEADER_MAGIC: u64 = u64::from_le_bytes(*b"FKXSTAG1");
@@ -503,39 +513,8 @@ impl Trampoline {
 
     /// Wraps a blob after checking it has the layout this module patches.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let bad = |problem: String| Error::Trampoline { problem };
-        if bytes.len() < OFF_CODE + STACK_SIZE {
-            return Err(bad(format!(
-                "blob is {} bytes, shorter than its header and stack ({} bytes); this build of fastkexec is broken",
-                bytes.len(),
-                OFF_CODE + STACK_SIZE
-            )));
-        }
-        let t = Self { bytes };
-        if t.read_u64(OFF_MAGIC) != MAGIC {
-            return Err(bad(format!(
-                "magic at {OFF_MAGIC:#x} is {:#018x}, expected {MAGIC:#018x}",
-                t.read_u64(OFF_MAGIC)
-            )));
-        }
-        if t.read_u32(OFF_VERSION) != LAYOUT_VERSION {
-            return Err(bad(format!(
-                "layout version {} at {OFF_VERSION:#x}, expected {LAYOUT_VERSION}",
-                t.read_u32(OFF_VERSION)
-            )));
-        }
-        if t.read_u64(OFF_TSC_RECORD) != TSC_MAGIC {
-            return Err(bad(format!(
-                "TSC record magic at {OFF_TSC_RECORD:#x} missing"
-            )));
-        }
-        let code_end = t.code_end();
-        if code_end <= OFF_CODE || code_end > t.bytes.len() - STACK_SIZE {
-            return Err(bad(format!(
-                "code end offset {code_end:#x} outside the blob"
-            )));
-        }
-        Ok(t)
+        frame::check(&bytes, &LAYOUT).map_err(|problem| Error::Trampoline { problem })?;
+        Ok(Self { bytes })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -594,21 +573,16 @@ impl Trampoline {
         self.read_u64(OFF_TSC_OUT)
     }
 
-    // The offsets are constants inside the length checked in `from_bytes`.
     fn read_u64(&self, off: usize) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.bytes[off..off + 8]);
-        u64::from_le_bytes(b)
+        frame::read_u64(&self.bytes, off)
     }
 
     fn read_u32(&self, off: usize) -> u32 {
-        let mut b = [0u8; 4];
-        b.copy_from_slice(&self.bytes[off..off + 4]);
-        u32::from_le_bytes(b)
+        frame::read_u32(&self.bytes, off)
     }
 
     fn write_u64(&mut self, off: usize, v: u64) {
-        self.bytes[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        frame::write_u64(&mut self.bytes, off, v);
     }
 }
 
