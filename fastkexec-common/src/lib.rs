@@ -307,13 +307,20 @@ pub const OFF_STATE: usize = 1256;
 pub const OFF_PURGATORY: usize = 1264;
 /// Bytes of the purgatory TSC record ("FKXTSC01", entry, exit, verified).
 pub const PURGATORY_RECORD_SIZE: usize = 32;
-const HEADER_USED: usize = OFF_PURGATORY + PURGATORY_RECORD_SIZE;
+/// Byte offset of the staged trampoline's 32-byte TSC record copy.
+pub const OFF_TRAMPOLINE: usize = OFF_PURGATORY + PURGATORY_RECORD_SIZE;
+/// Bytes of the trampoline TSC record ("FKXTRM01", entry, exit, check result).
+pub const TRAMPOLINE_RECORD_SIZE: usize = 32;
+/// Byte offset of [`HeaderPage::last_exit_ns`].
+pub const OFF_LAST_EXIT: usize = OFF_TRAMPOLINE + TRAMPOLINE_RECORD_SIZE;
+const HEADER_USED: usize = OFF_LAST_EXIT + 8;
 
 /// Slot 0 of the `EVENTS` map: what the new kernel needs to trust and place
 /// the events on one clock.
 ///
 /// Written by user space before the reboot (covered by `header_sum`), except
-/// the probe counters (`claimed`..`state`) and the purgatory's TSC record.
+/// the probe counters (`claimed`..`state`, `last_exit_ns`) and the purgatory's
+/// and trampoline's TSC records.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct HeaderPage {
@@ -366,6 +373,14 @@ pub struct HeaderPage {
     pub state: u64,
     /// The purgatory's TSC record, copied here right before it jumps.
     pub purgatory: [u64; 4],
+    /// The staged trampoline's TSC record (staged loads only), copied here
+    /// right before it jumps to the purgatory. Zero otherwise: the tail was
+    /// zero before this field existed, so the record version is unchanged.
+    pub trampoline: [u64; 4],
+    /// The clock (as `ts_ns`) when the latest probe returned to the kernel.
+    /// The last probe of a reboot is `machine_kexec`'s: this is where the
+    /// kernel's own relocation work starts, after the tracer's.
+    pub last_exit_ns: u64,
     pub tail: [u8; PAGE_SIZE - HEADER_USED],
 }
 
@@ -511,6 +526,8 @@ mod tests {
         assert_eq!(offset_of!(HeaderPage, probe_ns), OFF_PROBE_NS);
         assert_eq!(offset_of!(HeaderPage, state), OFF_STATE);
         assert_eq!(offset_of!(HeaderPage, purgatory), OFF_PURGATORY);
+        assert_eq!(offset_of!(HeaderPage, trampoline), OFF_TRAMPOLINE);
+        assert_eq!(offset_of!(HeaderPage, last_exit_ns), OFF_LAST_EXIT);
         assert_eq!(size_of::<NotifierSym>(), 64);
         // The purgatory writes 32 bytes at an 8-aligned address.
         assert_eq!(OFF_PURGATORY % 8, 0);

@@ -45,7 +45,7 @@ use aya_log_ebpf::info;
 use fastkexec_common::{
     config, event_hash, state, Event, EventKind, EventPage, ProbeConfig, BUS_NAME_LEN,
     DEFAULT_EVENT_PAGES, DEVICE_NAME_LEN, EVENTS_PER_PAGE, EVENT_NAME_LEN, LINUX_REBOOT_CMD_KEXEC,
-    NOTIFIER_WALK_SLOTS, OFF_CLAIMED, OFF_EVENT_SUM, OFF_PROBE_NS, OFF_STATE,
+    NOTIFIER_WALK_SLOTS, OFF_CLAIMED, OFF_EVENT_SUM, OFF_LAST_EXIT, OFF_PROBE_NS, OFF_STATE,
 };
 
 /// Slot 0: the header page; slots 1..: event pages. User space resizes the
@@ -441,6 +441,11 @@ fn emit<C: EbpfContext>(
     // SAFETY: BPF helper without arguments.
     let done = unsafe { bpf_ktime_get_ns() };
     add(probe_ns, done.wrapping_sub(ts_ns));
+    // The last probe of a reboot (machine_kexec's) leaves the moment the
+    // kernel gets the CPU back, so its own cost is not charged to the
+    // relocation. A plain store: by then the other CPUs are stopped.
+    // SAFETY: 8-aligned offset inside the header page.
+    unsafe { core::ptr::write_volatile(h.add(OFF_LAST_EXIT).cast::<u64>(), done) };
 }
 
 #[inline(always)]

@@ -278,9 +278,10 @@ as unseen in the report.
 
 The stamps go into a BPF map whose pages are chained into the next kernel's boot_params
 (setup_data type 0x464b5854), together with the TSC calibration, this boot's id and the
-purgatory's TSC stamps; `fastkexec report` in the next kernel reads them. Only the
-uncompressed mode can carry them (--mode auto means uncompressed here); with --mode file the
-next kernel's report shows only its own phases. The next kernel's command line gets
+TSC stamps of the purgatory (and, in staged mode, of the trampoline); `fastkexec report` in
+the next kernel reads them. The uncompressed and staged modes carry them (--mode auto picks
+between those two as `load` does); with --mode file the next kernel's report shows only its
+own phases. The next kernel's command line gets
 fastkexec.boot_id=<this boot>, which ties the record to this reboot.
 
 With --exec the reboot follows at once (--force: reboot(2) directly; else `systemctl kexec`

@@ -22,8 +22,9 @@
 //!   backwards since the purgatory stamped it.
 //!
 //! Not covered by a checksum: the probes' informational counters (their own
-//! time, the state bits) and the purgatory's stamps, which are written after
-//! everything else by code that cannot checksum; a damaged stamp magic makes
+//! time, the state bits) and the purgatory's and trampoline's stamps, which
+//! are written after everything else by code that cannot checksum; a damaged
+//! stamp magic makes
 //! the stamps absent, and the report checks that the stamps fall between the
 //! old kernel's last event and the new kernel's start.
 
@@ -35,8 +36,9 @@ use std::path::{Path, PathBuf};
 use fastkexec_common::{
     event_hash, Event, EventPage, HeaderPage, NotifierSym, EVENTS_PER_PAGE, EVENT_NAME_LEN,
     HEADER_SUM_AT, HEADER_SUM_FROM, MAX_EVENT_PAGES, NOTIFIER_MAX, NOTIFIER_NAME_LEN, OFF_CLAIMED,
-    OFF_EVENT_SUM, OFF_PROBE_NS, OFF_PURGATORY, OFF_STATE, PAGE_EVENTS_OFFSET, PAGE_MAGIC,
-    PAGE_SIZE, PURGATORY_RECORD_SIZE, RECORD_MAGIC, RECORD_VERSION, SETUP_DATA_HEADER_SIZE,
+    OFF_EVENT_SUM, OFF_LAST_EXIT, OFF_PROBE_NS, OFF_PURGATORY, OFF_STATE, OFF_TRAMPOLINE,
+    PAGE_EVENTS_OFFSET, PAGE_MAGIC, PAGE_SIZE, RECORD_MAGIC, RECORD_VERSION,
+    SETUP_DATA_HEADER_SIZE,
 };
 use serde::Serialize;
 
@@ -55,6 +57,8 @@ pub const CMDLINE_BOOT_ID: &str = "fastkexec.boot_id";
 
 /// `"FKXTSC01"`: the purgatory's TSC record (see purgatory.rs).
 const PURGATORY_MAGIC: u64 = crate::purgatory::TSC_MAGIC;
+/// `"FKXTRM01"`: the staged trampoline's TSC record (see trampoline.rs).
+const TRAMPOLINE_MAGIC: u64 = crate::trampoline::TSC_MAGIC;
 
 /// What user space writes into the header page before the reboot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub struct ProbeCounters {
     pub event_sum: u64,
     pub probe_ns: u64,
     pub state: u64,
+    /// When the latest probe returned (ns on the probes' clock); 0 if no
+    /// probe wrote it.
+    pub last_exit_ns: u64,
 }
 
 /// TSC stamps the purgatory copied into the header page.
@@ -99,6 +106,19 @@ pub struct PurgatoryStamps {
     pub exit_tsc: u64,
     /// Segments checksummed (with `--verify`).
     pub verified: u64,
+}
+
+/// TSC stamps the staged trampoline copied into the header page (staged
+/// loads only: it runs between `machine_kexec` and the purgatory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TrampolineStamps {
+    /// First instruction of the trampoline.
+    pub entry_tsc: u64,
+    /// Right before the jump to the staged purgatory.
+    pub exit_tsc: u64,
+    /// Its check result: 0 = the staged image was intact (otherwise it
+    /// resets the machine instead of jumping, and no kernel reads this).
+    pub result: u64,
 }
 
 /// A validated record.
@@ -113,6 +133,9 @@ pub struct Record {
     /// `None` when the purgatory did not copy its stamps (not our purgatory,
     /// or it never ran).
     pub purgatory: Option<PurgatoryStamps>,
+    /// `None` unless the kernel was staged and the trampoline copied its
+    /// stamps.
+    pub trampoline: Option<TrampolineStamps>,
 }
 
 /// Why a record cannot be used.
@@ -367,7 +390,7 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
         return Err(RecordError::Missing(format!(
             "no boot_params setup_data node of type {SETUP_TYPE_TRACE:#x}: the previous kernel did \
              not run `fastkexec trace`, or loaded this kernel in file mode or with another loader \
-             (the record can only ride along in uncompressed mode)"
+             (the record can only ride along in uncompressed or staged mode)"
         )));
     }
     // Rebuild whole pages: the 16-byte setup_data header is not in `data`.
@@ -419,7 +442,7 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
         )));
     }
     if hp
-        .get(OFF_PURGATORY + PURGATORY_RECORD_SIZE..)
+        .get(OFF_LAST_EXIT + 8..)
         .is_some_and(|t| t.iter().any(|&b| b != 0))
     {
         return Err(RecordError::Torn(
@@ -469,6 +492,7 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
         event_sum: get_u64(&hp, OFF_EVENT_SUM),
         probe_ns: get_u64(&hp, OFF_PROBE_NS),
         state: get_u64(&hp, OFF_STATE),
+        last_exit_ns: get_u64(&hp, OFF_LAST_EXIT),
     };
     let capacity = u64::from(page_count - 1) * EVENTS_PER_PAGE as u64;
     let stored_n = counters.claimed.min(capacity);
@@ -529,6 +553,26 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
             )));
         }
     }
+    let trampoline = (get_u64(&hp, OFF_TRAMPOLINE) == TRAMPOLINE_MAGIC).then(|| TrampolineStamps {
+        entry_tsc: get_u64(&hp, OFF_TRAMPOLINE + 8),
+        exit_tsc: get_u64(&hp, OFF_TRAMPOLINE + 16),
+        result: get_u64(&hp, OFF_TRAMPOLINE + 24),
+    });
+    if let Some(t) = trampoline {
+        if t.exit_tsc < t.entry_tsc {
+            return Err(RecordError::Torn(format!(
+                "trampoline stamps run backwards (entry {} > exit {})",
+                t.entry_tsc, t.exit_tsc
+            )));
+        }
+        // It jumps to the purgatory, so it cannot have run after it.
+        if let Some(p) = purgatory.filter(|p| p.entry_tsc < t.exit_tsc) {
+            return Err(RecordError::Torn(format!(
+                "the trampoline's exit stamp {} is after the purgatory's entry stamp {}",
+                t.exit_tsc, p.entry_tsc
+            )));
+        }
+    }
 
     let mut boot_id = [0u8; 16];
     if let Some(b) = hp.get(offset_of!(HeaderPage, boot_id)..offset_of!(HeaderPage, boot_id) + 16) {
@@ -578,6 +622,7 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
         events,
         counters,
         purgatory,
+        trampoline,
     })
 }
 
@@ -736,6 +781,24 @@ pub(crate) mod tests {
         out
     }
 
+    /// Adds the staged trampoline's stamps to the header page.
+    pub(crate) fn with_trampoline(mut pages: Vec<Vec<u8>>, entry: u64, exit: u64) -> Vec<Vec<u8>> {
+        put(
+            &mut pages[0],
+            OFF_TRAMPOLINE,
+            &TRAMPOLINE_MAGIC.to_le_bytes(),
+        );
+        put(&mut pages[0], OFF_TRAMPOLINE + 8, &entry.to_le_bytes());
+        put(&mut pages[0], OFF_TRAMPOLINE + 16, &exit.to_le_bytes());
+        pages
+    }
+
+    /// Sets the latest probe's exit stamp in the header page.
+    pub(crate) fn with_last_exit(mut pages: Vec<Vec<u8>>, ns: u64) -> Vec<Vec<u8>> {
+        put(&mut pages[0], OFF_LAST_EXIT, &ns.to_le_bytes());
+        pages
+    }
+
     /// The pages as sysfs nodes (data without the setup_data header).
     pub(crate) fn nodes(pages: &[Vec<u8>]) -> Vec<Node> {
         pages
@@ -788,6 +851,46 @@ pub(crate) mod tests {
         let rec = parse(&n).unwrap();
         assert_eq!(rec.events.len(), events.len());
         assert_eq!(rec.purgatory, None);
+        assert_eq!(rec.trampoline, None);
+    }
+
+    #[test]
+    fn trampoline_stamps_are_read_and_ordered() {
+        let h = header(3);
+        let events = sample_events();
+        let base = pages(&h, &events, Some((13_000_000, 13_100_000)));
+        let rec = parse(&nodes(&with_trampoline(
+            base.clone(),
+            12_900_000,
+            12_950_000,
+        )))
+        .unwrap();
+        assert_eq!(
+            rec.trampoline,
+            Some(TrampolineStamps {
+                entry_tsc: 12_900_000,
+                exit_tsc: 12_950_000,
+                result: 0
+            })
+        );
+        let r = parse(&nodes(&with_trampoline(
+            base.clone(),
+            12_950_000,
+            12_900_000,
+        )));
+        assert!(
+            matches!(&r, Err(RecordError::Torn(s)) if s.contains("backwards")),
+            "{r:?}"
+        );
+        let r = parse(&nodes(&with_trampoline(base, 12_900_000, 13_050_000)));
+        assert!(
+            matches!(&r, Err(RecordError::Torn(s)) if s.contains("after the purgatory")),
+            "{r:?}"
+        );
+        // A flipped magic makes the stamps absent, not wrong.
+        let mut p = with_trampoline(pages(&h, &events, None), 1, 2);
+        p[0][OFF_TRAMPOLINE] ^= 1;
+        assert_eq!(parse(&nodes(&p)).unwrap().trampoline, None);
     }
 
     #[test]
@@ -804,7 +907,7 @@ pub(crate) mod tests {
                 // Fields nobody can check: the purgatory area (its magic is
                 // the check: a flip makes the stamps absent, not wrong),
                 // probe_ns and state (informational).
-                if pi == 0 && (OFF_PROBE_NS..OFF_PURGATORY + PURGATORY_RECORD_SIZE).contains(&off) {
+                if pi == 0 && (OFF_PROBE_NS..OFF_LAST_EXIT + 8).contains(&off) {
                     continue;
                 }
                 let mut bad = good.clone();

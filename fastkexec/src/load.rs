@@ -377,9 +377,9 @@ pub fn load(opts: &LoadOptions) -> Result<LoadReport> {
 }
 
 /// What the tracer adds to a load (see `trace`): physical ranges no segment may touch, the
-/// setup_data chain and TSC record target for the purgatory, and words for the command line.
-/// Only the uncompressed mode can carry the chain and the TSC target; other modes say so in
-/// the report's notes.
+/// setup_data chain and TSC record targets for the purgatory and the staged trampoline, and
+/// words for the command line. Only the uncompressed and staged modes can carry the chain and
+/// the TSC targets; file mode says so in the report's notes.
 #[derive(Debug, Clone, Default)]
 pub struct LoadExtras {
     /// `(start, size)` physical ranges to keep clear.
@@ -387,6 +387,9 @@ pub struct LoadExtras {
     pub plan: segments::PlanExtras,
     /// Appended to the command line (after `--append`).
     pub cmdline_append: Option<String>,
+    /// Where the staged trampoline copies its 32-byte TSC record (staged mode only; 0 =
+    /// nowhere). Like `plan.tsc_out`, it must lie in `reserved`.
+    pub trampoline_tsc_out: u64,
     /// Shift of the kernel's physical placement (a multiple of 2 MiB), e.g. to
     /// step over reserved pages that lie in its way.
     pub phys_delta: i64,
@@ -630,10 +633,10 @@ fn load_uncompressed(
     match staging {
         Staging::No => {}
         Staging::Asked => {
-            let plan = plan_staged(status, &input, &extras.plan)?;
+            let plan = plan_staged(status, &input, extras)?;
             return load_staged(opts, status, &plan, report);
         }
-        Staging::Auto(why) => match plan_staged(status, &input, &extras.plan) {
+        Staging::Auto(why) => match plan_staged(status, &input, extras) {
             Ok(plan) if plan.free_after >= staged::MIN_PANIC_FREE => {
                 report.mode = LoadMode::Staged;
                 report.mode_reason = format!(
@@ -688,18 +691,19 @@ fn load_uncompressed(
 }
 
 /// The normal path carries `extras` (the tracer's chain and the purgatory's TSC target) like an
-/// uncompressed load; the panic path carries nothing of it.
+/// uncompressed load, and the trampoline copies its stamps next to the purgatory's; the panic
+/// path carries nothing of it.
 fn plan_staged(
     status: &Status,
     input: &segments::UncompressedInput,
-    extras: &segments::PlanExtras,
+    extras: &LoadExtras,
 ) -> Result<staged::StagedPlan> {
     let opts = staged::StagedOptions {
         reservation: staged::pick_reservation(status)?,
         nonce: staged::new_nonce()?,
-        trampoline_tsc_out: 0,
+        trampoline_tsc_out: extras.trampoline_tsc_out,
     };
-    staged::plan_staged(input, extras, &opts)
+    staged::plan_staged(input, &extras.plan, &opts)
 }
 
 /// Loads a staged plan: the crash image first (copied into the reservation now), then the

@@ -47,6 +47,8 @@ pub enum MarkId {
     MachineShutdownExit,
     /// `machine_kexec` entered: the old kernel's last stamp.
     MachineKexec,
+    /// The staged trampoline's first instruction (staged loads only).
+    TrampolineEntry,
     /// The purgatory's first instruction.
     PurgatoryEntry,
     /// The purgatory's jump into the new kernel.
@@ -74,6 +76,7 @@ impl fmt::Display for MarkId {
             MarkId::MachineShutdown => "machine_shutdown",
             MarkId::MachineShutdownExit => "machine_shutdown return",
             MarkId::MachineKexec => "machine_kexec",
+            MarkId::TrampolineEntry => "trampoline entry",
             MarkId::PurgatoryEntry => "purgatory entry",
             MarkId::PurgatoryExit => "purgatory exit",
             MarkId::KernelClockZero => "new kernel clock zero",
@@ -108,8 +111,11 @@ const fn def(name: &'static str, start: MarkId, end: Option<MarkId>) -> PhaseDef
 }
 
 /// The phases of a kexec reboot in timeline order (DESIGN.md §1; no
-/// decompression phase: the uncompressed mode has none).
-pub const PHASES: [PhaseDef; 12] = [
+/// decompression phase: the uncompressed mode has none). In a staged load
+/// `relocation` ends where the trampoline starts, and `trampoline` (its
+/// checks of the staged image and the jump) runs to the purgatory; otherwise
+/// the trampoline is not reached and `relocation` runs to the purgatory.
+pub const PHASES: [PhaseDef; 13] = [
     def("userspace shutdown", MarkId::Request, None),
     def("reboot syscall", MarkId::RebootEnter, None),
     def("reboot notifiers", MarkId::KernelKexec, None),
@@ -130,6 +136,7 @@ pub const PHASES: [PhaseDef; 12] = [
         Some(MarkId::MachineShutdownExit),
     ),
     def("relocation", MarkId::MachineKexec, None),
+    def("trampoline", MarkId::TrampolineEntry, None),
     def(
         "purgatory",
         MarkId::PurgatoryEntry,
@@ -341,6 +348,7 @@ mod tests {
             (MachineShutdown, 62_000),
             (MachineShutdownExit, 63_000),
             (MachineKexec, 63_200),
+            (TrampolineEntry, 63_700),
             (PurgatoryEntry, 70_000),
             (PurgatoryExit, 70_500),
             (KernelClockZero, 80_000),
@@ -383,12 +391,16 @@ mod tests {
                 "machine shutdown",
                 UNATTRIBUTED,
                 "relocation",
+                "trampoline",
                 "purgatory",
                 "kernel early boot",
                 "kernel boot",
                 "user space",
             ]
         );
+        let reloc = &t.phases[11];
+        assert_eq!((reloc.start_ns, reloc.duration_ns), (62_200, 500));
+        assert_eq!(t.phases[12].duration_ns, 70_000 - 63_700);
         let dev = &t.phases[3];
         assert_eq!((dev.start_ns, dev.duration_ns), (9_000, 50_000));
         let gap = &t.phases[4];
@@ -410,6 +422,22 @@ mod tests {
         check_tiles(&t);
         assert!(!names(&t).contains(&"syscore shutdown"));
         assert_eq!(t.unseen[0].phase, "syscore shutdown");
+        assert_eq!(t.total_ns, 599_000);
+    }
+
+    #[test]
+    fn without_a_trampoline_relocation_runs_to_the_purgatory() {
+        let mut m = full();
+        m.insert(
+            MarkId::TrampolineEntry,
+            Mark::NotReached("not staged".into()),
+        );
+        let t = tile(&m).unwrap();
+        check_tiles(&t);
+        let reloc = t.phases.iter().find(|p| p.name == "relocation").unwrap();
+        assert_eq!(reloc.duration_ns, 70_000 - 63_200);
+        assert!(!names(&t).contains(&"trampoline"));
+        assert_eq!(t.unseen[0].phase, "trampoline");
         assert_eq!(t.total_ns, 599_000);
     }
 

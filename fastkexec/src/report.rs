@@ -37,6 +37,10 @@ use crate::{Error, Result};
 /// be this handoff (early boot takes milliseconds, even under emulation).
 pub const MAX_EARLY_BOOT_NS: i128 = 30_000_000_000;
 
+/// A `machine_kexec` probe that took longer than this to return is not
+/// believed (the exit stamp is from something else): its entry stamp stands.
+const MAX_PROBE_NS: u64 = 1_000_000_000;
+
 /// One `/dev/kmsg` record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KmsgLine {
@@ -172,6 +176,10 @@ pub struct RecordStatus {
     pub kprobe: Vec<String>,
     /// Time the probes spent in themselves (their own measurement), ns.
     pub tracer_self_ns: u64,
+    /// Staged loads: how long the trampoline's check of the staged image
+    /// took (its entry to its jump; the `trampoline` phase adds the jump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trampoline_check_ns: Option<u64>,
 }
 
 /// A phase with its share of the total.
@@ -224,6 +232,10 @@ pub struct Spans {
     /// `machine_kexec` → the new kernel's clock zero (the handoff).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handoff_ns: Option<u64>,
+    /// `machine_kexec` → the purgatory's first instruction: what moving the
+    /// image into place costs at exec (a staged load's trampoline included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kexec_to_purgatory_ns: Option<u64>,
     /// Origin → "Run /init".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to_run_init_ns: Option<u64>,
@@ -459,6 +471,7 @@ pub fn build(inp: &Inputs) -> Report {
         fentry: Vec::new(),
         kprobe: Vec::new(),
         tracer_self_ns: 0,
+        trampoline_check_ns: None,
     };
     let mut record = record;
     if let Ok(r) = record {
@@ -484,6 +497,10 @@ pub fn build(inp: &Inputs) -> Report {
             status.fentry = kind_names(r.header.attached & r.header.fentry);
             status.kprobe = kind_names(r.header.attached & !r.header.fentry);
             status.tracer_self_ns = r.counters.probe_ns;
+            status.trampoline_check_ns = r.trampoline.map(|t| {
+                fit.ticks_to_ns(i128::from(t.exit_tsc) - i128::from(t.entry_tsc))
+                    .max(0) as u64
+            });
             if r.dropped > 0 {
                 notes.push(format!(
                     "{} events were dropped: the record was full (the tracer sizes it from the \
@@ -520,6 +537,25 @@ pub fn build(inp: &Inputs) -> Report {
                     ),
                 }
             }
+            // The relocation starts when the machine_kexec probe hands the CPU
+            // back: the probe's own time (first-run costs, under emulation
+            // milliseconds) is the tracer's, not the kernel's.
+            if let Some(mk) = r
+                .events
+                .iter()
+                .find(|e| e.kind() == EventKind::MACHINE_KEXEC)
+            {
+                let exit = r.counters.last_exit_ns;
+                let last = r.events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+                if exit >= mk.ts_ns && exit - mk.ts_ns < MAX_PROBE_NS && last == mk.ts_ns {
+                    marks.set(MarkId::MachineKexec, fit.tsc_at(exit));
+                    notes.push(format!(
+                        "relocation starts when the machine_kexec probe returned: its own {:.3} \
+                         ms are in the span before",
+                        (exit - mk.ts_ns) as f64 / 1e6
+                    ));
+                }
+            }
             match r.purgatory {
                 Some(p) => {
                     marks.set(MarkId::PurgatoryEntry, i128::from(p.entry_tsc));
@@ -530,6 +566,16 @@ pub fn build(inp: &Inputs) -> Report {
                     marks.miss(MarkId::PurgatoryEntry, m.clone());
                     marks.miss(MarkId::PurgatoryExit, m);
                 }
+            }
+            match r.trampoline {
+                Some(t) => marks.set(MarkId::TrampolineEntry, i128::from(t.entry_tsc)),
+                None => marks.miss(
+                    MarkId::TrampolineEntry,
+                    Mark::NotReached(
+                        "no staged trampoline ran (the kernel was not loaded in staged mode)"
+                            .into(),
+                    ),
+                ),
             }
         }
         Err(e) => {
@@ -559,6 +605,7 @@ pub fn build(inp: &Inputs) -> Report {
                 MarkId::Syscore,
                 MarkId::MachineShutdown,
                 MarkId::MachineKexec,
+                MarkId::TrampolineEntry,
                 MarkId::PurgatoryEntry,
                 MarkId::PurgatoryExit,
             ] {
@@ -621,6 +668,10 @@ pub fn build(inp: &Inputs) -> Report {
     let spans = Spans {
         old_kernel_ns: off(MarkId::MachineKexec),
         handoff_ns: match (off(MarkId::MachineKexec), off(MarkId::KernelClockZero)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        kexec_to_purgatory_ns: match (off(MarkId::MachineKexec), off(MarkId::PurgatoryEntry)) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
@@ -876,6 +927,20 @@ impl fmt::Display for Report {
             ms(self.total_ns),
             if self.total_ns > 0 { 100.0 } else { 0.0 }
         )?;
+        if let Some(ns) = self.spans.kexec_to_purgatory_ns {
+            writeln!(
+                f,
+                "machine_kexec → purgatory entry: {:.3} ms{}",
+                ms(ns),
+                match self.record.trampoline_check_ns {
+                    Some(c) => format!(
+                        " (relocation + staged trampoline; its check of the staged image {:.3} ms)",
+                        ms(c)
+                    ),
+                    None => String::new(),
+                }
+            )?;
+        }
         if !self.devices.is_empty() {
             writeln!(f)?;
             writeln!(
@@ -929,7 +994,9 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handoff::tests::{ev, header, nodes, pages, OLD_BOOT};
+    use crate::handoff::tests::{
+        ev, header, nodes, pages, with_last_exit, with_trampoline, OLD_BOOT,
+    };
     use crate::handoff::{parse, parse_uuid};
     use fastkexec_common::{BUS_NAME_LEN, DEVICE_NAME_LEN};
 
@@ -1036,6 +1103,59 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_reboot_splits_relocation_at_the_trampoline() {
+        // machine_kexec at mono 12.1 ms, the trampoline at 12.4 .. 12.9 ms,
+        // the purgatory at 13 ms.
+        let h = header(2);
+        let p = pages(&h, &events(), Some((tsc(13_000_000), tsc(13_500_000))));
+        let p = with_trampoline(p, tsc(12_400_000), tsc(12_900_000));
+        let r = build(&inputs(Ok(parse(&nodes(&p)).unwrap())));
+        assert!(r.has_record(), "{:?}", r.record);
+        let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
+        assert_eq!(get("relocation"), Some(300_000));
+        assert_eq!(get("trampoline"), Some(600_000));
+        assert_eq!(r.record.trampoline_check_ns, Some(500_000));
+        assert_eq!(r.spans.kexec_to_purgatory_ns, Some(900_000));
+        assert_eq!(
+            r.phases.iter().map(|p| p.duration_ns).sum::<u64>(),
+            r.total_ns
+        );
+        assert!(!r.unseen.iter().any(|u| u.phase == "trampoline"));
+    }
+
+    #[test]
+    fn relocation_starts_when_the_machine_kexec_probe_returns() {
+        // machine_kexec stamped at mono 12.1 ms, its probe returned at 12.4 ms.
+        let h = header(2);
+        let p = pages(&h, &events(), Some((tsc(13_000_000), tsc(13_500_000))));
+        let r = build(&inputs(Ok(parse(&nodes(&with_last_exit(
+            p.clone(),
+            12_400_000,
+        )))
+        .unwrap())));
+        let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
+        assert_eq!(get("relocation"), Some(600_000));
+        assert_eq!(r.spans.kexec_to_purgatory_ns, Some(600_000));
+        assert!(
+            r.notes.iter().any(|n| n.contains("its own 0.300 ms")),
+            "{:?}",
+            r.notes
+        );
+        assert_eq!(
+            r.phases.iter().map(|p| p.duration_ns).sum::<u64>(),
+            r.total_ns
+        );
+        // An exit stamp before the machine_kexec stamp (another probe's) is
+        // not believed.
+        let r = build(&inputs(Ok(
+            parse(&nodes(&with_last_exit(p, 12_000_000))).unwrap()
+        )));
+        let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
+        assert_eq!(get("relocation"), Some(900_000));
+        assert!(!r.notes.iter().any(|n| n.contains("probe returned")));
+    }
+
+    #[test]
     fn full_report_tiles_from_request_to_the_init_mark() {
         let r = build(&inputs(Ok(good_record(&events()))));
         assert!(r.has_record(), "{:?}", r.record);
@@ -1058,6 +1178,11 @@ mod tests {
             .any(|u| u.phase == "syscore shutdown" && u.why.contains("not called")));
         assert_eq!(r.spans.to_run_init_ns, Some(310_000_000));
         assert_eq!(r.spans.old_kernel_ns, Some(7_100_000));
+        assert_eq!(r.spans.kexec_to_purgatory_ns, Some(900_000));
+        assert!(r
+            .unseen
+            .iter()
+            .any(|u| u.phase == "trampoline" && u.why.contains("not loaded in staged mode")));
         // Devices: virtio-pci is slowest (50 µs → 9 ms), serial counted once.
         assert_eq!(r.device_count, 3);
         assert_eq!(r.devices.len(), 2);

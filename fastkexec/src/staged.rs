@@ -1512,6 +1512,49 @@ mod tests {
         }
     }
 
+    /// Follows a boot_params setup_data chain through the plan's segments;
+    /// stops at `foreign` (a node outside them, e.g. the tracer's page).
+    fn chain_reaches(p: &StagedPlan, zp: &[u8], foreign: u64) -> bool {
+        let mut at = get64(zp, 0x250);
+        for _ in 0..16 {
+            if at == 0 {
+                return false;
+            }
+            if at == foreign {
+                return true;
+            }
+            at = get64(&p.crash.read_phys(at, 8).unwrap(), 0);
+        }
+        panic!("setup_data chain does not end");
+    }
+
+    #[test]
+    fn the_tracer_rides_the_normal_path_only_and_the_trampoline_stamps_next_to_it() {
+        let h = host();
+        let page = 0x1000_0000u64;
+        let mut inp = input(&h, None);
+        inp.reserved = vec![(page, 4096)];
+        let extras = PlanExtras {
+            setup_data: Vec::new(),
+            setup_data_tail: page,
+            tsc_out: page + 1264,
+        };
+        let mut o = opts();
+        o.trampoline_tsc_out = page + 1296;
+        let p = plan_staged(&inp, &extras, &o).unwrap();
+        let t = Trampoline::from_bytes(p.trampoline.data.clone()).unwrap();
+        assert_eq!(t.tsc_out(), page + 1296);
+        assert!(!PhysRange::from_len(p.trampoline.mem, p.trampoline.memsz)
+            .overlaps(&PhysRange::from_len(page, 4096)));
+        assert!(chain_reaches(&p, &zero_page_of(&p, p.crash.entry), page));
+        assert!(!chain_reaches(&p, &zero_page_of(&p, p.crash_entry), page));
+
+        // A target the tracer did not reserve could be overwritten: refused.
+        o.trampoline_tsc_out = page + 4096 + 64;
+        let e = plan_staged(&inp, &extras, &o).unwrap_err().to_string();
+        assert!(e.contains("TSC record target"), "{e}");
+    }
+
     #[test]
     fn user_space_check_passes_on_the_plan_and_catches_overwrites() {
         let h = host();

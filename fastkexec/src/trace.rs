@@ -46,7 +46,8 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader};
 use fastkexec_common::{
     config, flags, state, Event, EventKind, ProbeConfig, EVENTS_PER_PAGE, MAX_EVENT_PAGES,
-    NOTIFIER_MAX, NOTIFIER_WALK_SLOTS, OFF_CLAIMED, OFF_PURGATORY, OFF_STATE, PAGE_SIZE,
+    NOTIFIER_MAX, NOTIFIER_WALK_SLOTS, OFF_CLAIMED, OFF_PURGATORY, OFF_STATE, OFF_TRAMPOLINE,
+    PAGE_SIZE,
 };
 use serde::Serialize;
 
@@ -55,7 +56,7 @@ use crate::clock::{self, Fit, Sample};
 use crate::e820::{self, E820Entry, PhysRange};
 use crate::ebpf::{self, ProbePoint};
 use crate::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
-use crate::load::{self, LoadExtras, LoadOptions, LoadReport, Mode};
+use crate::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode};
 use crate::segments::PlanExtras;
 use crate::{exec, hostinfo, Error, Result};
 
@@ -1005,6 +1006,7 @@ impl Tracer {
                 setup_data_tail: head,
                 tsc_out: head + OFF_PURGATORY as u64,
             },
+            trampoline_tsc_out: head + OFF_TRAMPOLINE as u64,
             cmdline_append: Some(format!(
                 "{CMDLINE_BOOT_ID}={}",
                 handoff::format_uuid(&self.boot_id)
@@ -1223,31 +1225,30 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             detail: "the probes, /proc/self/pagemap and kexec all need root".into(),
         });
     }
-    let mut lopts = opts.load.clone();
-    if lopts.mode == Mode::Auto {
-        // The record only rides along in uncompressed mode.
-        lopts.mode = Mode::Uncompressed;
-    }
+    // Every mode but file carries the record; auto decides as `load` does.
+    let lopts = opts.load.clone();
     let footprint = kernel_footprint(&lopts)?;
     let mut tracer = Tracer::start(opts.verbose, opts.lean)?;
     let mut extras = tracer.load_extras();
     if let Some(fp) = footprint {
         let host = hostinfo::read(&lopts.root)?;
+        // A staged load ignores this: its kernel goes into the crashkernel
+        // reservation, where no page of ours can be.
         extras.phys_delta =
             phys_delta_clear_of(fp, &tracer.phys, &host.memmap).ok_or_else(|| Error::Tracer {
                 problem: "no 2 MiB-aligned place in RAM for the next kernel clear of the trace \
                           record's pages"
                     .into(),
             })?;
-        if extras.phys_delta != 0 {
-            tracer.notes.push(format!(
-                "a trace page lay in the next kernel's physical range: the kernel is loaded \
-                 {:#x} higher",
-                extras.phys_delta
-            ));
-        }
     }
     let report = load::load_with(&lopts, &extras)?;
+    if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
+        tracer.notes.push(format!(
+            "a trace page lay in the next kernel's physical range: the kernel is loaded {:#x} \
+             higher",
+            extras.phys_delta
+        ));
+    }
     let summary = |t: &Tracer, load: LoadReport| TraceSummary {
         load,
         attachments: t.attachments.clone(),

@@ -28,6 +28,7 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 	case "$MODE" in
 	fastkexec-uncompressed) TMODE=uncompressed ;;
 	fastkexec-file) TMODE=file ;;
+	fastkexec-staged) TMODE=staged ;;
 	*) fail "--trace needs a fastkexec mode, not $MODE" ;;
 	esac
 	DAMAGE=$(arg fklab.damage)

@@ -67,7 +67,10 @@ pub fn parse_mode(s: &str) -> Result<Mode, String> {
 /// Whether `--trace` applies to a mode: the modes lab/round1.sh can run
 /// under `fastkexec trace --exec` (a test keeps the two in step).
 pub fn traced(mode: Mode) -> bool {
-    matches!(mode, Mode::FastkexecFile | Mode::FastkexecUncompressed)
+    matches!(
+        mode,
+        Mode::FastkexecFile | Mode::FastkexecUncompressed | Mode::FastkexecStaged
+    )
 }
 
 /// Round-robin order: round 1 of every mode, then round 2, ...

@@ -589,7 +589,11 @@ pub fn run_once(
             rc,
             report.host_ms.exec_to_new_init,
             opts.trace_damage,
-            opts.mode == Mode::FastkexecFile,
+            match opts.mode {
+                Mode::FastkexecFile => crate::labtrace::Loaded::File,
+                Mode::FastkexecStaged => crate::labtrace::Loaded::Staged,
+                _ => crate::labtrace::Loaded::Uncompressed,
+            },
         );
         if !check.ok() && report.error.is_none() && report.booted {
             report.error = Some(format!(

@@ -27,6 +27,20 @@ pub const REQUIRED_PHASES: &[&str] = &[
     "user space",
 ];
 
+/// What a staged run shows besides [`REQUIRED_PHASES`]: the trampoline
+/// between `machine_kexec` and the purgatory.
+pub const STAGED_PHASES: &[&str] = &["trampoline"];
+
+/// How the traced kernel was loaded: what round 2's report can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// kexec_file_load: no record can come along.
+    File,
+    Uncompressed,
+    /// The trampoline stamps its own phase too.
+    Staged,
+}
+
 /// Phases a file-mode run can show: the record cannot ride along there, so
 /// the report must say "missing" and show only the new kernel's own phases.
 pub const FILE_MODE_PHASES: &[&str] = &["kernel boot", "user space"];
@@ -111,6 +125,9 @@ pub struct TraceCheck {
     pub within_tolerance: Option<bool>,
     /// `report.spans.to_run_init_ns` in ms (request → "Run /init").
     pub to_run_init_ms: Option<f64>,
+    /// `report.spans.kexec_to_purgatory_ns` in ms: `machine_kexec` → the
+    /// purgatory's entry (relocation, and a staged load's trampoline).
+    pub kexec_to_purgatory_ms: Option<f64>,
     /// Time the probes measured inside themselves, ms.
     pub tracer_self_ms: Option<f64>,
 }
@@ -180,19 +197,19 @@ pub fn extract(lines: &[(f64, String)]) -> (Option<Value>, Option<i32>) {
     (serde_json::from_str(&json).ok(), rc)
 }
 
-/// Compares a report with the host stopwatch. `file_mode`: the kernel was
-/// loaded with kexec_file_load, so no record can have come along.
+/// Compares a report with the host stopwatch.
 pub fn check(
     report: Option<&Value>,
     rc: Option<i32>,
     host_exec_to_new_init_ms: Option<f64>,
     damage: Option<Damage>,
-    file_mode: bool,
+    loaded: Loaded,
 ) -> TraceCheck {
-    let (expected_status, required) = match (file_mode, damage) {
-        (true, _) => ("missing", FILE_MODE_PHASES),
-        (false, Some(d)) => (d.expected_status(), &[][..]),
-        (false, None) => ("ok", REQUIRED_PHASES),
+    let (expected_status, required): (&str, Vec<&str>) = match (loaded, damage) {
+        (Loaded::File, _) => ("missing", FILE_MODE_PHASES.to_vec()),
+        (_, Some(d)) => (d.expected_status(), Vec::new()),
+        (Loaded::Uncompressed, None) => ("ok", REQUIRED_PHASES.to_vec()),
+        (Loaded::Staged, None) => ("ok", [REQUIRED_PHASES, STAGED_PHASES].concat()),
     };
     let total_ns = report
         .and_then(|r| r.get("total_ns"))
@@ -247,6 +264,7 @@ pub fn check(
             _ => None,
         },
         to_run_init_ms: ms_at("/spans/to_run_init_ns"),
+        kexec_to_purgatory_ms: ms_at("/spans/kexec_to_purgatory_ns"),
         tracer_self_ms: ms_at("/record/tracer_self_ns"),
     }
 }
@@ -255,7 +273,7 @@ pub fn check(
 pub fn summary(c: &TraceCheck) -> String {
     let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"));
     format!(
-        " · trace: record {} total {} vs host {} (diff {}, {}){}",
+        " · trace: record {} total {} vs host {} (diff {}, {}){}{}",
         c.record_status.as_deref().unwrap_or("-"),
         f(c.total_ms),
         f(c.host_exec_to_new_init_ms),
@@ -265,6 +283,9 @@ pub fn summary(c: &TraceCheck) -> String {
             Some(false) => "OUTSIDE tolerance",
             None => "no comparison",
         },
+        c.kexec_to_purgatory_ms
+            .map(|v| format!(", machine_kexec → purgatory {v:.3} ms"))
+            .unwrap_or_default(),
         if c.missing_phases.is_empty() {
             String::new()
         } else {
@@ -317,18 +338,22 @@ mod tests {
             "{}",
         ]));
         assert_eq!(t, ["a table"]);
-        let c = check(r.as_ref(), rc, Some(340.0), None, false);
+        let c = check(r.as_ref(), rc, Some(340.0), None, Loaded::Uncompressed);
         assert!(c.phases_sum_to_total && c.missing_phases.is_empty());
         assert_eq!(c.diff_ms, Some(10.0));
         assert_eq!(c.tolerance_ms, Some(20.0));
         assert_eq!(c.within_tolerance, Some(true));
         assert!(c.ok());
         // 5 % of a long run is more than 20 ms.
-        let c = check(r.as_ref(), rc, Some(600.0), None, false);
+        let c = check(r.as_ref(), rc, Some(600.0), None, Loaded::Uncompressed);
         assert_eq!(c.tolerance_ms, Some(30.0));
         assert_eq!(c.within_tolerance, Some(false));
         assert!(c.ok(), "timing does not decide ok");
         assert!(summary(&c).contains("OUTSIDE"));
+        // A staged run must show the trampoline too.
+        let c = check(r.as_ref(), rc, Some(340.0), None, Loaded::Staged);
+        assert_eq!(c.missing_phases, ["trampoline"]);
+        assert!(!c.ok());
     }
 
     #[test]
@@ -340,7 +365,7 @@ mod tests {
             "FKLAB: report-end rc=0",
         ];
         let (r, rc) = extract(&lines(&v));
-        let c = check(r.as_ref(), rc, Some(1.0), None, false);
+        let c = check(r.as_ref(), rc, Some(1.0), None, Loaded::Uncompressed);
         assert!(!c.phases_sum_to_total);
         assert!(c.missing_phases.contains(&"relocation".to_string()));
         assert!(!c.ok());
@@ -352,9 +377,30 @@ mod tests {
             "FKLAB: report-end rc=2",
         ];
         let (r, rc) = extract(&lines(&v));
-        assert!(check(r.as_ref(), rc, None, Some(Damage::HeaderByte), false).ok());
-        assert!(!check(r.as_ref(), rc, None, Some(Damage::OtherBoot), false).ok());
-        assert!(!check(r.as_ref(), Some(0), None, Some(Damage::HeaderByte), false).ok());
+        assert!(check(
+            r.as_ref(),
+            rc,
+            None,
+            Some(Damage::HeaderByte),
+            Loaded::Uncompressed
+        )
+        .ok());
+        assert!(!check(
+            r.as_ref(),
+            rc,
+            None,
+            Some(Damage::OtherBoot),
+            Loaded::Uncompressed
+        )
+        .ok());
+        assert!(!check(
+            r.as_ref(),
+            Some(0),
+            None,
+            Some(Damage::HeaderByte),
+            Loaded::Uncompressed
+        )
+        .ok());
         // File mode: "missing" with the new kernel's own phases.
         let json = report_json(30, &[("kernel boot", 10), ("user space", 20)], "missing");
         let v = [
@@ -363,8 +409,8 @@ mod tests {
             "FKLAB: report-end rc=2",
         ];
         let (r, rc) = extract(&lines(&v));
-        assert!(check(r.as_ref(), rc, Some(1.0), None, true).ok());
-        assert!(!check(r.as_ref(), rc, Some(1.0), None, false).ok());
+        assert!(check(r.as_ref(), rc, Some(1.0), None, Loaded::File).ok());
+        assert!(!check(r.as_ref(), rc, Some(1.0), None, Loaded::Uncompressed).ok());
         // No markers, no report.
         assert_eq!(extract(&lines(&["FKLAB: done"])), (None, None));
         assert_eq!(
