@@ -100,6 +100,9 @@ pub struct Sample {
     pub phases_ms: Vec<(String, f64)>,
     #[serde(skip)]
     pub trace_total_ms: Option<f64>,
+    /// `report.spans.kexec_to_purgatory_ns` in ms.
+    #[serde(skip)]
+    pub kexec_to_purgatory_ms: Option<f64>,
 }
 
 impl Sample {
@@ -138,6 +141,10 @@ impl Sample {
             .pointer("/report/total_ns")
             .and_then(Value::as_f64)
             .map(|ns| ns / 1e6);
+        let kexec_to_purgatory_ms = report
+            .pointer("/report/spans/kexec_to_purgatory_ns")
+            .and_then(Value::as_f64)
+            .map(|ns| ns / 1e6);
         Self {
             mode: mode.to_string(),
             round,
@@ -151,6 +158,7 @@ impl Sample {
             host_ms,
             phases_ms,
             trace_total_ms,
+            kexec_to_purgatory_ms,
         }
     }
 
@@ -166,6 +174,7 @@ impl Sample {
             host_ms: BTreeMap::new(),
             phases_ms: vec![],
             trace_total_ms: None,
+            kexec_to_purgatory_ms: None,
         }
     }
 }
@@ -235,6 +244,8 @@ pub struct ModeSummary {
     pub phases_ms: Vec<Figure>,
     /// `report.total_ns` of traced runs, in ms.
     pub trace_total_ms: Option<Figure>,
+    /// `machine_kexec` → the purgatory's entry of traced runs, in ms.
+    pub kexec_to_purgatory_ms: Option<Figure>,
 }
 
 impl ModeSummary {
@@ -317,6 +328,16 @@ pub fn summarise(modes: &[String], samples: &[Sample]) -> Vec<ModeSummary> {
                 ms: Some(st),
                 ratio: None,
             });
+            let spans: Vec<f64> = good
+                .iter()
+                .filter_map(|s| s.kexec_to_purgatory_ms)
+                .collect();
+            let kexec_to_purgatory_ms = stat(&spans).map(|st| Figure {
+                name: "kexec_to_purgatory".into(),
+                label: "machine_kexec → purgatory entry".into(),
+                ms: Some(st),
+                ratio: None,
+            });
             ModeSummary {
                 mode: mode.clone(),
                 runs: all.len(),
@@ -326,6 +347,7 @@ pub fn summarise(modes: &[String], samples: &[Sample]) -> Vec<ModeSummary> {
                 host_ms,
                 phases_ms,
                 trace_total_ms,
+                kexec_to_purgatory_ms,
             }
         })
         .collect();
@@ -613,6 +635,17 @@ pub fn markdown(meta: &Meta, summary: &[ModeSummary]) -> String {
         for s in &traced {
             let c = s
                 .trace_total_ms
+                .as_ref()
+                .map(cell)
+                .unwrap_or_else(|| "–".into());
+            o.push_str(&format!(" {c} |"));
+        }
+        o.push('\n');
+        // The span the relocation costs at exec (a staged trampoline included).
+        o.push_str("| machine_kexec → purgatory entry |");
+        for s in &traced {
+            let c = s
+                .kexec_to_purgatory_ms
                 .as_ref()
                 .map(cell)
                 .unwrap_or_else(|| "–".into());
@@ -991,7 +1024,16 @@ mod tests {
             })
             .collect();
         let total: u64 = phases.iter().map(|(_, d)| d).sum();
-        v["report"] = serde_json::json!({"phases": list, "total_ns": total});
+        let reloc: u64 = phases
+            .iter()
+            .filter(|(n, _)| *n == "relocation")
+            .map(|(_, d)| d)
+            .sum();
+        v["report"] = serde_json::json!({
+            "phases": list,
+            "total_ns": total,
+            "spans": {"kexec_to_purgatory_ns": reloc},
+        });
         Sample::from_value(r.mode.name(), round, 30.0, v)
     }
 
@@ -1261,6 +1303,10 @@ mod tests {
         assert!(md.contains("| device_shutdown | 6.0 |"), "{md}");
         assert!(md.contains("| relocation | 0.25 |"), "{md}");
         assert!(md.contains("| **total** | 6.2 |"), "{md}");
+        assert!(
+            md.contains("| machine_kexec → purgatory entry | 0.25 |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ struct Case {
 }
 
 /// What each kernel is tested with: every mode in LAB_MODES, a traced
-/// uncompressed run, and one damaged handoff record (torn on 6.1, stale
+/// uncompressed and a traced staged run, and one damaged handoff record (torn on 6.1, stale
 /// elsewhere), which round 2 must refuse. On 6.1 also three chained traced
 /// reboots, whose histograms must export with `_count` 3 per phase and pass
 /// promtool (issue 6's acceptance).
@@ -33,12 +33,14 @@ fn cases(kernel: &str) -> Vec<Case> {
             reboots: 1,
         })
         .collect();
-    v.push(Case {
-        mode: Mode::FastkexecUncompressed,
-        trace: true,
-        damage: None,
-        reboots: 1,
-    });
+    for mode in [Mode::FastkexecUncompressed, Mode::FastkexecStaged] {
+        v.push(Case {
+            mode,
+            trace: true,
+            damage: None,
+            reboots: 1,
+        });
+    }
     v.push(Case {
         mode: Mode::FastkexecUncompressed,
         trace: true,
