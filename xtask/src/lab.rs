@@ -6,7 +6,7 @@
 use crate::initramfs::{self, Tools};
 use crate::kernels::KernelInfo;
 use crate::util::{lab_dir, run, step, workspace_root, write_atomic};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -128,6 +128,11 @@ pub struct RunOptions {
     pub reboots: u32,
     /// Chained runs: copy the guest's fastkexec state directory here.
     pub state_out: Option<PathBuf>,
+    /// QEMU's instruction-counting clock (TCG only): each guest instruction
+    /// advances guest time by 2^shift ns. Guest timings then count work,
+    /// not TCG's translation overhead; the host stopwatch no longer times
+    /// the guest's clock.
+    pub icount: Option<u32>,
 }
 
 impl RunOptions {
@@ -334,6 +339,11 @@ fn qemu_args(
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(
+        opts.icount
+            .into_iter()
+            .flat_map(|shift| ["-icount".to_string(), format!("shift={shift},sleep=on")]),
+    )
     .collect()
 }
 
@@ -503,6 +513,7 @@ pub fn resolve_accel(accel: Accel, probe_kernel: &KernelInfo, tools: &Tools) -> 
         trace_follow: false,
         reboots: 1,
         state_out: None,
+        icount: None,
     };
     let args = qemu_args(
         &probe_kernel.vmlinuz,
@@ -561,6 +572,9 @@ pub fn run_once(
         opts.trace_lean,
         opts.trace_follow,
     ));
+    if opts.icount.is_some() && accel != "tcg" {
+        bail!("--icount needs the TCG accelerator (this run would use {accel}): pass --accel tcg");
+    }
     let state_img = dir.join("state.img");
     if opts.chained() {
         append.extend(crate::labchain::cmdline_words(opts.reboots));
@@ -605,6 +619,13 @@ pub fn run_once(
                 check.phases_sum_to_total,
                 check.missing_phases
             ));
+        }
+        let mut check = check;
+        if opts.icount.is_some() {
+            // Guest time counts instructions: the host stopwatch times
+            // something else, so the two are not compared.
+            check.tolerance_ms = None;
+            check.within_tolerance = None;
         }
         report.ok &= check.ok();
         report.report_table = crate::labtrace::table(&serial.lines);
@@ -875,6 +896,30 @@ pub fn summary_line(r: &RunReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icount_reaches_qemu_only_when_asked() {
+        let mut opts = RunOptions {
+            mode: Mode::FastkexecStaged,
+            timeout: Duration::from_secs(1),
+            memory: "2G".into(),
+            smp: 1,
+            append: vec![],
+            trace: true,
+            trace_damage: None,
+            trace_lean: false,
+            trace_follow: false,
+            reboots: 1,
+            state_out: None,
+            icount: None,
+        };
+        let args = |o: &RunOptions| qemu_args(Path::new("k"), Path::new("i"), "tcg", o, "c");
+        assert!(!args(&opts).contains(&"-icount".to_string()));
+        opts.icount = Some(0);
+        let a = args(&opts);
+        let at = a.iter().position(|x| x == "-icount").unwrap();
+        assert_eq!(a[at + 1], "shift=0,sleep=on");
+    }
 
     fn kernel() -> KernelInfo {
         KernelInfo {

@@ -106,6 +106,13 @@ struct KernelArgs {
     /// Extra kernel command-line word (repeatable)
     #[arg(long)]
     append: Vec<String>,
+    /// Run the guest on QEMU's instruction-counting clock (TCG only): every
+    /// guest instruction takes 2^SHIFT ns of guest time, so guest-side
+    /// timings (the tracer's) count the work done, without TCG's cost of
+    /// translating code the first time it runs. The host stopwatch then no
+    /// longer times the guest's clock and is not compared with it
+    #[arg(long, value_name = "SHIFT", value_parser = clap::value_parser!(u32).range(0..=10))]
+    icount: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +194,7 @@ fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions
         trace_follow: false,
         reboots: 1,
         state_out: None,
+        icount: k.icount,
     }
 }
 

@@ -133,6 +133,7 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
                 trace_follow: false,
                 reboots: case.reboots,
                 state_out: None,
+                icount: None,
             };
             let initrd = if opts.chained() {
                 lab::build_chain_image(&kernel, mode, &tools)?
