@@ -110,7 +110,8 @@ struct KernelArgs {
     /// guest instruction takes 2^SHIFT ns of guest time, so guest-side
     /// timings (the tracer's) count the work done, without TCG's cost of
     /// translating code the first time it runs. The host stopwatch then no
-    /// longer times the guest's clock and is not compared with it
+    /// longer times the guest's clock and is not compared with it. Use with
+    /// --smp 1: with QEMU 7.2 a second vCPU never came up under icount
     #[arg(long, value_name = "SHIFT", value_parser = clap::value_parser!(u32).range(0..=10))]
     icount: Option<u32>,
 }
