@@ -850,7 +850,12 @@ pub fn run(plan: &Plan, options: &dyn Fn(Mode, bool) -> RunOptions) -> Result<()
                 .unwrap_or(0),
         ),
         machine: machine(),
-        accel: plan.accel.to_string(),
+        // Under icount the guest's clock counts instructions: say so wherever
+        // the accelerator is named.
+        accel: match probe.icount {
+            Some(shift) => format!("{}, icount shift={shift}", plan.accel),
+            None => plan.accel.to_string(),
+        },
         guest_memory: probe.memory.clone(),
         guest_smp: probe.smp,
         kernel: KernelFacts {
