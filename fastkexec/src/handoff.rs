@@ -540,31 +540,34 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
         }
     }
 
-    let purgatory = (get_u64(&hp, OFF_PURGATORY) == PURGATORY_MAGIC).then(|| PurgatoryStamps {
-        entry_tsc: get_u64(&hp, OFF_PURGATORY + 8),
-        exit_tsc: get_u64(&hp, OFF_PURGATORY + 16),
-        verified: get_u64(&hp, OFF_PURGATORY + 24),
-    });
-    if let Some(p) = purgatory {
-        if p.exit_tsc < p.entry_tsc {
-            return Err(RecordError::Torn(format!(
-                "purgatory stamps run backwards (entry {} > exit {})",
-                p.entry_tsc, p.exit_tsc
-            )));
+    // A TSC record (magic, entry, exit, one more word) as our blobs copy it.
+    let stamps = |off: usize, magic: u64, who: &str| match get_u64(&hp, off) == magic {
+        false => Ok(None),
+        true => {
+            let (entry, exit) = (get_u64(&hp, off + 8), get_u64(&hp, off + 16));
+            if exit < entry {
+                return Err(RecordError::Torn(format!(
+                    "{who} stamps run backwards (entry {entry} > exit {exit})"
+                )));
+            }
+            Ok(Some((entry, exit, get_u64(&hp, off + 24))))
         }
-    }
-    let trampoline = (get_u64(&hp, OFF_TRAMPOLINE) == TRAMPOLINE_MAGIC).then(|| TrampolineStamps {
-        entry_tsc: get_u64(&hp, OFF_TRAMPOLINE + 8),
-        exit_tsc: get_u64(&hp, OFF_TRAMPOLINE + 16),
-        result: get_u64(&hp, OFF_TRAMPOLINE + 24),
-    });
+    };
+    let purgatory = stamps(OFF_PURGATORY, PURGATORY_MAGIC, "purgatory")?.map(
+        |(entry_tsc, exit_tsc, verified)| PurgatoryStamps {
+            entry_tsc,
+            exit_tsc,
+            verified,
+        },
+    );
+    let trampoline = stamps(OFF_TRAMPOLINE, TRAMPOLINE_MAGIC, "trampoline")?.map(
+        |(entry_tsc, exit_tsc, result)| TrampolineStamps {
+            entry_tsc,
+            exit_tsc,
+            result,
+        },
+    );
     if let Some(t) = trampoline {
-        if t.exit_tsc < t.entry_tsc {
-            return Err(RecordError::Torn(format!(
-                "trampoline stamps run backwards (entry {} > exit {})",
-                t.entry_tsc, t.exit_tsc
-            )));
-        }
         // It jumps to the purgatory, so it cannot have run after it.
         if let Some(p) = purgatory.filter(|p| p.entry_tsc < t.exit_tsc) {
             return Err(RecordError::Torn(format!(

@@ -631,27 +631,23 @@ pub fn markdown(meta: &Meta, summary: &[ModeSummary]) -> String {
             }
             o.push('\n');
         }
-        o.push_str("| **total** |");
-        for s in &traced {
-            let c = s
-                .trace_total_ms
-                .as_ref()
-                .map(cell)
-                .unwrap_or_else(|| "–".into());
-            o.push_str(&format!(" {c} |"));
+        // Then the total, and the span the relocation costs at exec (a staged
+        // trampoline included).
+        type Pick = fn(&ModeSummary) -> Option<&Figure>;
+        let rows: [(&str, Pick); 2] = [
+            ("**total**", |s| s.trace_total_ms.as_ref()),
+            ("machine_kexec → purgatory entry", |s| {
+                s.kexec_to_purgatory_ms.as_ref()
+            }),
+        ];
+        for (label, figure) in rows {
+            o.push_str(&format!("| {label} |"));
+            for s in &traced {
+                let c = figure(s).map(cell).unwrap_or_else(|| "–".into());
+                o.push_str(&format!(" {c} |"));
+            }
+            o.push('\n');
         }
-        o.push('\n');
-        // The span the relocation costs at exec (a staged trampoline included).
-        o.push_str("| machine_kexec → purgatory entry |");
-        for s in &traced {
-            let c = s
-                .kexec_to_purgatory_ms
-                .as_ref()
-                .map(cell)
-                .unwrap_or_else(|| "–".into());
-            o.push_str(&format!(" {c} |"));
-        }
-        o.push('\n');
     }
     let failures: Vec<(&str, &Failure)> = summary
         .iter()
