@@ -519,8 +519,14 @@ pub fn ms(v: f64) -> String {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.1}")
-    } else {
+    } else if v.abs() >= 0.1 {
         format!("{v:.2}")
+    } else if v.abs() >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        // Microsecond phases (a staged relocation on an instruction clock)
+        // must not print as 0.00.
+        format!("{v:.4}")
     }
 }
 
@@ -1390,5 +1396,6 @@ mod tests {
             (ms(3775.4), ms(31.94), ms(0.254)),
             ("3775".into(), "31.9".into(), "0.25".into())
         );
+        assert_eq!((ms(0.0441), ms(0.0042)), ("0.044".into(), "0.0042".into()));
     }
 }
