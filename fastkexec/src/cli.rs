@@ -286,9 +286,11 @@ fastkexec.boot_id=<this boot>, which ties the record to this reboot.
 
 With --exec the reboot follows at once (--force: reboot(2) directly; else `systemctl kexec`
 when PID 1 is systemd, with the probes pinned in /sys/fs/bpf/fastkexec so they survive
-systemd stopping every process). Without --exec the tracer pins the probes, prints events as
-they come, and waits for a kexec reboot started by anything else (e.g. `systemctl kexec`);
-Ctrl-C detaches and unloads the kernel (its boot_params point at the trace pages).
+systemd stopping every process). Without --exec the tracer pins the probes and waits for a
+kexec reboot started by anything else (e.g. `systemctl kexec`), printing the events it sees
+while it still runs: usually few or none, because the whole kexec path runs inside reboot(2)
+in milliseconds and the console goes down with it; the next kernel's `fastkexec report` has
+them all. Ctrl-C detaches and unloads the kernel (its boot_params point at the trace pages).
 
 Example:
 

@@ -20,7 +20,8 @@
 //! 5. calibrate the TSC against CLOCK_MONOTONIC (pairs at start and right
 //!    before the request: the fit spans the whole run), stamp the request,
 //!    seal the header, and (with `--exec`) reboot; without `--exec` follow a
-//!    reboot started by something else, printing events as they come.
+//!    reboot started by something else, printing the events seen before this
+//!    process stops running (few: the kexec path is one syscall).
 //!
 //! The pages must stay allocated until `machine_kexec`: with `--exec --force`
 //! this process holds them (it is inside `reboot(2)`). Otherwise (following,
