@@ -136,6 +136,24 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// One untraced two-round run with no extras.
+    pub fn new(mode: Mode, timeout: Duration, memory: &str, smp: u32) -> Self {
+        RunOptions {
+            mode,
+            timeout,
+            memory: memory.into(),
+            smp,
+            append: vec![],
+            trace: false,
+            trace_damage: None,
+            trace_lean: false,
+            trace_follow: false,
+            reboots: 1,
+            state_out: None,
+            icount: None,
+        }
+    }
+
     /// A chained run: the state directory rides on a virtio disk and every
     /// round boots the chain image (see `labchain`).
     pub fn chained(&self) -> bool {
@@ -501,20 +519,7 @@ pub fn resolve_accel(accel: Accel, probe_kernel: &KernelInfo, tools: &Tools) -> 
     step("probing whether KVM can boot a stock kernel here (once per machine)");
     let initrd = lab_dir().join("images/probe.cpio");
     write_atomic(&initrd, &initramfs::round2(tools)?)?;
-    let opts = RunOptions {
-        mode: Mode::KexecToolsL,
-        timeout: Duration::from_secs(60),
-        memory: "512M".into(),
-        smp: 1,
-        append: vec![],
-        trace: false,
-        trace_damage: None,
-        trace_lean: false,
-        trace_follow: false,
-        reboots: 1,
-        state_out: None,
-        icount: None,
-    };
+    let opts = RunOptions::new(Mode::KexecToolsL, Duration::from_secs(60), "512M", 1);
     let args = qemu_args(
         &probe_kernel.vmlinuz,
         &initrd,
@@ -899,20 +904,7 @@ mod tests {
 
     #[test]
     fn icount_reaches_qemu_only_when_asked() {
-        let mut opts = RunOptions {
-            mode: Mode::FastkexecStaged,
-            timeout: Duration::from_secs(1),
-            memory: "2G".into(),
-            smp: 1,
-            append: vec![],
-            trace: true,
-            trace_damage: None,
-            trace_lean: false,
-            trace_follow: false,
-            reboots: 1,
-            state_out: None,
-            icount: None,
-        };
+        let mut opts = RunOptions::new(Mode::FastkexecStaged, Duration::from_secs(1), "2G", 1);
         let args = |o: &RunOptions| qemu_args(Path::new("k"), Path::new("i"), "tcg", o, "c");
         assert!(!args(&opts).contains(&"-icount".to_string()));
         opts.icount = Some(0);

@@ -184,18 +184,9 @@ fn kernel_of(k: &KernelArgs) -> Result<kernels::KernelInfo> {
 
 fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions {
     lab::RunOptions {
-        mode,
-        timeout: Duration::from_secs(timeout),
-        memory: k.memory.clone(),
-        smp: k.smp,
         append: k.append.clone(),
-        trace: false,
-        trace_damage: None,
-        trace_lean: false,
-        trace_follow: false,
-        reboots: 1,
-        state_out: None,
         icount: k.icount,
+        ..lab::RunOptions::new(mode, Duration::from_secs(timeout), &k.memory, k.smp)
     }
 }
 

@@ -122,18 +122,15 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
         for case in cases(name) {
             let mode = case.mode;
             let opts = lab::RunOptions {
-                mode,
-                timeout: Duration::from_secs(300 * u64::from(case.reboots)),
-                memory: "2G".into(),
-                smp: 2,
-                append: vec![],
                 trace: case.trace,
                 trace_damage: case.damage,
-                trace_lean: false,
-                trace_follow: false,
                 reboots: case.reboots,
-                state_out: None,
-                icount: None,
+                ..lab::RunOptions::new(
+                    mode,
+                    Duration::from_secs(300 * u64::from(case.reboots)),
+                    "2G",
+                    2,
+                )
             };
             let initrd = if opts.chained() {
                 lab::build_chain_image(&kernel, mode, &tools)?
