@@ -78,3 +78,23 @@ pub fn write_u64(bytes: &mut [u8], off: usize, v: u64) {
 pub fn write_u32(bytes: &mut [u8], off: usize, v: u32) {
     bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
+
+/// Decodes a blob's instructions as they would run at `ip`: the jump at 0 and
+/// the code from `code` to `code_end` (the parameter block in between is data).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub fn decode(bytes: &[u8], code: usize, code_end: usize, ip: u64) -> Vec<iced_x86::Instruction> {
+    use iced_x86::{Decoder, DecoderOptions};
+    let mut out = Vec::new();
+    let mut d = Decoder::with_ip(64, &bytes[..OFF_MAGIC], ip, DecoderOptions::NONE);
+    out.push(d.decode());
+    let mut d = Decoder::with_ip(
+        64,
+        &bytes[code..code_end],
+        ip + code as u64,
+        DecoderOptions::NONE,
+    );
+    while d.can_decode() {
+        out.push(d.decode());
+    }
+    out
+}

@@ -570,26 +570,10 @@ impl Purgatory {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+    use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
-    /// Decodes the instruction bytes (the leading jump and the code region)
-    /// as they would run at `ip`.
     fn decode(p: &Purgatory, ip: u64) -> Vec<Instruction> {
-        let code = &p.bytes()[..p.code_end()];
-        let mut out = Vec::new();
-        // The jump at 0.
-        let mut d = Decoder::with_ip(64, &code[..OFF_MAGIC], ip, DecoderOptions::NONE);
-        out.push(d.decode());
-        let mut d = Decoder::with_ip(
-            64,
-            &code[OFF_CODE..],
-            ip + OFF_CODE as u64,
-            DecoderOptions::NONE,
-        );
-        while d.can_decode() {
-            out.push(d.decode());
-        }
-        out
+        crate::blob::decode(p.bytes(), OFF_CODE, p.code_end(), ip)
     }
 
     #[test]

@@ -605,23 +605,10 @@ pub unsafe fn run_check(params: &[u8]) -> u64 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+    use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
     fn decode(t: &Trampoline, ip: u64) -> Vec<Instruction> {
-        let code = &t.bytes()[..t.code_end()];
-        let mut out = Vec::new();
-        let mut d = Decoder::with_ip(64, &code[..OFF_MAGIC], ip, DecoderOptions::NONE);
-        out.push(d.decode());
-        let mut d = Decoder::with_ip(
-            64,
-            &code[OFF_CODE..],
-            ip + OFF_CODE as u64,
-            DecoderOptions::NONE,
-        );
-        while d.can_decode() {
-            out.push(d.decode());
-        }
-        out
+        crate::blob::decode(t.bytes(), OFF_CODE, t.code_end(), ip)
     }
 
     #[test]
