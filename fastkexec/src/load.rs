@@ -146,6 +146,16 @@ pub struct Timing {
     pub ms: f64,
 }
 
+impl LoadReport {
+    /// Records how long a step took since `since`.
+    fn lap(&mut self, phase: &'static str, since: Instant) {
+        self.timings.push(Timing {
+            phase,
+            ms: ms(since.elapsed()),
+        });
+    }
+}
+
 /// Builds the next kernel's command line. Returns it and the parameters dropped from
 /// `/proc/cmdline`.
 pub fn build_cmdline(source: &CmdlineSource, root: &Path) -> Result<(String, Vec<String>)> {
@@ -508,10 +518,7 @@ pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> 
             &mut report,
         )?,
     }
-    report.timings.push(Timing {
-        phase: "total",
-        ms: ms(t0.elapsed()),
-    });
+    report.lap("total", t0);
     Ok(report)
 }
 
@@ -552,10 +559,7 @@ fn load_file(opts: &LoadOptions, status: &Status, report: &mut LoadReport) -> Re
     )
     .map_err(|e| kexec::explain(Call::KexecFileLoad, e, status))?;
     report.loaded = true;
-    report.timings.push(Timing {
-        phase: "kexec_file_load",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("kexec_file_load", t);
     Ok(())
 }
 
@@ -604,10 +608,7 @@ fn load_uncompressed(
         report.vmlinux = Some(vmlinux_path.clone());
     }
     vmlinux::parse_vmlinux(&vmlinux_path, &vmlinux_bytes)?;
-    report.timings.push(Timing {
-        phase: "prepare",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("prepare", t);
 
     let t = Instant::now();
     let initrd = match &opts.initrd {
@@ -672,10 +673,7 @@ fn load_uncompressed(
         specs.len(),
         kexec::KEXEC_ARCH_X86_64
     );
-    report.timings.push(Timing {
-        phase: "plan",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("plan", t);
     if opts.dry_run {
         return Ok(());
     }
@@ -683,10 +681,7 @@ fn load_uncompressed(
     kexec::kexec_load(plan.entry, &specs, 0)
         .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
     report.loaded = true;
-    report.timings.push(Timing {
-        phase: "kexec_load",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("kexec_load", t);
     Ok(())
 }
 
@@ -745,20 +740,14 @@ fn load_staged(
         plan.trampoline_entry(),
         kexec::KEXEC_ARCH_X86_64
     );
-    report.timings.push(Timing {
-        phase: "plan",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("plan", t);
     if opts.dry_run {
         return Ok(());
     }
     let t = Instant::now();
     kexec::kexec_load(plan.crash_entry, &crash, kexec::KEXEC_ON_CRASH)
         .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
-    report.timings.push(Timing {
-        phase: "kexec_load (crash image, into the reservation)",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("kexec_load (crash image, into the reservation)", t);
     let t = Instant::now();
     if let Err(e) = kexec::kexec_load(plan.trampoline_entry(), &normal, 0) {
         let err = kexec::explain(Call::KexecLoad, e, status);
@@ -783,10 +772,7 @@ fn load_staged(
             },
         });
     }
-    report.timings.push(Timing {
-        phase: "kexec_load (trampoline)",
-        ms: ms(t.elapsed()),
-    });
+    report.lap("kexec_load (trampoline)", t);
     report.loaded = true;
     let state = staged::StagedState::new(
         plan,
