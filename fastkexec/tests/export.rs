@@ -315,28 +315,7 @@ fn openmetrics_export_parses_with_prometheus_clients_strict_parser() {
     assert!(!o.status.success(), "accepted +Inf != _count");
 }
 
-const HDR_DECODER: &str = r#"
-import json, sys
-from hdrh.histogram import HdrHistogram
-from hdrh.log import HistogramLogReader
-reader = HistogramLogReader(sys.argv[1], HdrHistogram(1, 86400 * 10**9, 3))
-out = {}
-while True:
-    h = reader.get_next_interval_histogram()
-    if h is None:
-        break
-    out[h.get_tag()] = {
-        "count": h.get_total_count(),
-        "min": h.get_min_value(),
-        "max": h.get_max_value(),
-        "p50": h.get_value_at_percentile(50.0),
-        "p90": h.get_value_at_percentile(90.0),
-        "p99": h.get_value_at_percentile(99.0),
-        "p999": h.get_value_at_percentile(99.9),
-        "start_ms": h.get_start_time_stamp(),
-    }
-print(json.dumps(out))
-"#;
+const HDR_DECODER: &str = include_str!("hdr_decode.py");
 
 /// Deterministic durations spread log-uniformly from 10 µs to 10 s.
 fn durations(seed: u64, n: usize) -> Vec<u64> {

@@ -649,12 +649,14 @@ pub fn run_once(
         if !check.ok() && report.error.is_none() && report.booted {
             report.error = Some(format!(
                 "the chained run's state is not what it must be: reboots {}/{}, states saved {}, \
-                 promtool ok {}, _count per phase {:?}{}",
+                 promtool ok {}, _count per phase {:?}, hdrhistogram decoded {} (differs: {:?}){}",
                 check.reboots_seen,
                 check.reboots_wanted,
                 check.states_saved,
                 check.promtool_ok,
                 check.counts,
+                check.hdr_decoded,
+                check.hdr_mismatches,
                 check
                     .error
                     .as_deref()

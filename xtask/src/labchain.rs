@@ -4,7 +4,8 @@
 //! filesystem driver is needed; a second, read-only virtio disk holds the
 //! initramfs every chained round boots with (a cpio cannot contain itself).
 //! Afterwards the host unpacks the state into DIR and checks what
-//! `fastkexec export` makes of it with Prometheus' own `promtool`.
+//! `fastkexec export` makes of it with Prometheus' own `promtool`, and its
+//! HdrHistogram interval log with PyPI's `hdrhistogram` (an independent codec).
 
 use crate::kernels::KernelInfo;
 use crate::util::{output, run};
@@ -197,6 +198,10 @@ pub struct ChainCheck {
     pub counts: BTreeMap<String, u64>,
     /// The `_count` lines as exported.
     pub count_lines: Vec<String>,
+    /// Histograms PyPI's hdrhistogram decoded from `export --format hdr-log`.
+    pub hdr_decoded: usize,
+    /// Where its count, p50 or max differ from `export --format json`.
+    pub hdr_mismatches: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -208,6 +213,8 @@ impl ChainCheck {
             && self.export_ok
             && self.promtool_ok
             && !self.counts.is_empty()
+            && self.hdr_decoded > self.counts.len()
+            && self.hdr_mismatches.is_empty()
             && self
                 .counts
                 .values()
@@ -271,6 +278,53 @@ fn export_check(c: &mut ChainCheck, img: &Path, dir: &Path, fastkexec: &Path) ->
     .trim()
     .to_string();
     (c.counts, c.count_lines) = counts(&text);
+    hdr_check(c, dir, fastkexec)
+}
+
+/// Decodes the interval log with PyPI's hdrhistogram and compares every
+/// histogram (each phase and the total) with our JSON export.
+fn hdr_check(c: &mut ChainCheck, dir: &Path, fastkexec: &Path) -> Result<()> {
+    let export = |format: &str| {
+        output(
+            &format!("fastkexec export --format {format}"),
+            Command::new(fastkexec)
+                .arg("export")
+                .arg("--state-dir")
+                .arg(dir)
+                .args(["--format", format]),
+        )
+    };
+    let log = dir.join("reboots.hlog");
+    std::fs::write(&log, export("hdr-log")?).with_context(|| log.display().to_string())?;
+    let ours: serde_json::Value = serde_json::from_str(&export("json")?)?;
+    let python = crate::setup::python_venv().join("bin/python3");
+    let theirs: serde_json::Value = serde_json::from_str(&output(
+        "PyPI hdrhistogram decoding the interval log (`cargo xtask setup` installs it)",
+        Command::new(&python)
+            .arg(crate::util::workspace_root().join("fastkexec/tests/hdr_decode.py"))
+            .arg(&log),
+    )?)?;
+    c.hdr_decoded = theirs.as_object().map_or(0, |m| m.len());
+    let histograms = ours
+        .get("phases")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .chain(ours.get("total"));
+    for h in histograms {
+        let name = h.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+        let tag = fastkexec::export::hdr_log_tag(name);
+        for (key, ours_key) in [("count", "count"), ("p50", "p50_ns"), ("max", "max_ns")] {
+            let (a, b) = (theirs.pointer(&format!("/{tag}/{key}")), h.get(ours_key));
+            if a.is_none() || a != b {
+                c.hdr_mismatches.push(format!(
+                    "{name}: {key} {} decoded, {} exported",
+                    a.map_or("none".into(), |v| v.to_string()),
+                    b.map_or("none".into(), |v| v.to_string())
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -301,11 +355,17 @@ pub fn counts(text: &str) -> (BTreeMap<String, u64>, Vec<String>) {
 /// One line for the run summary.
 pub fn summary(c: &ChainCheck) -> String {
     format!(
-        " · reboots {}/{} · promtool {} · _count {:?}",
+        " · reboots {}/{} · promtool {} · _count {:?} · hdrhistogram decoded {}{}",
         c.reboots_seen,
         c.reboots_wanted,
         if c.promtool_ok { "ok" } else { "FAILED" },
-        c.counts.values().collect::<Vec<_>>()
+        c.counts.values().collect::<Vec<_>>(),
+        c.hdr_decoded,
+        if c.hdr_mismatches.is_empty() {
+            ", agrees".to_string()
+        } else {
+            format!(", DIFFERS: {}", c.hdr_mismatches.join("; "))
+        }
     )
 }
 
@@ -330,10 +390,17 @@ mod tests {
             export_ok: true,
             promtool_ok: true,
             counts: m,
+            hdr_decoded: 3,
             ..ChainCheck::default()
         };
         // One phase short of three: not the acceptance.
         assert!(!c.ok());
+        let mut c = c;
+        c.counts.insert("kernel boot".into(), 3);
+        assert!(c.ok());
+        c.hdr_mismatches
+            .push("purgatory: max 1 decoded, 2 exported".into());
+        assert!(!c.ok(), "the independent decoder must agree");
     }
 
     #[test]
