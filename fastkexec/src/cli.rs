@@ -304,6 +304,12 @@ is its own `unattributed` phase. The user-space mark is the moment report runs, 
 it starts). The new kernel's phases are placed on the TSC through a line report writes to
 /dev/kmsg (its printk stamp against rdtsc).
 
+Phases, in order: userspace shutdown, reboot syscall, reboot notifiers, device shutdown, cpu
+migration, syscore shutdown, machine shutdown, relocation (from the moment the machine_kexec
+probe returned), trampoline (staged loads: the check of the staged image and the jump),
+purgatory, kernel early boot (to the new kernel's clock zero), kernel boot (to `Run /init`),
+user space. A step this kernel did not take is listed under `not on the timeline` with why.
+
 The record is validated whole (magic, version, length, checksums, and that it was written by
 the boot that started this kernel); a missing, torn or stale record is reported as such, only
 this kernel's own phases are shown, and the exit status is 2. With a record, the boot is folded
