@@ -132,7 +132,8 @@ pub enum Command {
 /// How to load: see the MODES section of `fastkexec load --help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// uncompressed when kexec_load is allowed, else file
+    /// staged when kexec_load is allowed and the crashkernel reservation is idle and large
+    /// enough, else uncompressed when kexec_load is allowed, else file
     Auto,
     /// kexec_file_load of the bzImage (works under lockdown with a signed kernel)
     File,
