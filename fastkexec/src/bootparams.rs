@@ -629,6 +629,20 @@ pub fn get64(b: &[u8], o: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The zero page input of most tests: `h`'s own map, command line at
+    /// 0x1000, nothing else.
+    fn plain(h: &HostBootInfo) -> ZeroPageInput<'_> {
+        ZeroPageInput {
+            host: h,
+            setup_header: None,
+            e820: &h.memmap,
+            cmdline_addr: 0x1000,
+            initrd: None,
+            setup_data_head: 0,
+            efi: None,
+        }
+    }
     use crate::hostinfo;
     use std::path::PathBuf;
 
@@ -649,13 +663,10 @@ mod tests {
     fn synthesised_header_and_loader_fields() {
         let h = host("qemu-seabios");
         let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
-            setup_header: None,
-            e820: &h.memmap,
             cmdline_addr: 0x7fff_d000,
             initrd: Some((0x7e00_0000, 0x123_4567)),
             setup_data_head: 0x7fff_e000,
-            efi: None,
+            ..plain(&h)
         })
         .unwrap();
         assert_eq!(zp.len(), 4096);
@@ -700,13 +711,9 @@ mod tests {
     fn ext_fields_carry_the_high_halves() {
         let h = host("qemu-seabios");
         let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
-            setup_header: None,
-            e820: &h.memmap,
             cmdline_addr: 0x1_2345_6000,
             initrd: Some((0x3_f000_0000, 0x1_0000_0010)),
-            setup_data_head: 0,
-            efi: None,
+            ..plain(&h)
         })
         .unwrap();
         assert_eq!(get32(&zp, 0x228), 0x2345_6000);
@@ -762,13 +769,9 @@ mod tests {
         assert_eq!(caps.cmdline_size, 4095);
         assert!(caps.above_4g);
         let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
             setup_header: Some(&hdr),
-            e820: &h.memmap,
             cmdline_addr: 0x9_0000,
-            initrd: None,
-            setup_data_head: 0,
-            efi: None,
+            ..plain(&h)
         })
         .unwrap();
         assert_eq!(get16(&zp, 0x206), 0x020f);
@@ -788,13 +791,10 @@ mod tests {
         assert_eq!(caps.cmdline_size, 255);
         assert!(!caps.above_4g);
         let err = build_zero_page(&ZeroPageInput {
-            host: &h,
             setup_header: Some(&old),
-            e820: &h.memmap,
             cmdline_addr: 0x9_0000,
             initrd: Some((0x1_0000_0000, 4096)),
-            setup_data_head: 0,
-            efi: None,
+            ..plain(&h)
         })
         .unwrap_err();
         assert!(err.to_string().contains("ramdisk_image"), "{err}");
@@ -802,13 +802,9 @@ mod tests {
         let mut broken = bzimage_header(0x020f, 3);
         broken.raw[0x202 - 0x1f1] = b'X';
         assert!(build_zero_page(&ZeroPageInput {
-            host: &h,
             setup_header: Some(&broken),
-            e820: &h.memmap,
             cmdline_addr: 0x9_0000,
-            initrd: None,
-            setup_data_head: 0,
-            efi: None,
+            ..plain(&h)
         })
         .is_err());
     }
@@ -824,16 +820,7 @@ mod tests {
             assert_eq!(&ext.data[i * 20..i * 20 + 20], &e.to_boot_bytes());
         }
         assert_eq!(e820_ext_node(&h.memmap[..128]), None);
-        let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
-            setup_header: None,
-            e820: &h.memmap,
-            cmdline_addr: 0x1000,
-            initrd: None,
-            setup_data_head: 0,
-            efi: None,
-        })
-        .unwrap();
+        let zp = build_zero_page(&plain(&h)).unwrap();
         assert_eq!(zp[0x1e8], 128);
         let last = 0x2d0 + 127 * 20;
         assert_eq!(get64(&zp, last), h.memmap[127].addr);
@@ -855,13 +842,8 @@ mod tests {
         assert_eq!(get64(&parts.setup.data, 16), 0x7f7a0c18);
         assert_eq!(get64(&parts.setup.data, 24), 0x7f5d0000);
         let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
-            setup_header: None,
-            e820: &h.memmap,
-            cmdline_addr: 0x1000,
-            initrd: None,
-            setup_data_head: 0,
             efi: Some((&parts, 0x1_0000_3000)),
+            ..plain(&h)
         })
         .unwrap();
         assert_eq!(&zp[0x1c0..0x1c4], b"EL64");
@@ -892,28 +874,10 @@ mod tests {
     fn hardware_subarch_comes_from_the_running_kernel() {
         let mut h = host("qemu-seabios");
         h.boot_params.as_mut().unwrap()[0x23c] = 3; // X86_SUBARCH_XEN
-        let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
-            setup_header: None,
-            e820: &h.memmap,
-            cmdline_addr: 0x1000,
-            initrd: None,
-            setup_data_head: 0,
-            efi: None,
-        })
-        .unwrap();
+        let zp = build_zero_page(&plain(&h)).unwrap();
         assert_eq!(get32(&zp, 0x23c), 3);
         h.boot_params = None;
-        let zp = build_zero_page(&ZeroPageInput {
-            host: &h,
-            setup_header: None,
-            e820: &h.memmap,
-            cmdline_addr: 0x1000,
-            initrd: None,
-            setup_data_head: 0,
-            efi: None,
-        })
-        .unwrap();
+        let zp = build_zero_page(&plain(&h)).unwrap();
         assert_eq!(get32(&zp, 0x23c), 0);
         assert!(zp[..0x40].iter().all(|&b| b == 0));
     }
