@@ -154,6 +154,26 @@ impl RunOptions {
         }
     }
 
+    /// What `--icount` needs, said before QEMU starts rather than after a hang.
+    pub fn check_icount(&self, accel: &str) -> Result<()> {
+        if self.icount.is_none() {
+            return Ok(());
+        }
+        if accel != "tcg" {
+            bail!(
+                "--icount needs the TCG accelerator (this run would use {accel}): pass --accel tcg"
+            );
+        }
+        if self.smp > 1 {
+            bail!(
+                "--icount with --smp {}: under icount QEMU 7.2 never brought a second vCPU up here \
+                 (the boot hangs at \"Booting SMP configuration\"): pass --smp 1",
+                self.smp
+            );
+        }
+        Ok(())
+    }
+
     /// A chained run: the state directory rides on a virtio disk and every
     /// round boots the chain image (see `labchain`).
     pub fn chained(&self) -> bool {
@@ -577,9 +597,7 @@ pub fn run_once(
         opts.trace_lean,
         opts.trace_follow,
     ));
-    if opts.icount.is_some() && accel != "tcg" {
-        bail!("--icount needs the TCG accelerator (this run would use {accel}): pass --accel tcg");
-    }
+    opts.check_icount(accel)?;
     let state_img = dir.join("state.img");
     if opts.chained() {
         append.extend(crate::labchain::cmdline_words(opts.reboots));
@@ -910,6 +928,11 @@ mod tests {
         let args = |o: &RunOptions| qemu_args(Path::new("k"), Path::new("i"), "tcg", o, "c");
         assert!(!args(&opts).contains(&"-icount".to_string()));
         opts.icount = Some(0);
+        assert!(opts.check_icount("tcg").is_ok());
+        assert!(opts.check_icount("kvm").is_err());
+        opts.smp = 2;
+        let e = opts.check_icount("tcg").unwrap_err().to_string();
+        assert!(e.contains("--smp 1"), "{e}");
         let a = args(&opts);
         let at = a.iter().position(|x| x == "-icount").unwrap();
         assert_eq!(a[at + 1], "shift=0,sleep=on");

@@ -219,6 +219,8 @@ fn main() -> Result<()> {
             let kernel = kernel_of(&k)?;
             let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
             let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+            // Before the first of many runs, not in each.
+            run_options(&k, lab::Mode::KexecToolsL, timeout).check_icount(&accel)?;
             let plan = bench::Plan {
                 kernel: &kernel,
                 tools: &tools,
