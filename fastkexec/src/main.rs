@@ -118,28 +118,7 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
         // The plan would come from another machine's memory map: never hand that to the kernel.
         anyhow::bail!("--root only works with --dry-run (a real load must describe this machine)");
     }
-    let cmdline = if args.reuse_cmdline {
-        CmdlineSource::ReuseCmdline {
-            append: args.append,
-        }
-    } else {
-        CmdlineSource::Append(args.append.unwrap_or_default())
-    };
-    let opts = LoadOptions {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline,
-        mode: match args.mode {
-            ModeArg::Auto => Mode::Auto,
-            ModeArg::File => Mode::File,
-            ModeArg::Uncompressed => Mode::Uncompressed,
-            ModeArg::Staged => Mode::Staged,
-        },
-        dry_run: args.dry_run,
-        verify: args.verify,
-        cache_dir: args.cache_dir,
-        root: root.to_path_buf(),
-    };
+    let opts = load_options(&args, root);
     let report =
         load::load(&opts).with_context(|| format!("cannot load {}", opts.kernel.display()))?;
     if args.json {
@@ -150,8 +129,8 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
     }
 }
 
-/// `load`'s options from its arguments, for `trace` (same rules as `run_load`).
-fn trace_load_options(args: &LoadArgs, root: &Path) -> LoadOptions {
+/// `load`'s options from its arguments (also `trace`'s).
+fn load_options(args: &LoadArgs, root: &Path) -> LoadOptions {
     LoadOptions {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
@@ -180,7 +159,7 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
         anyhow::bail!("--root does not go with trace (it probes and loads on this machine)");
     }
     let opts = trace::TraceOptions {
-        load: trace_load_options(&args.load, root),
+        load: load_options(&args.load, root),
         exec: args.exec,
         force: args.force,
         verbose: verbose > 0,
