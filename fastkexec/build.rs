@@ -6,7 +6,9 @@
 //! own target directory under `OUT_DIR`; that needs the nightly toolchain with
 //! `rust-src` and `bpf-linker` in `PATH`. With `AYA_BUILD_SKIP=1` nothing is
 //! built and an empty object is embedded instead (user space still compiles;
-//! loading the programs then fails).
+//! the tracer then says it has no probes). Without the `probes` feature
+//! (xtask's view of the library) nothing is built or embedded at all, so that
+//! `cargo xtask setup` can build before it has installed bpf-linker.
 
 use std::{
     env, fs,
@@ -22,6 +24,9 @@ const AYA_BUILD_SKIP: &str = "AYA_BUILD_SKIP";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed={AYA_BUILD_SKIP}");
+    if env::var_os("CARGO_FEATURE_PROBES").is_none() {
+        return Ok(());
+    }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let object = out_dir.join(PROBES_BIN);
 

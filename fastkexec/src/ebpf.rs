@@ -150,13 +150,27 @@ pub const MAP_LOGS: &str = "AYA_LOGS";
 
 /// The eBPF ELF object, 8-byte aligned as aya's loader expects.
 ///
-/// Empty when the crate was built with `AYA_BUILD_SKIP=1`; loading it then
-/// fails in aya's parser.
-pub fn object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastkexec-probes"))
+/// `None` when this build carries no probes: the `probes` feature was off, or
+/// `AYA_BUILD_SKIP=1` made build.rs embed an empty placeholder.
+#[cfg(feature = "probes")]
+pub fn object() -> Option<&'static [u8]> {
+    let object: &'static [u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastkexec-probes"));
+    (!object.is_empty()).then_some(object)
 }
 
-#[cfg(test)]
+/// See the `probes` feature: this build has no eBPF object.
+#[cfg(not(feature = "probes"))]
+pub fn object() -> Option<&'static [u8]> {
+    None
+}
+
+/// What to tell a user whose binary has no probes.
+pub const NO_PROBES: &str = "this fastkexec binary was built without its eBPF probes \
+     (the `probes` feature was off, or AYA_BUILD_SKIP=1 was set): rebuild it with \
+     `cargo build --release -p fastkexec` after `cargo xtask setup` has installed bpf-linker";
+
+#[cfg(all(test, feature = "probes"))]
 mod tests {
     use super::*;
     use aya_obj::{
@@ -165,12 +179,16 @@ mod tests {
     };
     use fastkexec_common::{EventPage, ProbeConfig, DEFAULT_EVENT_PAGES, NOTIFIER_WALK_SLOTS};
 
+    fn embedded() -> &'static [u8] {
+        object().expect("the test build embeds the probes (is AYA_BUILD_SKIP set?)")
+    }
+
     fn parsed() -> Object {
-        match Object::parse(object()) {
+        match Object::parse(embedded()) {
             Ok(obj) => obj,
             Err(e) => panic!(
                 "embedded eBPF object does not parse ({} bytes): {e}",
-                object().len()
+                embedded().len()
             ),
         }
     }
@@ -184,7 +202,7 @@ mod tests {
 
     #[test]
     fn object_is_an_aligned_bpf_elf() {
-        let obj = object();
+        let obj = embedded();
         assert_eq!(obj.as_ptr().align_offset(8), 0);
         assert_eq!(obj.get(..4), Some(&b"\x7fELF"[..]));
         // e_machine at offset 18, little-endian: EM_BPF = 247.

@@ -446,9 +446,12 @@ fn test_run(prog_fd: i32) -> Result<()> {
 /// Loads the eBPF object (which creates the `EVENTS` map of `pages` pages),
 /// maps the map and finds the physical address of every page.
 fn allocate_record(pages: usize) -> Result<(Ebpf, MappedPages, Vec<u64>)> {
+    let object = ebpf::object().ok_or_else(|| Error::Tracer {
+        problem: ebpf::NO_PROBES.into(),
+    })?;
     let ebpf = EbpfLoader::new()
         .map_max_entries(ebpf::MAP_EVENTS, pages as u32)
-        .load(ebpf::object())
+        .load(object)
         .map_err(|e| Error::Tracer {
             problem: format!("loading the eBPF object failed: {}", render(&e)),
         })?;
