@@ -1,7 +1,9 @@
 //! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test | bench`.
 
+mod apt;
 mod bench;
 mod chart;
+mod fresh;
 mod initramfs;
 mod kernels;
 mod lab;

@@ -47,7 +47,8 @@ pub fn setup(opts: &SetupOptions) -> Result<()> {
     python_checkers().context("setup step 2/5 (Python checkers) failed")?;
     rust_toolchains().context("setup step 3/5 (Rust toolchains) failed")?;
     bpf_linker().context("setup step 4/5 (bpf-linker) failed")?;
-    for k in &opts.kernels {
+    // `--kernels ''` (a server that only builds fastkexec) fetches none.
+    for k in opts.kernels.iter().filter(|k| !k.is_empty()) {
         let info = kernels::ensure(k, opts.refresh_kernels)
             .with_context(|| format!("setup step 5/5 (lab kernel {k}) failed"))?;
         step(format!(
@@ -82,17 +83,7 @@ fn apt_packages() -> Result<()> {
         return Ok(());
     }
     step(format!("Debian packages: installing {}", missing.join(" ")));
-    run(
-        "apt-get update",
-        Command::new("apt-get").args(["-q", "update"]),
-    )?;
-    run(
-        "apt-get install",
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["-q", "-y", "install", "--no-install-recommends"])
-            .args(&missing),
-    )
+    crate::apt::install(&missing)
 }
 
 /// The virtualenv holding `PYTHON_PACKAGES` (fastkexec/tests/export.rs looks for it here).

@@ -4,7 +4,7 @@
 use crate::lab::{self, Mode};
 use crate::labtrace::Damage;
 use crate::util::{run, step, workspace_root};
-use crate::{initramfs, kernels, setup};
+use crate::{fresh, initramfs, kernels, setup};
 use anyhow::{bail, Result};
 use std::process::Command;
 use std::time::Duration;
@@ -93,6 +93,7 @@ fn cargo(args: &[&str]) -> Command {
 }
 
 pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
+    fresh::xtask_builds_without_bpf_linker()?;
     setup::setup(&setup::SetupOptions {
         kernels: if with_lab {
             kernel_names.to_vec()
