@@ -165,7 +165,8 @@ pub struct LoadArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
 
-    /// Print what would be loaded and where; load nothing, write nothing, no root needed.
+    /// Print what would be loaded and where; load nothing, write nothing (`load`: no root
+    /// needed; `trace`: attach every probe, say what times each phase, detach).
     #[arg(long)]
     pub dry_run: bool,
 
@@ -293,8 +294,14 @@ while it still runs: usually few or none, because the whole kexec path runs insi
 in milliseconds and the console goes down with it; the next kernel's `fastkexec report` has
 them all. Ctrl-C detaches and unloads the kernel (its boot_params point at the trace pages).
 
-Example:
+--dry-run is the preflight (bpftrace's habit): every probe is loaded and attached for real on
+this kernel, the load is planned, and `trace` prints how each probe attached and what will
+stamp each phase's start and end (a probe, our purgatory, the new kernel's clocks), then
+detaches everything. Nothing is loaded and nothing is written; it needs root, as the probes do.
 
+Examples:
+
+fastkexec trace --dry-run --kernel /boot/vmlinuz-6.12.0 --reuse-cmdline
 fastkexec trace --exec --force --kernel /boot/vmlinuz-6.12.0 --initrd /boot/initrd.img-6.12.0 --reuse-cmdline";
 
 const REPORT_AFTER_HELP: &str = "\

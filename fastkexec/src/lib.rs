@@ -22,6 +22,7 @@ pub mod hostinfo;
 pub mod kexec;
 pub mod load;
 pub mod phases;
+pub mod preflight;
 pub mod prepare;
 pub mod purgatory;
 pub mod report;

@@ -195,6 +195,10 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
     for n in &summary.notes {
         println!("note:     {n}");
     }
+    if args.load.dry_run {
+        print!("{}", fastkexec::preflight::render(&summary.phases));
+        println!("dry run: every probe detached again; nothing was loaded");
+    }
     Ok(())
 }
 

@@ -316,7 +316,7 @@ fn kind_names(mask: u64) -> Vec<String> {
 }
 
 /// The mark each phase probe provides.
-fn mark_of(kind: EventKind) -> Option<MarkId> {
+pub(crate) fn mark_of(kind: EventKind) -> Option<MarkId> {
     Some(match kind {
         EventKind::REBOOT_ENTER => MarkId::RebootEnter,
         EventKind::KERNEL_KEXEC => MarkId::KernelKexec,

@@ -59,7 +59,7 @@ use crate::ebpf::{self, ProbePoint};
 use crate::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
 use crate::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode};
 use crate::segments::PlanExtras;
-use crate::{exec, hostinfo, Error, Result};
+use crate::{exec, hostinfo, preflight, Error, Result};
 
 /// Where follow mode pins the links (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/fastkexec";
@@ -1208,6 +1208,8 @@ fn install_signal_handlers() {
 #[derive(Debug, Serialize)]
 pub struct TraceSummary {
     pub load: LoadReport,
+    /// What stamps each phase's boundaries, given the probes that attached.
+    pub phases: Vec<preflight::PhaseSource>,
     pub attachments: Vec<Attachment>,
     pub notifiers: Vec<String>,
     pub record_pages: usize,
@@ -1215,13 +1217,9 @@ pub struct TraceSummary {
 }
 
 /// Runs `fastkexec trace`. With `exec` it returns only if the reboot failed.
+/// With `opts.load.dry_run` (a preflight): every probe is attached for real and
+/// the load is planned, then everything is detached and nothing is loaded.
 pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
-    if opts.load.dry_run {
-        return Err(Error::Tracer {
-            problem: "--dry-run does not go with trace (it attaches probes and loads for real)"
-                .into(),
-        });
-    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotPrivileged {
@@ -1254,12 +1252,17 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         ));
     }
     let summary = |t: &Tracer, load: LoadReport| TraceSummary {
+        phases: preflight::phase_sources(&t.attachments, load.mode),
         load,
         attachments: t.attachments.clone(),
         notifiers: t.notifiers.iter().map(|(_, n)| n.clone()).collect(),
         record_pages: t.phys.len(),
         notes: t.notes.clone(),
     };
+    if lopts.dry_run {
+        // Dropping the tracer detaches every probe; the plan loaded nothing.
+        return Ok(summary(&tracer, report));
+    }
     let write_err = |e: std::io::Error| Error::io("stdout", e);
 
     if opts.exec {
