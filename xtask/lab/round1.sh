@@ -33,6 +33,16 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 	esac
 	DAMAGE=$(arg fklab.damage)
 	LEAN=$(arg fklab.lean)
+	if [ -z "$DAMAGE" ]; then
+		# The preflight: attach every probe, say what times each phase, detach, load nothing.
+		fastkexec trace --dry-run ${LEAN:+--lean} --mode "$TMODE" --kernel /lab/vmlinuz \
+			--cache-dir /lab/cache --initrd "$INITRD" --append "$NEXT" >/tmp/preflight.out 2>&1
+		rc=$?
+		sed 's/^/FKLAB: preflight | /' /tmp/preflight.out
+		echo "FKLAB: preflight rc=$rc"
+		fastkexec status | sed -n 's/^image loaded: *\(.*\)$/FKLAB: preflight image-loaded=\1/p'
+		fastkexec status | sed -n 's/^crash image loaded: *\(.*\)$/FKLAB: preflight crash-image-loaded=\1/p'
+	fi
 	if [ "$(arg fklab.follow)" = 1 ]; then
 		# Follow mode: the tracer loads and waits (links pinned in bpffs);
 		# something else starts the reboot, as `systemctl kexec` would.

@@ -261,6 +261,9 @@ pub struct RunReport {
     /// `--trace`: the report next to the host stopwatch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::labtrace::TraceCheck>,
+    /// `--trace` (undamaged): round 1's `fastkexec trace --dry-run` before the real trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::labpreflight::Preflight>,
     /// `--reboots`/`--state-out`: the chained run's state and its export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<crate::labchain::ChainCheck>,
@@ -651,6 +654,18 @@ pub fn run_once(
             check.within_tolerance = None;
         }
         report.ok &= check.ok();
+        if opts.trace_damage.is_none() {
+            let preflight = crate::labpreflight::parse(&serial.lines, json.as_ref());
+            let good = preflight.as_ref().is_some_and(|p| p.ok());
+            if !good && report.error.is_none() && report.booted {
+                report.error = Some(match &preflight {
+                    Some(p) => format!("the preflight is not what it must be: {}", p.summary()),
+                    None => "round 1 printed no preflight (`fastkexec trace --dry-run`)".into(),
+                });
+            }
+            report.ok &= good;
+            report.preflight = preflight;
+        }
         report.report_table = crate::labtrace::table(&serial.lines);
         report.report = json;
         report.trace = Some(check);
@@ -835,6 +850,7 @@ pub fn analyse(
         report: None,
         report_table: Vec::new(),
         trace: None,
+        preflight: None,
         chain: None,
         serial_log: log,
         error,

@@ -8,6 +8,7 @@ mod initramfs;
 mod kernels;
 mod lab;
 mod labchain;
+mod labpreflight;
 mod labtrace;
 mod setup;
 mod test;
