@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::clock::{self, Fit};
 use crate::ebpf::{PHASE_PROBES, REBOOT_FALLBACK};
 use crate::handoff::{self, BootFacts, Record, RecordError};
+use crate::load::LoadMode;
 use crate::phases::{self, Mark, MarkId, Tiling};
 use crate::{Error, Result};
 
@@ -169,6 +170,10 @@ pub struct RecordStatus {
     pub old_kernel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_boot_id: Option<String>,
+    /// How this kernel was loaded, as the record says
+    /// ([`Record::load_mode`]): `uncompressed` or `staged`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LoadMode>,
     pub events: usize,
     pub events_dropped: u64,
     /// Probe points attached as fentry/fexit, and as kprobe/kretprobe.
@@ -466,6 +471,7 @@ pub fn build(inp: &Inputs) -> Report {
         detail: None,
         old_kernel: None,
         old_boot_id: None,
+        mode: None,
         events: 0,
         events_dropped: 0,
         fentry: Vec::new(),
@@ -492,6 +498,7 @@ pub fn build(inp: &Inputs) -> Report {
             let fit = r.header.calib;
             status.old_kernel = Some(r.header.kernel_release.clone());
             status.old_boot_id = Some(handoff::format_uuid(&r.header.boot_id));
+            status.mode = r.load_mode();
             status.events = r.events.len();
             status.events_dropped = r.dropped;
             status.fentry = kind_names(r.header.attached & r.header.fentry);
@@ -871,9 +878,11 @@ impl fmt::Display for Report {
         match r.status {
             "ok" => writeln!(
                 f,
-                "kexec reboot {} → {}: record ok ({} events{}; probes: {} fentry/fexit, {} kprobe)",
+                "kexec reboot {} → {}{}: record ok ({} events{}; probes: {} fentry/fexit, {} \
+                 kprobe)",
                 r.old_kernel.as_deref().unwrap_or("?"),
                 self.new_kernel.as_deref().unwrap_or("?"),
+                r.mode.map(|m| format!(" ({m})")).unwrap_or_default(),
                 r.events,
                 if r.events_dropped > 0 {
                     format!(", {} dropped", r.events_dropped)
@@ -1121,6 +1130,9 @@ mod tests {
             r.total_ns
         );
         assert!(!r.unseen.iter().any(|u| u.phase == "trampoline"));
+        // An older tracer's record (no mode bits): the trampoline's stamps say staged.
+        assert_eq!(r.record.mode, Some(LoadMode::Staged));
+        assert!(r.to_string().contains(" (staged): record ok"), "{r}");
     }
 
     #[test]
@@ -1159,6 +1171,7 @@ mod tests {
     fn full_report_tiles_from_request_to_the_init_mark() {
         let r = build(&inputs(Ok(good_record(&events()))));
         assert!(r.has_record(), "{:?}", r.record);
+        assert_eq!(r.record.mode, Some(LoadMode::Uncompressed));
         let sum: u64 = r.phases.iter().map(|p| p.duration_ns).sum();
         assert_eq!(sum, r.total_ns);
         // Request at mono 5 ms, init mark at mono 15 ms + 320 ms.
