@@ -305,11 +305,13 @@ is its own `unattributed` phase. The user-space mark is the moment report runs, 
 it starts). The new kernel's phases are placed on the TSC through a line report writes to
 /dev/kmsg (its printk stamp against rdtsc).
 
-Phases, in order: userspace shutdown, reboot syscall, reboot notifiers, device shutdown, cpu
-migration, syscore shutdown, machine shutdown, relocation (from the moment the machine_kexec
-probe returned), trampoline (staged loads: the check of the staged image and the jump),
-purgatory, kernel early boot (to the new kernel's clock zero), kernel boot (to `Run /init`),
-user space. A step this kernel did not take is listed under `not on the timeline` with why.
+Phases, in order, by the machine names --json and every export use (the text table spells
+them with spaces): userspace_shutdown, reboot_syscall, reboot_notifiers, device_shutdown,
+cpu_migration, syscore_shutdown, machine_shutdown, relocation (from the moment the
+machine_kexec probe returned), trampoline (staged loads: the check of the staged image and the
+jump), purgatory, kernel_early_boot (to the new kernel's clock zero), kernel_boot (to
+`Run /init`), user_space; and unattributed. A step this kernel did not take is listed under
+`not on the timeline` with why.
 
 The record is validated whole (magic, version, length, checksums, and that it was written by
 the boot that started this kernel); a missing, torn or stale record is reported as such, only
@@ -317,7 +319,8 @@ this kernel's own phases are shown, and the exit status is 2. With a record, the
 into the histograms in --state-dir (see `fastkexec export`).
 
 JSON: phases (name, start_ns, duration_ns, share, note), total_ns (= the sum of the phases),
-spans, devices, notifiers, unseen, record, clock.";
+spans, devices, notifiers, unseen, record (with mode: uncompressed or staged, as the record
+says), clock.";
 
 const EXPORT_AFTER_HELP: &str = "\
 The histograms are the ones `fastkexec report` folds each boot into (one HdrHistogram per

@@ -190,6 +190,8 @@ pub struct RecordStatus {
 /// A phase with its share of the total.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportPhase {
+    /// The machine name ([`phases::PhaseDef::id`], or `unattributed`); the text table shows
+    /// [`phases::label`].
     pub name: String,
     pub start_ns: u64,
     pub duration_ns: u64,
@@ -922,7 +924,7 @@ impl fmt::Display for Report {
                 ms(p.start_ns),
                 ms(p.duration_ns),
                 p.share * 100.0,
-                p.name
+                phases::label(&p.name)
             )?;
             if let Some(n) = &p.note {
                 write!(f, "  ({n})")?;
@@ -983,7 +985,7 @@ impl fmt::Display for Report {
             writeln!(f)?;
             writeln!(f, "not on the timeline:")?;
             for u in &self.unseen {
-                writeln!(f, "  {}: {}", u.phase, u.why)?;
+                writeln!(f, "  {}: {}", phases::label(&u.phase), u.why)?;
             }
         }
         if r.tracer_self_ns > 0 {
@@ -1178,17 +1180,17 @@ mod tests {
         assert_eq!(r.total_ns, 330_000_000);
         assert_eq!(r.end.kind, "kmsg");
         let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
-        assert_eq!(get("userspace shutdown"), Some(1_000_000));
-        assert_eq!(get("device shutdown"), Some(3_000_000));
+        assert_eq!(get("userspace_shutdown"), Some(1_000_000));
+        assert_eq!(get("device_shutdown"), Some(3_000_000));
         assert_eq!(get("relocation"), Some(900_000));
         assert_eq!(get("purgatory"), Some(500_000));
-        assert_eq!(get("kernel early boot"), Some(1_500_000));
-        assert_eq!(get("kernel boot"), Some(300_000_000));
-        assert_eq!(get("user space"), Some(20_000_000));
+        assert_eq!(get("kernel_early_boot"), Some(1_500_000));
+        assert_eq!(get("kernel_boot"), Some(300_000_000));
+        assert_eq!(get("user_space"), Some(20_000_000));
         assert!(r
             .unseen
             .iter()
-            .any(|u| u.phase == "syscore shutdown" && u.why.contains("not called")));
+            .any(|u| u.phase == "syscore_shutdown" && u.why.contains("not called")));
         assert_eq!(r.spans.to_run_init_ns, Some(310_000_000));
         assert_eq!(r.spans.old_kernel_ns, Some(7_100_000));
         assert_eq!(r.spans.kexec_to_purgatory_ns, Some(900_000));
@@ -1207,7 +1209,7 @@ mod tests {
         assert_eq!(r.notifiers[0].duration_ns, 500_000);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["total_ns"], 330_000_000u64);
-        assert_eq!(json["phases"][0]["name"], "userspace shutdown");
+        assert_eq!(json["phases"][0]["name"], "userspace_shutdown");
         assert!(json["phases"][0]["start_ns"].is_u64());
         let table = r.to_string();
         assert!(table.contains("device shutdown"), "{table}");
@@ -1232,9 +1234,9 @@ mod tests {
         assert!(!r.has_record());
         assert_eq!(r.record.status, "missing");
         let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["kernel boot", "user space"]);
+        assert_eq!(names, ["kernel_boot", "user_space"]);
         assert_eq!(r.total_ns, 320_000_000);
-        assert!(r.unseen.iter().any(|u| u.phase == "device shutdown"));
+        assert!(r.unseen.iter().any(|u| u.phase == "device_shutdown"));
         assert!(r.to_string().contains("only this kernel's own phases"));
     }
 
@@ -1251,7 +1253,7 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("earlier reboot"));
-        assert!(r.phases.iter().all(|p| p.name != "device shutdown"));
+        assert!(r.phases.iter().all(|p| p.name != "device_shutdown"));
         // A purgatory jump long before this kernel's clock started.
         let h = header(2);
         let far = parse(&nodes(&pages(
@@ -1297,8 +1299,8 @@ mod tests {
         );
         let r = build(&i);
         let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
-        assert_eq!(get("kernel early boot"), Some(500_000));
-        assert_eq!(get("kernel boot"), Some(301_000_000));
+        assert_eq!(get("kernel_early_boot"), Some(500_000));
+        assert_eq!(get("kernel_boot"), Some(301_000_000));
         let sum: u64 = r.phases.iter().map(|p| p.duration_ns).sum();
         assert_eq!(sum, r.total_ns);
         assert!(r.notes.iter().all(|n| !n.contains("Marking stable")));
