@@ -1003,7 +1003,7 @@ impl fmt::Display for Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::handoff::tests::{
         ev, header, nodes, pages, with_last_exit, with_trampoline, OLD_BOOT,
@@ -1013,7 +1013,7 @@ mod tests {
 
     /// TSC at 2 GHz; CLOCK_MONOTONIC ns n ↔ TSC 10_000_000 + 2(n - 5_000_000)
     /// (the fit of `header()`).
-    fn tsc(mono_ns: u64) -> u64 {
+    pub(crate) fn tsc(mono_ns: u64) -> u64 {
         10_000_000 + 2 * (mono_ns - 5_000_000)
     }
 
@@ -1027,7 +1027,7 @@ mod tests {
     }
 
     /// A 6.1-like reboot: request at mono 5 ms, reboot(2) +1 ms, ... .
-    fn events() -> Vec<Event> {
+    pub(crate) fn events() -> Vec<Event> {
         let ms = 1_000_000;
         vec![
             ev(EventKind::REBOOT_ENTER, 6 * ms, 1, b"fastkexec"),
@@ -1063,7 +1063,7 @@ mod tests {
         ]
     }
 
-    fn inputs(record: std::result::Result<Record, RecordError>) -> Inputs {
+    pub(crate) fn inputs(record: std::result::Result<Record, RecordError>) -> Inputs {
         let ms = 2_000_000; // ticks per ms
                             // Purgatory at mono 13 ms .. 13.5 ms; the new kernel's clock zero at
                             // mono 15 ms; Run /init at printk 300 ms; the init's mark at 320 ms;
