@@ -52,31 +52,46 @@ impl Format {
 /// The file `write_textfile` writes: node_exporter's textfile collector reads `*.prom`.
 pub const TEXTFILE_NAME: &str = "fastkexec.prom";
 
-/// Upper bounds (`le`) of the Prometheus buckets, in ns: 10 µs (a purgatory that hashes
-/// nothing) to 100 s (a slow shutdown), 1-2.5-5 per decade.
+/// Upper bounds (`le`) of the Prometheus buckets, in ns: 1-2-5 per decade from 1 µs to 1000 s
+/// (28 buckets and `+Inf`).
+///
+/// The phases span nine decades: a staged relocation takes ~50 µs and a purgatory that hashes
+/// nothing ~0.1 ms, a device shutdown or the kernel's relocation copy milliseconds to hundreds
+/// of milliseconds, user space tens of seconds, a stuck shutdown minutes. 1-2-5 gives every
+/// decade three buckets (a bound at most 2.5× the one before), so `histogram_quantile` stays
+/// within one such step anywhere in the range, and the bounds stay the round numbers people
+/// read on a dashboard. Below 1 µs nothing is measured (the clocks' resolution); above 1000 s
+/// (16.7 min) only `+Inf`. The HdrHistogram underneath tracks 1 ns ..= 1 day at 3
+/// significant digits, so every bound is resolved to 0.1 % or better (exactly below 2048 ns).
 pub const BUCKET_BOUNDS_NS: &[u64] = &[
+    1_000,
+    2_000,
+    5_000,
     10_000,
-    25_000,
+    20_000,
     50_000,
     100_000,
-    250_000,
+    200_000,
     500_000,
     1_000_000,
-    2_500_000,
+    2_000_000,
     5_000_000,
     10_000_000,
-    25_000_000,
+    20_000_000,
     50_000_000,
     100_000_000,
-    250_000_000,
+    200_000_000,
     500_000_000,
     1_000_000_000,
-    2_500_000_000,
+    2_000_000_000,
     5_000_000_000,
     10_000_000_000,
-    25_000_000_000,
+    20_000_000_000,
     50_000_000_000,
     100_000_000_000,
+    200_000_000_000,
+    500_000_000_000,
+    1_000_000_000_000,
 ];
 
 /// The state in `format`.
@@ -664,7 +679,7 @@ mod tests {
             value(
                 &text,
                 "fastkexec_phase_duration_seconds_bucket",
-                "phase=\"device_shutdown\",le=\"0.025\""
+                "phase=\"device_shutdown\",le=\"0.02\""
             ),
             "3"
         );
@@ -705,6 +720,46 @@ mod tests {
             value(&text, "fastkexec_last_reboot_info", "mode=\"uncompressed\""),
             "1"
         );
+    }
+
+    #[test]
+    fn buckets_run_1_2_5_from_a_microsecond_to_1000_seconds_inside_the_hdr_range() {
+        assert_eq!(BUCKET_BOUNDS_NS.len(), 28);
+        assert_eq!(BUCKET_BOUNDS_NS[0], 1_000);
+        assert_eq!(BUCKET_BOUNDS_NS[27], 1_000_000_000_000);
+        for (i, b) in BUCKET_BOUNDS_NS.iter().enumerate() {
+            let decade = 10u64.pow(3 + i as u32 / 3);
+            assert_eq!(*b, [1, 2, 5][i % 3] * decade, "bound {i}");
+        }
+        let le: Vec<String> = BUCKET_BOUNDS_NS.iter().map(|b| seconds(*b)).collect();
+        assert_eq!(&le[..4], ["0.000001", "0.000002", "0.000005", "0.00001"]);
+        assert_eq!(&le[25..], ["200.0", "500.0", "1000.0"]);
+        // The histogram under the buckets: every bound inside its range, and resolved to
+        // 0.1 % (exactly up to 2048 ns, where the first bounds lie).
+        let mut st = State::new();
+        st.fold(&Boot {
+            boot_id: "a".into(),
+            phases: vec![Phase::new("p", 1)],
+            total_ns: 1,
+            reboot_unix_ns: 0,
+            mode: String::new(),
+        })
+        .unwrap();
+        let h = st.phase("p").unwrap().histogram();
+        assert_eq!(h.low(), 1);
+        assert!(h.high() >= crate::histogram::MAX_DURATION_NS);
+        assert_eq!(h.sigfig(), SIGNIFICANT_DIGITS);
+        assert!(crate::histogram::MAX_DURATION_NS > *BUCKET_BOUNDS_NS.last().unwrap());
+        for b in BUCKET_BOUNDS_NS {
+            let width = h.highest_equivalent(*b) - h.lowest_equivalent(*b);
+            assert!(
+                width * 1000 <= *b,
+                "le={b}: HdrHistogram bucket {width} ns wide"
+            );
+            if *b < 2048 {
+                assert_eq!(width, 0, "le={b}");
+            }
+        }
     }
 
     #[test]
