@@ -324,15 +324,20 @@ says), clock.";
 
 const EXPORT_AFTER_HELP: &str = "\
 The histograms are the ones `fastkexec report` folds each boot into (one HdrHistogram per
-phase, nanoseconds, 3 significant digits) in --state-dir.
+phase, 1 ns to 1 day, 3 significant digits) in --state-dir. A phase has one name in every
+format: its machine name (kernel_early_boot), the `phase` label, the JSON name and the
+interval-log tag alike. The Prometheus buckets run 1-2-5 per decade from 1 µs to 1000 s
+(le=\"0.000001\" ... le=\"1000.0\", then +Inf). fastkexec_last_reboot_info{mode} is the mode
+the trace record carries (uncompressed or staged).
 
 Formats: prometheus (text 0.0.4: histogram fastkexec_phase_duration_seconds{phase}, histogram
 fastkexec_reboot_duration_seconds, counter fastkexec_reboots_total, gauges
 fastkexec_last_reboot_phase_seconds{phase}, fastkexec_last_reboot_total_seconds,
 fastkexec_last_reboot_timestamp_seconds, fastkexec_last_reboot_info{mode},
 fastkexec_state_corrupt_files); openmetrics (the same in OpenMetrics 1.0, ending in # EOF);
-json; hdr-log (HdrHistogram interval log 1.3, one line per phase tagged with its name, for
-merging across machines with any HdrHistogram log reader).
+json; hdr-log (HdrHistogram interval log 1.3, written by the hdrhistogram crate's writer: one
+line per phase tagged with its name and one tagged total, for merging across machines with any
+HdrHistogram log reader).
 
 --textfile-dir writes fastkexec.prom for node_exporter's textfile collector (a temporary file
 renamed into place); --output writes any format to a file the same way; without either the

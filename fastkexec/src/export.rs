@@ -1,13 +1,17 @@
 //! The reboot histograms in the formats monitoring reads: Prometheus text (also for
 //! node_exporter's textfile collector), OpenMetrics, JSON, and the HdrHistogram interval log.
 //!
+//! Every format names a phase the same way: its machine name ([`crate::phases::PhaseDef::id`],
+//! e.g. `kernel_early_boot`) as the `phase` label, the JSON `name` and the interval-log tag.
+//!
 //! Metric families (Prometheus names; OpenMetrics names the counter family without `_total`):
 //! - `fastkexec_phase_duration_seconds{phase}`: histogram, one per phase, every reboot folded;
 //! - `fastkexec_reboot_duration_seconds`: histogram of whole reboots (request → user space up);
 //! - `fastkexec_reboots_total`: counter, reboots folded;
 //! - `fastkexec_last_reboot_phase_seconds{phase}`, `fastkexec_last_reboot_total_seconds`,
 //!   `fastkexec_last_reboot_timestamp_seconds`: gauges, the last reboot folded;
-//! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded;
+//! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded (from the
+//!   trace record: `uncompressed` or `staged`);
 //! - `fastkexec_state_corrupt_files`: gauge, corrupt state files moved aside (alert on > 0).
 //!
 //! Bucket counts come from the HdrHistogram: a value counts toward `le` when its whole
@@ -17,6 +21,10 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
 
 use serde::Serialize;
 
@@ -477,79 +485,48 @@ pub fn hdr_log_tag(name: &str) -> String {
         .collect()
 }
 
-/// Seconds with millisecond precision, as interval logs write them.
-fn log_seconds(ns: u64) -> String {
-    format!(
-        "{}.{:03}",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1_000_000
-    )
-}
-
+/// The interval log, written by the hdrhistogram crate's `IntervalLogWriter` (the Java
+/// `HistogramLogWriter`'s format): one interval, from the state's creation to its last update,
+/// with one tagged histogram per phase and one for whole reboots. Interval_Max is in ms
+/// (`#[MaxValueDivisor: 1000000.000]`), the histograms in ns.
 fn hdr_log(state: &State) -> Result<String> {
-    let start = state.created_unix_ns();
-    let length = state.updated_unix_ns().saturating_sub(start);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "#[fastkexec reboot phase durations, {} reboots: values in nanoseconds, Interval_Max in \
-         milliseconds; Tag=<phase>, Tag={HDR_LOG_TOTAL_TAG} for whole reboots]",
-        state.boots()
+    let fail = |e: &dyn std::fmt::Debug| Error::HistogramEncode {
+        what: "the interval log".into(),
+        problem: format!("{e:?}"),
+    };
+    let start = UNIX_EPOCH + Duration::from_nanos(state.created_unix_ns());
+    let length = Duration::from_nanos(
+        state
+            .updated_unix_ns()
+            .saturating_sub(state.created_unix_ns()),
     );
-    out.push_str("#[Histogram log format version 1.3]\n");
-    let _ = writeln!(
-        out,
-        "#[StartTime: {} (seconds since epoch), {}]",
-        log_seconds(start),
-        utc_date(start / 1_000_000_000)
-    );
-    let _ = writeln!(
-        out,
-        "#[BaseTime: {} (seconds since epoch)]",
-        log_seconds(start)
-    );
-    out.push_str(
-        "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
-    );
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let mut builder = IntervalLogWriterBuilder::new();
+    builder
+        .add_comment(&format!(
+            "[fastkexec reboot phase durations, {} reboots: values in nanoseconds; Tag=<phase>, \
+             Tag={HDR_LOG_TOTAL_TAG} for whole reboots]",
+            state.boots()
+        ))
+        .add_comment("[Histogram log format version 1.3]")
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1e6);
+    let mut log = builder
+        .begin_log_with(&mut out, &mut serializer)
+        .map_err(|e| fail(&e))?;
     let lines = state
         .phases()
         .iter()
         .map(|p| (hdr_log_tag(p.name()), p))
         .chain(state.total().map(|t| (HDR_LOG_TOTAL_TAG.to_string(), t)));
     for (tag, h) in lines {
-        let hist = h.histogram();
-        // Interval_Max in ms, as Java's HistogramLogWriter writes ns histograms by default.
-        let _ = writeln!(
-            out,
-            "Tag={tag},0.000,{},{:.3},{}",
-            log_seconds(length),
-            hist.max() as f64 / 1e6,
-            encode_histogram(hist, h.name())?
-        );
+        let tag = Tag::new(&tag).ok_or_else(|| fail(&format!("tag {tag:?}")))?;
+        log.write_histogram(h.histogram(), Duration::ZERO, length, Some(tag))
+            .map_err(|e| fail(&e))?;
     }
-    Ok(out)
-}
-
-/// `secs` since the epoch as an ISO 8601 UTC date (days to civil date: Howard Hinnant's
-/// algorithm).
-fn utc_date(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    String::from_utf8(out).map_err(|e| fail(&e))
 }
 
 #[cfg(test)]
@@ -919,17 +896,14 @@ mod tests {
             }
         }
         assert_eq!(tags, ["kernel_init", "x_y", "total"]);
-        assert_eq!(
-            base.unwrap().as_millis() as u64,
-            st.created_unix_ns() / 1_000_000
+        // Interval logs keep milliseconds: the writer rounds the creation time to one.
+        let base_ns = base.unwrap().as_nanos() as u64;
+        assert!(
+            base_ns.abs_diff(st.created_unix_ns()) <= 500_000,
+            "{base_ns} vs {}",
+            st.created_unix_ns()
         );
-    }
-
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(utc_date(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_date(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc_date(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert!(log.contains("\n#[MaxValueDivisor: 1000000.000]\n"), "{log}");
     }
 
     #[test]
