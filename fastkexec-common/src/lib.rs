@@ -90,6 +90,20 @@ pub mod flags {
     pub const FOLLOW: u32 = 2;
     /// Device names came from BTF offsets (else device events carry no names).
     pub const DEVICE_NAMES: u32 = 4;
+    /// Bits 3..=4: how the next kernel was loaded, one of the `LOAD_*` values.
+    ///
+    /// Added without a [`RECORD_VERSION`](super::RECORD_VERSION) bump: `flags`
+    /// is covered by the header checksum, readers have always ignored bits
+    /// they do not know, and records written before these bits existed read
+    /// as [`LOAD_UNKNOWN`] (the header page's unused tail could not take a new
+    /// field: readers refuse a record whose tail is not zero).
+    pub const LOAD_MASK: u32 = 3 << 3;
+    /// The writer did not say (an older fastkexec).
+    pub const LOAD_UNKNOWN: u32 = 0;
+    /// `load --mode uncompressed`.
+    pub const LOAD_UNCOMPRESSED: u32 = 1 << 3;
+    /// `load --mode staged`.
+    pub const LOAD_STAGED: u32 = 2 << 3;
 }
 
 /// What an [`Event`] marks on the reboot timeline.
@@ -531,6 +545,20 @@ mod tests {
         assert_eq!(size_of::<NotifierSym>(), 64);
         // The purgatory writes 32 bytes at an 8-aligned address.
         assert_eq!(OFF_PURGATORY % 8, 0);
+    }
+
+    #[test]
+    fn flag_bits_are_pinned_and_disjoint() {
+        use flags::*;
+        assert_eq!(
+            [REQUEST_STAMPED, FOLLOW, DEVICE_NAMES, LOAD_MASK],
+            [1, 2, 4, 0x18]
+        );
+        assert_eq!((LOAD_UNCOMPRESSED, LOAD_STAGED), (0x08, 0x10));
+        assert_eq!(LOAD_MASK & (REQUEST_STAMPED | FOLLOW | DEVICE_NAMES), 0);
+        for v in [LOAD_UNKNOWN, LOAD_UNCOMPRESSED, LOAD_STAGED] {
+            assert_eq!(v & !LOAD_MASK, 0);
+        }
     }
 
     #[test]

@@ -312,11 +312,13 @@ is its own `unattributed` phase. The user-space mark is the moment report runs, 
 it starts). The new kernel's phases are placed on the TSC through a line report writes to
 /dev/kmsg (its printk stamp against rdtsc).
 
-Phases, in order: userspace shutdown, reboot syscall, reboot notifiers, device shutdown, cpu
-migration, syscore shutdown, machine shutdown, relocation (from the moment the machine_kexec
-probe returned), trampoline (staged loads: the check of the staged image and the jump),
-purgatory, kernel early boot (to the new kernel's clock zero), kernel boot (to `Run /init`),
-user space. A step this kernel did not take is listed under `not on the timeline` with why.
+Phases, in order, by the machine names --json and every export use (the text table spells
+them with spaces): userspace_shutdown, reboot_syscall, reboot_notifiers, device_shutdown,
+cpu_migration, syscore_shutdown, machine_shutdown, relocation (from the moment the
+machine_kexec probe returned), trampoline (staged loads: the check of the staged image and the
+jump), purgatory, kernel_early_boot (to the new kernel's clock zero), kernel_boot (to
+`Run /init`), user_space; and unattributed. A step this kernel did not take is listed under
+`not on the timeline` with why.
 
 The record is validated whole (magic, version, length, checksums, and that it was written by
 the boot that started this kernel); a missing, torn or stale record is reported as such, only
@@ -324,19 +326,25 @@ this kernel's own phases are shown, and the exit status is 2. With a record, the
 into the histograms in --state-dir (see `fastkexec export`).
 
 JSON: phases (name, start_ns, duration_ns, share, note), total_ns (= the sum of the phases),
-spans, devices, notifiers, unseen, record, clock.";
+spans, devices, notifiers, unseen, record (with mode: uncompressed or staged, as the record
+says), clock.";
 
 const EXPORT_AFTER_HELP: &str = "\
 The histograms are the ones `fastkexec report` folds each boot into (one HdrHistogram per
-phase, nanoseconds, 3 significant digits) in --state-dir.
+phase, 1 ns to 1 day, 3 significant digits) in --state-dir. A phase has one name in every
+format: its machine name (kernel_early_boot), the `phase` label, the JSON name and the
+interval-log tag alike. The Prometheus buckets run 1-2-5 per decade from 1 µs to 1000 s
+(le=\"0.000001\" ... le=\"1000.0\", then +Inf). fastkexec_last_reboot_info{mode} is the mode
+the trace record carries (uncompressed or staged).
 
 Formats: prometheus (text 0.0.4: histogram fastkexec_phase_duration_seconds{phase}, histogram
 fastkexec_reboot_duration_seconds, counter fastkexec_reboots_total, gauges
 fastkexec_last_reboot_phase_seconds{phase}, fastkexec_last_reboot_total_seconds,
 fastkexec_last_reboot_timestamp_seconds, fastkexec_last_reboot_info{mode},
 fastkexec_state_corrupt_files); openmetrics (the same in OpenMetrics 1.0, ending in # EOF);
-json; hdr-log (HdrHistogram interval log 1.3, one line per phase tagged with its name, for
-merging across machines with any HdrHistogram log reader).
+json; hdr-log (HdrHistogram interval log 1.3, written by the hdrhistogram crate's writer: one
+line per phase tagged with its name and one tagged total, for merging across machines with any
+HdrHistogram log reader).
 
 --textfile-dir writes fastkexec.prom for node_exporter's textfile collector (a temporary file
 renamed into place); --output writes any format to a file the same way; without either the

@@ -1,13 +1,17 @@
 //! The reboot histograms in the formats monitoring reads: Prometheus text (also for
 //! node_exporter's textfile collector), OpenMetrics, JSON, and the HdrHistogram interval log.
 //!
+//! Every format names a phase the same way: its machine name ([`crate::phases::PhaseDef::id`],
+//! e.g. `kernel_early_boot`) as the `phase` label, the JSON `name` and the interval-log tag.
+//!
 //! Metric families (Prometheus names; OpenMetrics names the counter family without `_total`):
 //! - `fastkexec_phase_duration_seconds{phase}`: histogram, one per phase, every reboot folded;
 //! - `fastkexec_reboot_duration_seconds`: histogram of whole reboots (request → user space up);
 //! - `fastkexec_reboots_total`: counter, reboots folded;
 //! - `fastkexec_last_reboot_phase_seconds{phase}`, `fastkexec_last_reboot_total_seconds`,
 //!   `fastkexec_last_reboot_timestamp_seconds`: gauges, the last reboot folded;
-//! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded;
+//! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded (from the
+//!   trace record: `uncompressed` or `staged`);
 //! - `fastkexec_state_corrupt_files`: gauge, corrupt state files moved aside (alert on > 0).
 //!
 //! Bucket counts come from the HdrHistogram: a value counts toward `le` when its whole
@@ -17,6 +21,10 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
 
 use serde::Serialize;
 
@@ -52,31 +60,46 @@ impl Format {
 /// The file `write_textfile` writes: node_exporter's textfile collector reads `*.prom`.
 pub const TEXTFILE_NAME: &str = "fastkexec.prom";
 
-/// Upper bounds (`le`) of the Prometheus buckets, in ns: 10 µs (a purgatory that hashes
-/// nothing) to 100 s (a slow shutdown), 1-2.5-5 per decade.
+/// Upper bounds (`le`) of the Prometheus buckets, in ns: 1-2-5 per decade from 1 µs to 1000 s
+/// (28 buckets and `+Inf`).
+///
+/// The phases span nine decades: a staged relocation takes ~50 µs and a purgatory that hashes
+/// nothing ~0.1 ms, a device shutdown or the kernel's relocation copy milliseconds to hundreds
+/// of milliseconds, user space tens of seconds, a stuck shutdown minutes. 1-2-5 gives every
+/// decade three buckets (a bound at most 2.5× the one before), so `histogram_quantile` stays
+/// within one such step anywhere in the range, and the bounds stay the round numbers people
+/// read on a dashboard. Below 1 µs nothing is measured (the clocks' resolution); above 1000 s
+/// (16.7 min) only `+Inf`. The HdrHistogram underneath tracks 1 ns ..= 1 day at 3
+/// significant digits, so every bound is resolved to 0.1 % or better (exactly below 2048 ns).
 pub const BUCKET_BOUNDS_NS: &[u64] = &[
+    1_000,
+    2_000,
+    5_000,
     10_000,
-    25_000,
+    20_000,
     50_000,
     100_000,
-    250_000,
+    200_000,
     500_000,
     1_000_000,
-    2_500_000,
+    2_000_000,
     5_000_000,
     10_000_000,
-    25_000_000,
+    20_000_000,
     50_000_000,
     100_000_000,
-    250_000_000,
+    200_000_000,
     500_000_000,
     1_000_000_000,
-    2_500_000_000,
+    2_000_000_000,
     5_000_000_000,
     10_000_000_000,
-    25_000_000_000,
+    20_000_000_000,
     50_000_000_000,
     100_000_000_000,
+    200_000_000_000,
+    500_000_000_000,
+    1_000_000_000_000,
 ];
 
 /// The state in `format`.
@@ -462,79 +485,48 @@ pub fn hdr_log_tag(name: &str) -> String {
         .collect()
 }
 
-/// Seconds with millisecond precision, as interval logs write them.
-fn log_seconds(ns: u64) -> String {
-    format!(
-        "{}.{:03}",
-        ns / 1_000_000_000,
-        (ns % 1_000_000_000) / 1_000_000
-    )
-}
-
+/// The interval log, written by the hdrhistogram crate's `IntervalLogWriter` (the Java
+/// `HistogramLogWriter`'s format): one interval, from the state's creation to its last update,
+/// with one tagged histogram per phase and one for whole reboots. Interval_Max is in ms
+/// (`#[MaxValueDivisor: 1000000.000]`), the histograms in ns.
 fn hdr_log(state: &State) -> Result<String> {
-    let start = state.created_unix_ns();
-    let length = state.updated_unix_ns().saturating_sub(start);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "#[fastkexec reboot phase durations, {} reboots: values in nanoseconds, Interval_Max in \
-         milliseconds; Tag=<phase>, Tag={HDR_LOG_TOTAL_TAG} for whole reboots]",
-        state.boots()
+    let fail = |e: &dyn std::fmt::Debug| Error::HistogramEncode {
+        what: "the interval log".into(),
+        problem: format!("{e:?}"),
+    };
+    let start = UNIX_EPOCH + Duration::from_nanos(state.created_unix_ns());
+    let length = Duration::from_nanos(
+        state
+            .updated_unix_ns()
+            .saturating_sub(state.created_unix_ns()),
     );
-    out.push_str("#[Histogram log format version 1.3]\n");
-    let _ = writeln!(
-        out,
-        "#[StartTime: {} (seconds since epoch), {}]",
-        log_seconds(start),
-        utc_date(start / 1_000_000_000)
-    );
-    let _ = writeln!(
-        out,
-        "#[BaseTime: {} (seconds since epoch)]",
-        log_seconds(start)
-    );
-    out.push_str(
-        "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
-    );
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let mut builder = IntervalLogWriterBuilder::new();
+    builder
+        .add_comment(&format!(
+            "[fastkexec reboot phase durations, {} reboots: values in nanoseconds; Tag=<phase>, \
+             Tag={HDR_LOG_TOTAL_TAG} for whole reboots]",
+            state.boots()
+        ))
+        .add_comment("[Histogram log format version 1.3]")
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1e6);
+    let mut log = builder
+        .begin_log_with(&mut out, &mut serializer)
+        .map_err(|e| fail(&e))?;
     let lines = state
         .phases()
         .iter()
         .map(|p| (hdr_log_tag(p.name()), p))
         .chain(state.total().map(|t| (HDR_LOG_TOTAL_TAG.to_string(), t)));
     for (tag, h) in lines {
-        let hist = h.histogram();
-        // Interval_Max in ms, as Java's HistogramLogWriter writes ns histograms by default.
-        let _ = writeln!(
-            out,
-            "Tag={tag},0.000,{},{:.3},{}",
-            log_seconds(length),
-            hist.max() as f64 / 1e6,
-            encode_histogram(hist, h.name())?
-        );
+        let tag = Tag::new(&tag).ok_or_else(|| fail(&format!("tag {tag:?}")))?;
+        log.write_histogram(h.histogram(), Duration::ZERO, length, Some(tag))
+            .map_err(|e| fail(&e))?;
     }
-    Ok(out)
-}
-
-/// `secs` since the epoch as an ISO 8601 UTC date (days to civil date: Howard Hinnant's
-/// algorithm).
-fn utc_date(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    String::from_utf8(out).map_err(|e| fail(&e))
 }
 
 #[cfg(test)]
@@ -664,7 +656,7 @@ mod tests {
             value(
                 &text,
                 "fastkexec_phase_duration_seconds_bucket",
-                "phase=\"device_shutdown\",le=\"0.025\""
+                "phase=\"device_shutdown\",le=\"0.02\""
             ),
             "3"
         );
@@ -705,6 +697,46 @@ mod tests {
             value(&text, "fastkexec_last_reboot_info", "mode=\"uncompressed\""),
             "1"
         );
+    }
+
+    #[test]
+    fn buckets_run_1_2_5_from_a_microsecond_to_1000_seconds_inside_the_hdr_range() {
+        assert_eq!(BUCKET_BOUNDS_NS.len(), 28);
+        assert_eq!(BUCKET_BOUNDS_NS[0], 1_000);
+        assert_eq!(BUCKET_BOUNDS_NS[27], 1_000_000_000_000);
+        for (i, b) in BUCKET_BOUNDS_NS.iter().enumerate() {
+            let decade = 10u64.pow(3 + i as u32 / 3);
+            assert_eq!(*b, [1, 2, 5][i % 3] * decade, "bound {i}");
+        }
+        let le: Vec<String> = BUCKET_BOUNDS_NS.iter().map(|b| seconds(*b)).collect();
+        assert_eq!(&le[..4], ["0.000001", "0.000002", "0.000005", "0.00001"]);
+        assert_eq!(&le[25..], ["200.0", "500.0", "1000.0"]);
+        // The histogram under the buckets: every bound inside its range, and resolved to
+        // 0.1 % (exactly up to 2048 ns, where the first bounds lie).
+        let mut st = State::new();
+        st.fold(&Boot {
+            boot_id: "a".into(),
+            phases: vec![Phase::new("p", 1)],
+            total_ns: 1,
+            reboot_unix_ns: 0,
+            mode: String::new(),
+        })
+        .unwrap();
+        let h = st.phase("p").unwrap().histogram();
+        assert_eq!(h.low(), 1);
+        assert!(h.high() >= crate::histogram::MAX_DURATION_NS);
+        assert_eq!(h.sigfig(), SIGNIFICANT_DIGITS);
+        assert!(crate::histogram::MAX_DURATION_NS > *BUCKET_BOUNDS_NS.last().unwrap());
+        for b in BUCKET_BOUNDS_NS {
+            let width = h.highest_equivalent(*b) - h.lowest_equivalent(*b);
+            assert!(
+                width * 1000 <= *b,
+                "le={b}: HdrHistogram bucket {width} ns wide"
+            );
+            if *b < 2048 {
+                assert_eq!(width, 0, "le={b}");
+            }
+        }
     }
 
     #[test]
@@ -864,17 +896,14 @@ mod tests {
             }
         }
         assert_eq!(tags, ["kernel_init", "x_y", "total"]);
-        assert_eq!(
-            base.unwrap().as_millis() as u64,
-            st.created_unix_ns() / 1_000_000
+        // Interval logs keep milliseconds: the writer rounds the creation time to one.
+        let base_ns = base.unwrap().as_nanos() as u64;
+        assert!(
+            base_ns.abs_diff(st.created_unix_ns()) <= 500_000,
+            "{base_ns} vs {}",
+            st.created_unix_ns()
         );
-    }
-
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(utc_date(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_date(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc_date(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert!(log.contains("\n#[MaxValueDivisor: 1000000.000]\n"), "{log}");
     }
 
     #[test]

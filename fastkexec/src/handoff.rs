@@ -45,6 +45,7 @@ use serde::Serialize;
 pub use fastkexec_common::SETUP_TYPE_TRACE;
 
 use crate::clock::Fit;
+use crate::load::LoadMode;
 use crate::{Error, Result};
 
 /// Bytes of one node's data (a page minus its setup_data header).
@@ -136,6 +137,35 @@ pub struct Record {
     /// `None` unless the kernel was staged and the trampoline copied its
     /// stamps.
     pub trampoline: Option<TrampolineStamps>,
+}
+
+impl Record {
+    /// How the kernel reading this record was loaded, as its header says
+    /// ([`fastkexec_common::flags::LOAD_MASK`]). A record from a fastkexec that
+    /// did not write the mode says it through what rode along: the staged
+    /// trampoline's stamps mean `staged`; otherwise `uncompressed`, the only
+    /// other mode a record rides in. `None` for a value no writer uses.
+    pub fn load_mode(&self) -> Option<LoadMode> {
+        use fastkexec_common::flags::{LOAD_MASK, LOAD_STAGED, LOAD_UNCOMPRESSED, LOAD_UNKNOWN};
+        match self.header.flags & LOAD_MASK {
+            LOAD_UNCOMPRESSED => Some(LoadMode::Uncompressed),
+            LOAD_STAGED => Some(LoadMode::Staged),
+            LOAD_UNKNOWN if self.trampoline.is_some() => Some(LoadMode::Staged),
+            LOAD_UNKNOWN => Some(LoadMode::Uncompressed),
+            _ => None,
+        }
+    }
+}
+
+/// The [`fastkexec_common::flags`] bits that tell the next kernel how it was
+/// loaded (none for file mode, whose kernel never receives the record).
+pub fn load_mode_flags(mode: LoadMode) -> u32 {
+    use fastkexec_common::flags::{LOAD_STAGED, LOAD_UNCOMPRESSED, LOAD_UNKNOWN};
+    match mode {
+        LoadMode::Uncompressed => LOAD_UNCOMPRESSED,
+        LoadMode::Staged => LOAD_STAGED,
+        LoadMode::File => LOAD_UNKNOWN,
+    }
 }
 
 /// Why a record cannot be used.
@@ -894,6 +924,46 @@ pub(crate) mod tests {
         let mut p = with_trampoline(pages(&h, &events, None), 1, 2);
         p[0][OFF_TRAMPOLINE] ^= 1;
         assert_eq!(parse(&nodes(&p)).unwrap().trampoline, None);
+    }
+
+    #[test]
+    fn the_load_mode_rides_in_the_flags_and_older_records_still_say_it() {
+        use fastkexec_common::flags::{LOAD_MASK, LOAD_STAGED, LOAD_UNCOMPRESSED};
+        let events = sample_events();
+        let with_flags = |extra: u32| HeaderInfo {
+            flags: header(3).flags | extra,
+            ..header(3)
+        };
+        let purgatory = Some((13_000_000, 13_100_000));
+        // Written by this fastkexec: the header says it (checksummed like every flag).
+        for (mode, bits) in [
+            (LoadMode::Uncompressed, LOAD_UNCOMPRESSED),
+            (LoadMode::Staged, LOAD_STAGED),
+        ] {
+            assert_eq!(load_mode_flags(mode), bits);
+            let h = with_flags(bits);
+            let p = encode_header(&h);
+            // Bits 3 and 4 of the little-endian flags word at byte 40.
+            assert_eq!(p[40] & 0x18, bits as u8);
+            let rec = parse(&nodes(&pages(&h, &events, purgatory))).unwrap();
+            assert_eq!(rec.load_mode(), Some(mode));
+        }
+        assert_eq!(load_mode_flags(LoadMode::File), 0);
+        // Written before the bits existed: the trampoline's stamps mean staged.
+        let old = header(3);
+        assert_eq!(old.flags & LOAD_MASK, 0);
+        let plain = parse(&nodes(&pages(&old, &events, purgatory))).unwrap();
+        assert_eq!(plain.load_mode(), Some(LoadMode::Uncompressed));
+        let staged = parse(&nodes(&with_trampoline(
+            pages(&old, &events, purgatory),
+            12_900_000,
+            12_950_000,
+        )))
+        .unwrap();
+        assert_eq!(staged.load_mode(), Some(LoadMode::Staged));
+        // A value no writer uses is not guessed.
+        let odd = parse(&nodes(&pages(&with_flags(LOAD_MASK), &events, purgatory))).unwrap();
+        assert_eq!(odd.load_mode(), None);
     }
 
     #[test]

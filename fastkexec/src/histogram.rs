@@ -359,6 +359,15 @@ impl State {
             }
             phases.push(h);
         }
+        let phases = canonical_names(phases, file.boots)?;
+        let mut last = file.last;
+        if let Some(l) = &mut last {
+            for p in &mut l.phases {
+                if let Some(id) = crate::phases::canonical_id(&p.name) {
+                    p.name = id.to_string();
+                }
+            }
+        }
         let total_count = total.as_ref().map_or(0, PhaseHistogram::count);
         if total_count != file.boots {
             return Err(Decode::Corrupt(format!(
@@ -366,7 +375,7 @@ impl State {
                 file.boots
             )));
         }
-        if file.last.is_some() != (file.boots > 0)
+        if last.is_some() != (file.boots > 0)
             || file.folded_boot_ids.is_empty() != (file.boots == 0)
             || file.folded_boot_ids.len() > REMEMBERED_BOOT_IDS
         {
@@ -376,7 +385,7 @@ impl State {
                 file.boots
             )));
         }
-        if let Some(last) = &file.last {
+        if let Some(last) = &last {
             validate(last).map_err(|e| Decode::Corrupt(format!("\"last\": {e}")))?;
         }
         Ok(State {
@@ -386,11 +395,47 @@ impl State {
             folded: file.folded_boot_ids.into(),
             phases,
             total,
-            last: file.last,
+            last,
             corrupt_files: 0,
             warnings: Vec::new(),
         })
     }
+}
+
+/// The histograms of a state under their phases' machine names: earlier fastkexec builds
+/// stored the names the text report shows (`"kernel early boot"`), this one stores
+/// `kernel_early_boot` ([`crate::phases::PhaseDef::id`]). A state folded by both holds two
+/// histograms of one phase: they are added (their boots are distinct, so the count stays at
+/// most `boots`), keeping the older creation time. Names of no known phase stay as they are.
+fn canonical_names(
+    phases: Vec<PhaseHistogram>,
+    boots: u64,
+) -> std::result::Result<Vec<PhaseHistogram>, Decode> {
+    let mut out: Vec<PhaseHistogram> = Vec::with_capacity(phases.len());
+    for mut h in phases {
+        if let Some(id) = crate::phases::canonical_id(&h.name) {
+            h.name = id.to_string();
+        }
+        match out.iter_mut().find(|o| o.name == h.name) {
+            None => out.push(h),
+            Some(o) => {
+                o.hist.add(&h.hist).map_err(|e| {
+                    Decode::Corrupt(format!("histograms of phase {:?}: {e:?}", h.name))
+                })?;
+                o.sum_ns = o.sum_ns.saturating_add(h.sum_ns);
+                o.created_unix_ns = o.created_unix_ns.min(h.created_unix_ns);
+                if o.count() > boots {
+                    return Err(Decode::Corrupt(format!(
+                        "phase {:?} holds {} values under its two names but {boots} boots \
+                         were folded",
+                        o.name,
+                        o.count()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Locks the state in `dir`, folds `boot` in and writes the state back if it changed: what
@@ -848,6 +893,66 @@ mod tests {
             assert_eq!(h.count_at(v), 1);
         }
         assert_eq!(st.phase("p").unwrap().sum_ns(), values.iter().sum::<u64>());
+    }
+
+    #[test]
+    fn names_an_earlier_build_stored_read_back_as_machine_names_and_merge() {
+        // Boot "a" as earlier builds folded it (the text report's names), boot "b" as this
+        // one does: one state holding both spellings of two phases.
+        let mut st = State::new();
+        let legacy = Boot {
+            phases: vec![
+                Phase::new("kernel early boot", 1_500_000),
+                Phase::new("device shutdown", 6_000_000),
+                Phase::new("kernel init", 7),
+            ],
+            ..boot("a", 1)
+        };
+        let current = Boot {
+            phases: vec![
+                Phase::new("device_shutdown", 9_000_000),
+                Phase::new("kernel_early_boot", 2_500_000),
+            ],
+            ..boot("b", 1)
+        };
+        st.fold(&legacy).unwrap();
+        st.fold(&current).unwrap();
+        assert_eq!(st.phases().len(), 5);
+        let back = State::from_json(&st.to_json().unwrap()).ok().unwrap();
+        let names: Vec<&str> = back.phases().iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            ["kernel_early_boot", "device_shutdown", "kernel init"]
+        );
+        let early = back.phase("kernel_early_boot").unwrap();
+        assert_eq!((early.count(), early.sum_ns()), (2, 4_000_000));
+        assert_eq!(
+            early.histogram().max(),
+            early.histogram().highest_equivalent(2_500_000)
+        );
+        let ds = back.phase("device_shutdown").unwrap();
+        assert_eq!((ds.count(), ds.sum_ns()), (2, 15_000_000));
+        assert_eq!(back.phase("kernel init").unwrap().count(), 1);
+        assert_eq!(back.boots(), 2);
+        // The last boot's figures are renamed too.
+        let legacy_last = State::from_json(&{
+            let mut one = State::new();
+            one.fold(&legacy).unwrap();
+            one.to_json().unwrap()
+        })
+        .ok()
+        .unwrap();
+        let last: Vec<&str> = legacy_last
+            .last()
+            .unwrap()
+            .phases
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            last,
+            ["kernel_early_boot", "device_shutdown", "kernel init"]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod ebpf;
 pub mod error;
 pub mod exec;
 pub mod export;
+pub mod fold;
 pub mod handoff;
 pub mod histogram;
 pub mod hostinfo;

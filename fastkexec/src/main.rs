@@ -219,47 +219,13 @@ fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
         return Err(ExitStatus(2, detail).into());
     }
     if !args.no_fold {
-        if let Err(e) = fold_report(&rep, root, &args.state_dir) {
+        if let Err(e) = fastkexec::fold::fold_report(&rep, root, &args.state_dir) {
             log::warn!(
                 "the reboot was not folded into {}: {e:#}",
                 args.state_dir.display()
             );
         }
     }
-    Ok(())
-}
-
-/// Folds a reported reboot into the histograms (`fastkexec export` reads them).
-fn fold_report(rep: &report::Report, root: &Path, dir: &Path) -> Result<()> {
-    let boot_id = fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
-        .context("reading this boot's id")?
-        .trim()
-        .to_string();
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    // The request was this long before report ran (past the end mark, if one was used).
-    let since_request = rep.spans.to_report_ns.unwrap_or(rep.total_ns);
-    // The timeline may name a phase more than once (gaps between probes are
-    // each "unattributed"); a histogram takes one sample per phase per boot.
-    let mut phases: Vec<(String, u64)> = Vec::new();
-    for p in &rep.phases {
-        match phases.iter_mut().find(|(n, _)| *n == p.name) {
-            Some((_, d)) => *d = d.saturating_add(p.duration_ns),
-            None => phases.push((p.name.clone(), p.duration_ns)),
-        }
-    }
-    let boot = fastkexec::histogram::Boot {
-        boot_id,
-        phases: phases
-            .into_iter()
-            .map(|(name, ns)| fastkexec::histogram::Phase::new(name, ns))
-            .collect(),
-        total_ns: rep.total_ns,
-        reboot_unix_ns: now_unix.saturating_sub(since_request),
-        mode: "uncompressed".into(),
-    };
-    fastkexec::histogram::fold_boot(dir, &boot)?;
     Ok(())
 }
 

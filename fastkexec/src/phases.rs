@@ -100,14 +100,28 @@ pub enum Mark {
 /// A phase of the timeline model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PhaseDef {
-    pub name: &'static str,
+    /// The phase's one machine name (snake_case): `report --json`, the histogram state, the
+    /// Prometheus/OpenMetrics `phase` label, the JSON export and the HdrHistogram-log tag.
+    pub id: &'static str,
+    /// Its name for people: the text report only.
+    pub label: &'static str,
     pub start: MarkId,
     /// Its own end mark (a return); `None`: it runs to the next phase's start.
     pub end: Option<MarkId>,
 }
 
-const fn def(name: &'static str, start: MarkId, end: Option<MarkId>) -> PhaseDef {
-    PhaseDef { name, start, end }
+const fn def(
+    id: &'static str,
+    label: &'static str,
+    start: MarkId,
+    end: Option<MarkId>,
+) -> PhaseDef {
+    PhaseDef {
+        id,
+        label,
+        start,
+        end,
+    }
 }
 
 /// The phases of a kexec reboot in timeline order (DESIGN.md §1; no
@@ -116,40 +130,89 @@ const fn def(name: &'static str, start: MarkId, end: Option<MarkId>) -> PhaseDef
 /// checks of the staged image and the jump) runs to the purgatory; otherwise
 /// the trampoline is not reached and `relocation` runs to the purgatory.
 pub const PHASES: [PhaseDef; 13] = [
-    def("userspace shutdown", MarkId::Request, None),
-    def("reboot syscall", MarkId::RebootEnter, None),
-    def("reboot notifiers", MarkId::KernelKexec, None),
     def(
+        "userspace_shutdown",
+        "userspace shutdown",
+        MarkId::Request,
+        None,
+    ),
+    def(
+        "reboot_syscall",
+        "reboot syscall",
+        MarkId::RebootEnter,
+        None,
+    ),
+    def(
+        "reboot_notifiers",
+        "reboot notifiers",
+        MarkId::KernelKexec,
+        None,
+    ),
+    def(
+        "device_shutdown",
         "device shutdown",
         MarkId::DeviceShutdown,
         Some(MarkId::DeviceShutdownExit),
     ),
-    def("cpu migration", MarkId::Migrate, Some(MarkId::MigrateExit)),
     def(
+        "cpu_migration",
+        "cpu migration",
+        MarkId::Migrate,
+        Some(MarkId::MigrateExit),
+    ),
+    def(
+        "syscore_shutdown",
         "syscore shutdown",
         MarkId::Syscore,
         Some(MarkId::SyscoreExit),
     ),
     def(
+        "machine_shutdown",
         "machine shutdown",
         MarkId::MachineShutdown,
         Some(MarkId::MachineShutdownExit),
     ),
-    def("relocation", MarkId::MachineKexec, None),
-    def("trampoline", MarkId::TrampolineEntry, None),
+    def("relocation", "relocation", MarkId::MachineKexec, None),
+    def("trampoline", "trampoline", MarkId::TrampolineEntry, None),
     def(
+        "purgatory",
         "purgatory",
         MarkId::PurgatoryEntry,
         Some(MarkId::PurgatoryExit),
     ),
-    def("kernel early boot", MarkId::PurgatoryExit, None),
-    def("kernel boot", MarkId::KernelClockZero, None),
-    def("user space", MarkId::RunInit, None),
+    def(
+        "kernel_early_boot",
+        "kernel early boot",
+        MarkId::PurgatoryExit,
+        None,
+    ),
+    def("kernel_boot", "kernel boot", MarkId::KernelClockZero, None),
+    def("user_space", "user space", MarkId::RunInit, None),
 ];
+
+/// The text report's name of the phase whose machine name is `id` (`id` itself for a name
+/// not in [`PHASES`], e.g. [`UNATTRIBUTED`]).
+pub fn label(id: &str) -> &str {
+    PHASES.iter().find(|d| d.id == id).map_or(id, |d| d.label)
+}
+
+/// The machine name of a phase named `name`, by its machine name or by the human name that
+/// earlier fastkexec builds stored and exported (`"kernel early boot"`); `None` for any other
+/// name.
+pub fn canonical_id(name: &str) -> Option<&'static str> {
+    if name == UNATTRIBUTED {
+        return Some(UNATTRIBUTED);
+    }
+    PHASES
+        .iter()
+        .find(|d| d.id == name || d.label == name)
+        .map(|d| d.id)
+}
 
 /// One tile of the timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Phase {
+    /// [`PhaseDef::id`], or [`UNATTRIBUTED`].
     pub name: String,
     /// Offset from the origin.
     pub start_ns: u64,
@@ -161,6 +224,7 @@ pub struct Phase {
 /// A phase the timeline could not show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unseen {
+    /// [`PhaseDef::id`].
     pub phase: String,
     pub why: String,
 }
@@ -223,14 +287,14 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
             Some(Mark::At(t)) => *t,
             Some(Mark::NotReached(why)) | Some(Mark::Unseen(why)) => {
                 unseen.push(Unseen {
-                    phase: d.name.to_string(),
+                    phase: d.id.to_string(),
                     why: why.clone(),
                 });
                 continue;
             }
             None => {
                 unseen.push(Unseen {
-                    phase: d.name.to_string(),
+                    phase: d.id.to_string(),
                     why: format!("{} was not measured", d.start),
                 });
                 continue;
@@ -238,7 +302,7 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
         };
         if start >= end {
             unseen.push(Unseen {
-                phase: d.name.to_string(),
+                phase: d.id.to_string(),
                 why: format!("{} is not before the end of the timeline", d.start),
             });
             continue;
@@ -257,8 +321,8 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
         };
         if s > cursor {
             let between = match prev_name {
-                Some(p) => format!("after {p}, before {}", d.name),
-                None => format!("before {}", d.name),
+                Some(p) => format!("after {p}, before {}", d.label),
+                None => format!("before {}", d.label),
             };
             push(&mut phases, UNATTRIBUTED, cursor, s, Some(between));
         }
@@ -275,24 +339,24 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
                     break;
                 }
                 Some(Mark::NotReached(_)) => {}
-                _ => unknown_between.push(n.name),
+                _ => unknown_between.push(n.label),
             }
         }
         let next_start = next_start.min(end).max(s);
         match own_end {
             Some(e) => {
                 let e = e.clamp(s, end);
-                push(&mut phases, d.name, s, e, note);
+                push(&mut phases, d.id, s, e, note);
                 cursor = e;
             }
             None if unknown_between.is_empty() => {
-                push(&mut phases, d.name, s, next_start, note);
+                push(&mut phases, d.id, s, next_start, note);
                 cursor = next_start;
             }
             None => {
                 let mut n = format!(
                     "{} and {} cannot be told apart",
-                    d.name,
+                    d.label,
                     unknown_between.join(", ")
                 );
                 if let Some(extra) = note {
@@ -302,7 +366,7 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
                 cursor = next_start;
             }
         }
-        prev_name = Some(d.name);
+        prev_name = Some(d.label);
     }
     if cursor < end {
         push(
@@ -379,23 +443,23 @@ mod tests {
         assert_eq!(
             names(&t),
             [
-                "userspace shutdown",
-                "reboot syscall",
-                "reboot notifiers",
-                "device shutdown",
+                "userspace_shutdown",
+                "reboot_syscall",
+                "reboot_notifiers",
+                "device_shutdown",
                 UNATTRIBUTED,
-                "cpu migration",
+                "cpu_migration",
                 UNATTRIBUTED,
-                "syscore shutdown",
+                "syscore_shutdown",
                 UNATTRIBUTED,
-                "machine shutdown",
+                "machine_shutdown",
                 UNATTRIBUTED,
                 "relocation",
                 "trampoline",
                 "purgatory",
-                "kernel early boot",
-                "kernel boot",
-                "user space",
+                "kernel_early_boot",
+                "kernel_boot",
+                "user_space",
             ]
         );
         let reloc = &t.phases[11];
@@ -420,8 +484,8 @@ mod tests {
         m.insert(MarkId::SyscoreExit, Mark::NotReached("not called".into()));
         let t = tile(&m).unwrap();
         check_tiles(&t);
-        assert!(!names(&t).contains(&"syscore shutdown"));
-        assert_eq!(t.unseen[0].phase, "syscore shutdown");
+        assert!(!names(&t).contains(&"syscore_shutdown"));
+        assert_eq!(t.unseen[0].phase, "syscore_shutdown");
         assert_eq!(t.total_ns, 599_000);
     }
 
@@ -468,8 +532,8 @@ mod tests {
         // From kernel_kexec to the next start that happened (cpu migration);
         // the device_shutdown return alone cannot end anything.
         assert_eq!(notifiers.duration_ns, 60_100 - 3_500);
-        assert!(!names(&t).contains(&"device shutdown"));
-        assert_eq!(t.unseen[0].phase, "device shutdown");
+        assert!(!names(&t).contains(&"device_shutdown"));
+        assert_eq!(t.unseen[0].phase, "device_shutdown");
     }
 
     #[test]
@@ -485,16 +549,39 @@ mod tests {
         let early = t
             .phases
             .iter()
-            .find(|p| p.name == "kernel early boot")
+            .find(|p| p.name == "kernel_early_boot")
             .unwrap();
         assert_eq!(early.duration_ns, 0);
-        let boot = t.phases.iter().find(|p| p.name == "kernel boot").unwrap();
+        let boot = t.phases.iter().find(|p| p.name == "kernel_boot").unwrap();
         assert!(
             boot.note.as_deref().unwrap().contains("clamped"),
             "{boot:?}"
         );
         // Nothing stamped the request: that phase is named as unseen.
-        assert!(t.unseen.iter().any(|u| u.phase == "userspace shutdown"));
+        assert!(t.unseen.iter().any(|u| u.phase == "userspace_shutdown"));
+    }
+
+    #[test]
+    fn every_phase_has_one_snake_case_machine_name_and_a_label() {
+        let mut ids: Vec<&str> = PHASES.iter().map(|d| d.id).collect();
+        for d in &PHASES {
+            assert!(
+                d.id.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{}",
+                d.id
+            );
+            // The label is the id spelled for people, nothing else.
+            assert_eq!(d.label.replace(' ', "_"), d.id);
+            assert_eq!(label(d.id), d.label);
+            assert_eq!(canonical_id(d.id), Some(d.id));
+            assert_eq!(canonical_id(d.label), Some(d.id));
+        }
+        assert_eq!(label(UNATTRIBUTED), UNATTRIBUTED);
+        assert_eq!(canonical_id(UNATTRIBUTED), Some(UNATTRIBUTED));
+        assert_eq!(canonical_id("kernel init"), None);
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), PHASES.len());
     }
 
     #[test]
@@ -512,6 +599,6 @@ mod tests {
         let t = tile(&m).unwrap();
         check_tiles(&t);
         assert_eq!(t.total_ns, 449_000);
-        assert!(t.unseen.iter().any(|u| u.phase == "user space"));
+        assert!(t.unseen.iter().any(|u| u.phase == "user_space"));
     }
 }

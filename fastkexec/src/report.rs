@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::clock::{self, Fit};
 use crate::ebpf::{PHASE_PROBES, REBOOT_FALLBACK};
 use crate::handoff::{self, BootFacts, Record, RecordError};
+use crate::load::LoadMode;
 use crate::phases::{self, Mark, MarkId, Tiling};
 use crate::{Error, Result};
 
@@ -169,6 +170,10 @@ pub struct RecordStatus {
     pub old_kernel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_boot_id: Option<String>,
+    /// How this kernel was loaded, as the record says
+    /// ([`Record::load_mode`]): `uncompressed` or `staged`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LoadMode>,
     pub events: usize,
     pub events_dropped: u64,
     /// Probe points attached as fentry/fexit, and as kprobe/kretprobe.
@@ -185,6 +190,8 @@ pub struct RecordStatus {
 /// A phase with its share of the total.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportPhase {
+    /// The machine name ([`phases::PhaseDef::id`], or `unattributed`); the text table shows
+    /// [`phases::label`].
     pub name: String,
     pub start_ns: u64,
     pub duration_ns: u64,
@@ -466,6 +473,7 @@ pub fn build(inp: &Inputs) -> Report {
         detail: None,
         old_kernel: None,
         old_boot_id: None,
+        mode: None,
         events: 0,
         events_dropped: 0,
         fentry: Vec::new(),
@@ -492,6 +500,7 @@ pub fn build(inp: &Inputs) -> Report {
             let fit = r.header.calib;
             status.old_kernel = Some(r.header.kernel_release.clone());
             status.old_boot_id = Some(handoff::format_uuid(&r.header.boot_id));
+            status.mode = r.load_mode();
             status.events = r.events.len();
             status.events_dropped = r.dropped;
             status.fentry = kind_names(r.header.attached & r.header.fentry);
@@ -871,9 +880,11 @@ impl fmt::Display for Report {
         match r.status {
             "ok" => writeln!(
                 f,
-                "kexec reboot {} → {}: record ok ({} events{}; probes: {} fentry/fexit, {} kprobe)",
+                "kexec reboot {} → {}{}: record ok ({} events{}; probes: {} fentry/fexit, {} \
+                 kprobe)",
                 r.old_kernel.as_deref().unwrap_or("?"),
                 self.new_kernel.as_deref().unwrap_or("?"),
+                r.mode.map(|m| format!(" ({m})")).unwrap_or_default(),
                 r.events,
                 if r.events_dropped > 0 {
                     format!(", {} dropped", r.events_dropped)
@@ -913,7 +924,7 @@ impl fmt::Display for Report {
                 ms(p.start_ns),
                 ms(p.duration_ns),
                 p.share * 100.0,
-                p.name
+                phases::label(&p.name)
             )?;
             if let Some(n) = &p.note {
                 write!(f, "  ({n})")?;
@@ -974,7 +985,7 @@ impl fmt::Display for Report {
             writeln!(f)?;
             writeln!(f, "not on the timeline:")?;
             for u in &self.unseen {
-                writeln!(f, "  {}: {}", u.phase, u.why)?;
+                writeln!(f, "  {}: {}", phases::label(&u.phase), u.why)?;
             }
         }
         if r.tracer_self_ns > 0 {
@@ -992,7 +1003,7 @@ impl fmt::Display for Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::handoff::tests::{
         ev, header, nodes, pages, with_last_exit, with_trampoline, OLD_BOOT,
@@ -1002,7 +1013,7 @@ mod tests {
 
     /// TSC at 2 GHz; CLOCK_MONOTONIC ns n ↔ TSC 10_000_000 + 2(n - 5_000_000)
     /// (the fit of `header()`).
-    fn tsc(mono_ns: u64) -> u64 {
+    pub(crate) fn tsc(mono_ns: u64) -> u64 {
         10_000_000 + 2 * (mono_ns - 5_000_000)
     }
 
@@ -1016,7 +1027,7 @@ mod tests {
     }
 
     /// A 6.1-like reboot: request at mono 5 ms, reboot(2) +1 ms, ... .
-    fn events() -> Vec<Event> {
+    pub(crate) fn events() -> Vec<Event> {
         let ms = 1_000_000;
         vec![
             ev(EventKind::REBOOT_ENTER, 6 * ms, 1, b"fastkexec"),
@@ -1052,7 +1063,7 @@ mod tests {
         ]
     }
 
-    fn inputs(record: std::result::Result<Record, RecordError>) -> Inputs {
+    pub(crate) fn inputs(record: std::result::Result<Record, RecordError>) -> Inputs {
         let ms = 2_000_000; // ticks per ms
                             // Purgatory at mono 13 ms .. 13.5 ms; the new kernel's clock zero at
                             // mono 15 ms; Run /init at printk 300 ms; the init's mark at 320 ms;
@@ -1121,6 +1132,9 @@ mod tests {
             r.total_ns
         );
         assert!(!r.unseen.iter().any(|u| u.phase == "trampoline"));
+        // An older tracer's record (no mode bits): the trampoline's stamps say staged.
+        assert_eq!(r.record.mode, Some(LoadMode::Staged));
+        assert!(r.to_string().contains(" (staged): record ok"), "{r}");
     }
 
     #[test]
@@ -1159,23 +1173,24 @@ mod tests {
     fn full_report_tiles_from_request_to_the_init_mark() {
         let r = build(&inputs(Ok(good_record(&events()))));
         assert!(r.has_record(), "{:?}", r.record);
+        assert_eq!(r.record.mode, Some(LoadMode::Uncompressed));
         let sum: u64 = r.phases.iter().map(|p| p.duration_ns).sum();
         assert_eq!(sum, r.total_ns);
         // Request at mono 5 ms, init mark at mono 15 ms + 320 ms.
         assert_eq!(r.total_ns, 330_000_000);
         assert_eq!(r.end.kind, "kmsg");
         let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
-        assert_eq!(get("userspace shutdown"), Some(1_000_000));
-        assert_eq!(get("device shutdown"), Some(3_000_000));
+        assert_eq!(get("userspace_shutdown"), Some(1_000_000));
+        assert_eq!(get("device_shutdown"), Some(3_000_000));
         assert_eq!(get("relocation"), Some(900_000));
         assert_eq!(get("purgatory"), Some(500_000));
-        assert_eq!(get("kernel early boot"), Some(1_500_000));
-        assert_eq!(get("kernel boot"), Some(300_000_000));
-        assert_eq!(get("user space"), Some(20_000_000));
+        assert_eq!(get("kernel_early_boot"), Some(1_500_000));
+        assert_eq!(get("kernel_boot"), Some(300_000_000));
+        assert_eq!(get("user_space"), Some(20_000_000));
         assert!(r
             .unseen
             .iter()
-            .any(|u| u.phase == "syscore shutdown" && u.why.contains("not called")));
+            .any(|u| u.phase == "syscore_shutdown" && u.why.contains("not called")));
         assert_eq!(r.spans.to_run_init_ns, Some(310_000_000));
         assert_eq!(r.spans.old_kernel_ns, Some(7_100_000));
         assert_eq!(r.spans.kexec_to_purgatory_ns, Some(900_000));
@@ -1194,7 +1209,7 @@ mod tests {
         assert_eq!(r.notifiers[0].duration_ns, 500_000);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["total_ns"], 330_000_000u64);
-        assert_eq!(json["phases"][0]["name"], "userspace shutdown");
+        assert_eq!(json["phases"][0]["name"], "userspace_shutdown");
         assert!(json["phases"][0]["start_ns"].is_u64());
         let table = r.to_string();
         assert!(table.contains("device shutdown"), "{table}");
@@ -1219,9 +1234,9 @@ mod tests {
         assert!(!r.has_record());
         assert_eq!(r.record.status, "missing");
         let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["kernel boot", "user space"]);
+        assert_eq!(names, ["kernel_boot", "user_space"]);
         assert_eq!(r.total_ns, 320_000_000);
-        assert!(r.unseen.iter().any(|u| u.phase == "device shutdown"));
+        assert!(r.unseen.iter().any(|u| u.phase == "device_shutdown"));
         assert!(r.to_string().contains("only this kernel's own phases"));
     }
 
@@ -1238,7 +1253,7 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("earlier reboot"));
-        assert!(r.phases.iter().all(|p| p.name != "device shutdown"));
+        assert!(r.phases.iter().all(|p| p.name != "device_shutdown"));
         // A purgatory jump long before this kernel's clock started.
         let h = header(2);
         let far = parse(&nodes(&pages(
@@ -1284,8 +1299,8 @@ mod tests {
         );
         let r = build(&i);
         let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
-        assert_eq!(get("kernel early boot"), Some(500_000));
-        assert_eq!(get("kernel boot"), Some(301_000_000));
+        assert_eq!(get("kernel_early_boot"), Some(500_000));
+        assert_eq!(get("kernel_boot"), Some(301_000_000));
         let sum: u64 = r.phases.iter().map(|p| p.duration_ns).sum();
         assert_eq!(sum, r.total_ns);
         assert!(r.notes.iter().all(|n| !n.contains("Marking stable")));

@@ -543,6 +543,8 @@ pub struct Tracer {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Notes for the user (decisions, degraded features).
     pub notes: Vec<String>,
+    /// How the next kernel was loaded: `flags::LOAD_*` for the header.
+    load_flags: u32,
 }
 
 impl Tracer {
@@ -677,6 +679,7 @@ impl Tracer {
             perf_links: Vec::new(),
             logger: None,
             notes,
+            load_flags: 0,
         };
 
         // --- probes ---
@@ -1028,11 +1031,10 @@ impl Tracer {
                       trace on"
                 .into(),
         })?;
-        let mut fl = if self.device_names {
-            flags::DEVICE_NAMES
-        } else {
-            0
-        };
+        let mut fl = self.load_flags;
+        if self.device_names {
+            fl |= flags::DEVICE_NAMES;
+        }
         let (request_tsc, request_mono_ns) = match request {
             Some(r) => {
                 fl |= flags::REQUEST_STAMPED;
@@ -1244,6 +1246,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             })?;
     }
     let report = load::load_with(&lopts, &extras)?;
+    tracer.load_flags = handoff::load_mode_flags(report.mode);
     if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
         tracer.notes.push(format!(
             "a trace page lay in the next kernel's physical range: the kernel is loaded {:#x} \

@@ -77,16 +77,16 @@ fn assert_promtool_accepts(metrics: &[u8]) {
 }
 
 const PHASES: &[&str] = &[
-    "userspace shutdown",
+    "userspace_shutdown",
     "device_shutdown",
     "purgatory",
-    "decompression",
-    "kernel init",
+    "kernel_early_boot",
+    "kernel_boot",
     // Label escaping and non-ASCII, end to end.
     "odd \"quoted\" \\ phase é",
 ];
 
-/// Three reboots with every phase, one more without "decompression" (uncompressed mode).
+/// Three reboots with every phase.
 fn lab_like_state(dir: &Path) {
     for (i, scale) in [1u64, 3, 2].into_iter().enumerate() {
         let boot = Boot {
@@ -317,7 +317,25 @@ fn openmetrics_export_parses_with_prometheus_clients_strict_parser() {
 
 const HDR_DECODER: &str = include_str!("hdr_decode.py");
 
-/// Deterministic durations spread log-uniformly from 10 µs to 10 s.
+/// Every phase's machine name, written out: the one spelling of a phase in every export.
+const MACHINE_NAMES: [&str; 14] = [
+    "userspace_shutdown",
+    "reboot_syscall",
+    "reboot_notifiers",
+    "device_shutdown",
+    "cpu_migration",
+    "syscore_shutdown",
+    "machine_shutdown",
+    "relocation",
+    "trampoline",
+    "purgatory",
+    "kernel_early_boot",
+    "kernel_boot",
+    "user_space",
+    "unattributed",
+];
+
+/// Deterministic durations spread log-uniformly from 1 µs to 1000 s (the buckets' range).
 fn durations(seed: u64, n: usize) -> Vec<u64> {
     let mut x = seed;
     (0..n)
@@ -326,7 +344,7 @@ fn durations(seed: u64, n: usize) -> Vec<u64> {
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-            (10_000.0 * 10f64.powf(6.0 * u)) as u64
+            (1_000.0 * 10f64.powf(9.0 * u)) as u64
         })
         .collect()
 }
@@ -337,13 +355,51 @@ fn exact_quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
+/// Runs `fastkexec export --format FORMAT` on the state in `dir`.
+fn export(dir: &Path, format: &str) -> String {
+    let o = run(&[
+        "export",
+        "--state-dir",
+        dir.to_str().unwrap(),
+        "--format",
+        format,
+    ]);
+    assert!(o.status.success(), "{format}: {}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+/// PyPI hdrhistogram's reading of an interval log: per tag, its figures and its cumulative
+/// counts at `bounds`.
+fn decode_with_pypi(log: &Path, bounds: &serde_json::Value) -> serde_json::Value {
+    let o = Command::new(python())
+        .args([
+            "-c",
+            HDR_DECODER,
+            log.to_str().unwrap(),
+            &bounds.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python hdrh: {}\n{}",
+        text(&o.stderr),
+        fs::read_to_string(log).unwrap()
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 #[test]
-fn hdr_log_decodes_with_pypi_hdrhistogram_to_the_same_counts_and_percentiles() {
+fn every_export_names_phases_alike_and_pypi_decodes_the_hdr_log_to_the_json_figures() {
+    // The table behind every export is the one written out above.
+    let ids: Vec<&str> = fastkexec::phases::PHASES.iter().map(|d| d.id).collect();
+    assert_eq!(ids, MACHINE_NAMES[..13]);
+    assert_eq!(fastkexec::phases::UNATTRIBUTED, MACHINE_NAMES[13]);
+
     // 1000 reboots: q·n is a whole number for every quantile compared, so Python's
     // round-half-up rank and Rust's ceil rank pick the same value.
     const N: usize = 1000;
-    let names = ["device_shutdown", "kernel init", "purgatory"];
-    let values: Vec<Vec<u64>> = (0..names.len())
+    let values: Vec<Vec<u64>> = (0..MACHINE_NAMES.len())
         .map(|i| durations(i as u64 + 1, N))
         .collect();
     let totals = durations(99, N);
@@ -351,73 +407,120 @@ fn hdr_log_decodes_with_pypi_hdrhistogram_to_the_same_counts_and_percentiles() {
     for b in 0..N {
         st.fold(&Boot {
             boot_id: format!("boot-{b}"),
-            phases: names
+            phases: MACHINE_NAMES
                 .iter()
                 .zip(&values)
                 .map(|(n, v)| Phase::new(*n, v[b]))
                 .collect(),
             total_ns: totals[b],
             reboot_unix_ns: 0,
-            mode: "file".into(),
+            mode: "staged".into(),
         })
         .unwrap();
     }
     let d = tempfile::tempdir().unwrap();
     StateDir::lock(d.path()).unwrap().save(&st).unwrap();
     let log = d.path().join("reboots.hlog");
-    let o = run(&[
-        "export",
-        "--state-dir",
-        d.path().to_str().unwrap(),
-        "--format",
-        "hdr-log",
-        "--output",
-        log.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = Command::new(python())
-        .args(["-c", HDR_DECODER, log.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "python hdrh: {}\n{}",
-        text(&o.stderr),
-        fs::read_to_string(&log).unwrap()
-    );
-    let decoded: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(
-        decoded.as_object().unwrap().len(),
-        names.len() + 1,
-        "{decoded}"
-    );
+    fs::write(&log, export(d.path(), "hdr-log")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&export(d.path(), "json")).unwrap();
+    let prom = export(d.path(), "prometheus");
+    assert_promtool_accepts(prom.as_bytes());
+    let bounds = json["bucket_bounds_ns"].clone();
+    let decoded = decode_with_pypi(&log, &bounds);
 
-    let tags = ["device_shutdown", "kernel_init", "purgatory", "total"];
+    // One spelling per phase: interval-log tags, JSON names and Prometheus labels are the
+    // machine names, nothing else.
+    let mut tags: Vec<&str> = decoded
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    tags.sort_unstable();
+    let mut want: Vec<&str> = MACHINE_NAMES.iter().copied().chain(["total"]).collect();
+    want.sort_unstable();
+    assert_eq!(tags, want, "interval-log tags");
+    let json_names: Vec<&str> = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_names, MACHINE_NAMES, "JSON names");
+    let labels: Vec<String> = samples(&prom)
+        .into_iter()
+        .filter(|(n, _, _)| n == "fastkexec_phase_duration_seconds_count")
+        .map(|(_, l, _)| l)
+        .collect();
+    let want_labels: Vec<String> = MACHINE_NAMES
+        .iter()
+        .map(|n| format!("phase=\"{n}\""))
+        .collect();
+    assert_eq!(labels, want_labels, "Prometheus labels");
+    assert!(prom.contains("fastkexec_last_reboot_info{mode=\"staged\"} 1\n"));
+
+    // (phase label, le in ns as the text says it, count) of every finite bucket line.
+    let prom_buckets: Vec<(String, f64, String)> = samples(&prom)
+        .into_iter()
+        .filter(|(n, l, _)| n == "fastkexec_phase_duration_seconds_bucket" && !l.contains("+Inf"))
+        .map(|(_, l, v)| {
+            let (phase, le) = l.split_once(",le=").unwrap();
+            let le: f64 = le.trim_matches('"').parse().unwrap();
+            (phase.to_string(), le * 1e9, v)
+        })
+        .collect();
     let raw: Vec<&Vec<u64>> = values.iter().chain([&totals]).collect();
-    for ((tag, name), raw) in tags.iter().zip(names.iter().chain(&["total"])).zip(raw) {
-        let theirs = &decoded[tag];
-        let ours = if *name == "total" {
-            st.total().unwrap()
-        } else {
-            st.phase(name).unwrap()
-        }
-        .histogram();
+    let jsons: Vec<&serde_json::Value> = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&json["total"]])
+        .collect();
+    for ((name, raw), ours) in MACHINE_NAMES.iter().chain(&["total"]).zip(raw).zip(jsons) {
+        let theirs = &decoded[*name];
         let mut sorted = raw.clone();
         sorted.sort_unstable();
-        assert_eq!(theirs["count"], N as u64, "{tag}");
-        assert_eq!(theirs["count"], ours.len(), "{tag}");
-        assert_eq!(theirs["max"], ours.max(), "{tag} max");
-        assert_eq!(theirs["min"], ours.min(), "{tag} min");
-        for (key, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
-            let ours_v = ours.value_at_quantile(q);
-            assert_eq!(theirs[key], ours_v, "{tag} {key}");
-            // And both agree with the raw samples to the histogram's 3 digits.
-            let exact = exact_quantile(&sorted, q);
-            let err = ours_v.abs_diff(exact) as f64 / exact as f64;
-            assert!(err <= 1e-3, "{tag} {key}: {ours_v} vs exact {exact}");
+        assert_eq!(theirs["count"], N as u64, "{name}");
+        assert_eq!(ours["count"], N as u64, "{name}");
+        for (key, ours_key) in [
+            ("min", "min_ns"),
+            ("max", "max_ns"),
+            ("p50", "p50_ns"),
+            ("p90", "p90_ns"),
+            ("p99", "p99_ns"),
+            ("p999", "p999_ns"),
+        ] {
+            assert_eq!(theirs[key], ours[ours_key], "{name} {key}");
         }
-        let max = *sorted.last().unwrap();
-        assert!(ours.max() >= max && (ours.max() - max) as f64 <= max as f64 * 1e-3);
+        // And both agree with the raw samples to the histogram's 3 digits.
+        for (key, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            let got = theirs[key].as_u64().unwrap();
+            let exact = exact_quantile(&sorted, q);
+            let err = got.abs_diff(exact) as f64 / exact as f64;
+            assert!(err <= 1e-3, "{name} {key}: {got} vs exact {exact}");
+        }
+        // The buckets: the JSON's, PyPI's count at each bound, and the Prometheus text agree;
+        // against the raw samples a bucket never claims more, and misses at most the values
+        // within 0.1 % under its bound.
+        assert_eq!(theirs["buckets"], ours["buckets"], "{name} buckets");
+        for (i, b) in bounds.as_array().unwrap().iter().enumerate() {
+            let b = b.as_u64().unwrap();
+            let count = ours["buckets"][i].as_u64().unwrap();
+            let exact = sorted.iter().filter(|&&v| v <= b).count() as u64;
+            let near = sorted
+                .iter()
+                .filter(|&&v| v <= b && v > b - b / 1000)
+                .count() as u64;
+            assert!(count <= exact && exact - count <= near, "{name} le={b}");
+            if *name != "total" {
+                let phase = format!("phase=\"{name}\"");
+                let (_, _, prom_count) = prom_buckets
+                    .iter()
+                    .find(|(p, le, _)| *p == phase && (le - b as f64).abs() < 0.5)
+                    .unwrap_or_else(|| panic!("no bucket {phase} le={b} ns"));
+                assert_eq!(*prom_count, count.to_string(), "{phase} le={b}");
+            }
+        }
         // The interval starts when the state was created (StartTime/BaseTime headers).
         let start_ms = theirs["start_ms"].as_f64().unwrap();
         let created_ms = (st.created_unix_ns() / 1_000_000) as f64;
@@ -426,6 +529,15 @@ fn hdr_log_decodes_with_pypi_hdrhistogram_to_the_same_counts_and_percentiles() {
             "{start_ms} vs {created_ms}"
         );
     }
+
+    // The comparison bites: the same log with the human spelling of one phase as its tag.
+    let human = fs::read_to_string(&log)
+        .unwrap()
+        .replace("Tag=kernel_early_boot,", "Tag=kernel-early-boot,");
+    fs::write(&log, human).unwrap();
+    let decoded = decode_with_pypi(&log, &bounds);
+    assert!(decoded.get("kernel_early_boot").is_none());
+    assert!(decoded.get("kernel-early-boot").is_some());
 }
 
 #[test]

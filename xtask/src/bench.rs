@@ -625,7 +625,7 @@ pub fn markdown(meta: &Meta, summary: &[ModeSummary]) -> String {
             }
         }
         for name in names {
-            o.push_str(&format!("| {name} |"));
+            o.push_str(&format!("| {} |", fastkexec::phases::label(name)));
             for s in &traced {
                 let c = s
                     .phases_ms
@@ -680,7 +680,7 @@ pub fn bars(summary: &[ModeSummary]) -> Vec<Bar> {
             return s
                 .phases_ms
                 .iter()
-                .filter_map(|f| Some((f.name.clone(), f.ms?.median)))
+                .filter_map(|f| Some((fastkexec::phases::label(&f.name).to_string(), f.ms?.median)))
                 .collect();
         }
         let first = s.host("exec_to_first_new_kernel_line").map(|m| m.median);
@@ -1254,10 +1254,18 @@ mod tests {
         assert!(close(total.median, 6.0 + 0.5 + 1.0 + 1.25 + 302.0));
         // Host figures are still there alongside the phases.
         assert!(s[0].host("exec_to_new_init").is_some());
-        // The chart stacks the phases, not the host figures.
+        // The chart stacks the phases (under their labels), not the host figures.
         let b = bars(&s);
         let seg: Vec<&str> = b[0].segments.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(seg, names);
+        assert_eq!(
+            seg,
+            [
+                "device shutdown",
+                "unattributed",
+                "relocation",
+                "kernel_init"
+            ]
+        );
         let (lo, hi) = b[0].range.unwrap();
         assert!(close(lo, 306.75) && close(hi, 314.75), "{lo} {hi}");
     }
@@ -1307,7 +1315,8 @@ mod tests {
         let md = markdown(&m, &summarise(&m.modes, &samples));
         assert!(md.contains("Traced with `fastkexec trace --exec`: fastkexec-uncompressed."));
         assert!(md.contains("| phase | fastkexec-uncompressed |"), "{md}");
-        assert!(md.contains("| device_shutdown | 6.0 |"), "{md}");
+        // The report's machine names, under their labels for people.
+        assert!(md.contains("| device shutdown | 6.0 |"), "{md}");
         assert!(md.contains("| relocation | 0.25 |"), "{md}");
         assert!(md.contains("| **total** | 6.2 |"), "{md}");
         assert!(

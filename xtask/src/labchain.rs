@@ -312,10 +312,10 @@ fn hdr_check(c: &mut ChainCheck, dir: &Path, fastkexec: &Path) -> Result<()> {
         .flatten()
         .chain(ours.get("total"));
     for h in histograms {
+        // The interval-log tag is the phase's machine name itself, as in every export.
         let name = h.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-        let tag = fastkexec::export::hdr_log_tag(name);
         for (key, ours_key) in [("count", "count"), ("p50", "p50_ns"), ("max", "max_ns")] {
-            let (a, b) = (theirs.pointer(&format!("/{tag}/{key}")), h.get(ours_key));
+            let (a, b) = (theirs.pointer(&format!("/{name}/{key}")), h.get(ours_key));
             if a.is_none() || a != b {
                 c.hdr_mismatches.push(format!(
                     "{name}: {key} {} decoded, {} exported",
@@ -378,10 +378,10 @@ mod tests {
         let text = "# TYPE fastkexec_phase_duration_seconds histogram\n\
             fastkexec_phase_duration_seconds_bucket{phase=\"purgatory\",le=\"+Inf\"} 3\n\
             fastkexec_phase_duration_seconds_count{phase=\"purgatory\"} 3\n\
-            fastkexec_phase_duration_seconds_count{phase=\"kernel boot\"} 2\n";
+            fastkexec_phase_duration_seconds_count{phase=\"kernel_boot\"} 2\n";
         let (m, l) = counts(text);
         assert_eq!(m.get("purgatory"), Some(&3));
-        assert_eq!(m.get("kernel boot"), Some(&2));
+        assert_eq!(m.get("kernel_boot"), Some(&2));
         assert_eq!(l.len(), 2);
         let c = ChainCheck {
             reboots_wanted: 3,
@@ -396,7 +396,7 @@ mod tests {
         // One phase short of three: not the acceptance.
         assert!(!c.ok());
         let mut c = c;
-        c.counts.insert("kernel boot".into(), 3);
+        c.counts.insert("kernel_boot".into(), 3);
         assert!(c.ok());
         c.hdr_mismatches
             .push("purgatory: max 1 decoded, 2 exported".into());

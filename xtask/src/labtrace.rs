@@ -17,14 +17,15 @@ use serde_json::Value;
 pub const TSC_RELIABLE: &str = "tsc=reliable";
 
 /// The phases the acceptance asks every traced uncompressed run to show.
+/// Machine names, as `report --json` gives them (`fastkexec::phases::PhaseDef::id`).
 pub const REQUIRED_PHASES: &[&str] = &[
-    "device shutdown",
-    "cpu migration",
-    "machine shutdown",
+    "device_shutdown",
+    "cpu_migration",
+    "machine_shutdown",
     "relocation",
     "purgatory",
-    "kernel boot",
-    "user space",
+    "kernel_boot",
+    "user_space",
 ];
 
 /// What a staged run shows besides [`REQUIRED_PHASES`]: the trampoline
@@ -43,7 +44,7 @@ pub enum Loaded {
 
 /// Phases a file-mode run can show: the record cannot ride along there, so
 /// the report must say "missing" and show only the new kernel's own phases.
-pub const FILE_MODE_PHASES: &[&str] = &["kernel boot", "user space"];
+pub const FILE_MODE_PHASES: &[&str] = &["kernel_boot", "user_space"];
 
 /// Agreement asked between `total_ns` and the host stopwatch: 5 % or 20 ms,
 /// whichever is larger.
@@ -358,7 +359,7 @@ mod tests {
 
     #[test]
     fn missing_phases_bad_sums_and_damage_verdicts() {
-        let json = report_json(100, &[("device shutdown", 60)], "ok");
+        let json = report_json(100, &[("device_shutdown", 60)], "ok");
         let v = [
             "FKLAB: report-begin",
             json.as_str(),
@@ -370,7 +371,7 @@ mod tests {
         assert!(c.missing_phases.contains(&"relocation".to_string()));
         assert!(!c.ok());
         // A damaged record must be refused with exit status 2.
-        let json = report_json(10, &[("kernel boot", 10)], "torn");
+        let json = report_json(10, &[("kernel_boot", 10)], "torn");
         let v = [
             "FKLAB: report-begin",
             json.as_str(),
@@ -402,7 +403,7 @@ mod tests {
         )
         .ok());
         // File mode: "missing" with the new kernel's own phases.
-        let json = report_json(30, &[("kernel boot", 10), ("user space", 20)], "missing");
+        let json = report_json(30, &[("kernel_boot", 10), ("user_space", 20)], "missing");
         let v = [
             "FKLAB: report-begin",
             json.as_str(),
