@@ -13,7 +13,10 @@ use crate::trace::Attachment;
 /// One phase and the sources of its two boundaries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PhaseSource {
+    /// The phase's machine name (as in `report --json` and the exports).
     pub phase: &'static str,
+    /// Its name for people.
+    pub label: &'static str,
     /// What stamps the phase's start.
     pub start: String,
     /// What stamps its end: its own end mark, or the next phase's start.
@@ -47,11 +50,12 @@ pub fn phase_sources(attachments: &[Attachment], mode: LoadMode) -> Vec<PhaseSou
                     .zip(&sources)
                     .skip(i + 1)
                     .find(|(_, (_, ok))| *ok)
-                    .map(|(next, src)| (format!("{} ({})", src.0, next.name), true))
+                    .map(|(next, src)| (format!("{} ({})", src.0, next.label), true))
                     .unwrap_or_else(|| mark_source(MarkId::End, attachments, mode)),
             };
             PhaseSource {
-                phase: def.name,
+                phase: def.id,
+                label: def.label,
                 start,
                 end,
                 timed: start_ok && end_ok,
@@ -66,7 +70,7 @@ pub fn render(sources: &[PhaseSource]) -> String {
     for p in sources {
         out.push_str(&format!(
             "phase:    {:<20} {} from: {}\n          {:<20}   to:   {}\n",
-            p.phase,
+            p.label,
             if p.timed { " " } else { "!" },
             p.start,
             "",
@@ -196,7 +200,7 @@ mod tests {
         let s = phase_sources(&lab_6_1(), LoadMode::Staged);
         assert_eq!(s.len(), PHASES.len());
         let by = |name: &str| s.iter().find(|p| p.phase == name).cloned();
-        let dev = by("device shutdown").expect("device shutdown listed");
+        let dev = by("device_shutdown").expect("device shutdown listed");
         assert_eq!(dev.start, "fentry device_shutdown");
         assert_eq!(dev.end, "fexit device_shutdown");
         assert!(dev.timed);
@@ -204,7 +208,7 @@ mod tests {
         let reloc = by("relocation").expect("relocation listed");
         assert_eq!(reloc.start, "kprobe machine_kexec");
         assert!(reloc.end.contains("trampoline"), "{}", reloc.end);
-        let sys = by("syscore shutdown").expect("syscore listed");
+        let sys = by("syscore_shutdown").expect("syscore listed");
         assert!(!sys.timed);
         assert!(
             sys.start.starts_with("UNSEEN") && sys.start.contains("available_filter_functions")
@@ -243,7 +247,7 @@ mod tests {
         let s = phase_sources(&[], LoadMode::Uncompressed);
         let notif = s
             .iter()
-            .find(|p| p.phase == "reboot notifiers")
+            .find(|p| p.phase == "reboot_notifiers")
             .expect("listed");
         assert!(notif.start.starts_with("UNSEEN"), "{}", notif.start);
         assert!(!notif.timed);

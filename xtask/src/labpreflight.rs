@@ -94,10 +94,17 @@ pub fn parse(lines: &[(f64, String)], report: Option<&Value>) -> Option<Prefligh
                 .collect()
         })
         .unwrap_or_default();
+    // The text names phases for people; the report's JSON by machine name.
+    let id_of = |label: &str| {
+        fastkexec::phases::PHASES
+            .iter()
+            .find(|d| d.label == label)
+            .map(|d| d.id)
+    };
     p.contradicted = p
         .untimed
         .iter()
-        .filter(|u| measured.contains(&u.as_str()))
+        .filter(|u| id_of(u).is_some_and(|id| measured.contains(&id)))
         .cloned()
         .collect();
     seen.then_some(p)
