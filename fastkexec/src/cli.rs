@@ -335,6 +335,16 @@ merging across machines with any HdrHistogram log reader).
 renamed into place); --output writes any format to a file the same way; without either the
 export goes to standard output.
 
+Writing into a directory other users can write: the temporary file gets a random name and is
+created exclusively (O_EXCL, O_NOFOLLOW), and the rename replaces whatever sits at the target
+name (a planted symbolic link included) without following it, so nobody who can write the
+directory can make fastkexec overwrite another file. A directory every user can write without
+the sticky bit is refused (anyone could replace or delete the export there): chmod o-w or +t
+it. A directory owned by another user (e.g. the monitoring user) or writable by a group is
+used: they can replace the file, as they could anyway. A symbolic link on the way to the
+directory is followed only when it and the directory holding it belong to root (or the user
+running fastkexec) and nobody else can change that directory.
+
 Examples:
 
 fastkexec export --textfile-dir /var/lib/prometheus/node-exporter

@@ -186,6 +186,10 @@ pub enum Error {
     /// A state or export file cannot be used as it is; `problem` says why and what to do.
     #[error("{path}: {problem}")]
     StateFile { path: PathBuf, problem: String },
+    /// A directory fastkexec would write into (or follow a link through) is not safe for that;
+    /// `problem` says who could interfere and what to change.
+    #[error("{path}: {problem}")]
+    UnsafeDirectory { path: PathBuf, problem: String },
     /// A histogram could not be encoded for the state file or an export.
     #[error("cannot encode the histogram of {what}: {problem}")]
     HistogramEncode { what: String, problem: String },

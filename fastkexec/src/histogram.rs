@@ -734,15 +734,21 @@ fn validate(boot: &Boot) -> Result<()> {
 }
 
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a link planted at `lock` must not make root create or open another file.
     match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
     {
         // flock(2) works on a read-only descriptor too: enough for a reader without write access.
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => File::open(path),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
         r => r,
     }
 }
