@@ -41,10 +41,12 @@ const S_ISVTX: u32 = 0o1000;
 
 /// Writes `data` to a new, randomly named temporary file in `path`'s directory (so the rename
 /// stays on one file system), fsyncs it, renames it over `path` and fsyncs the directory.
+/// `path` ends up with exactly `mode` (e.g. 0o640), whatever the umask: each caller chooses who
+/// may read what it writes.
 ///
 /// The temporary name starts with a dot: globs such as node_exporter's `*.prom` never pick up
 /// a half-written file.
-pub fn write(path: &Path, data: &[u8]) -> Result<()> {
+pub fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let name = match path.file_name() {
         Some(n) => n,
         None => {
@@ -63,6 +65,8 @@ pub fn write(path: &Path, data: &[u8]) -> Result<()> {
     let tmp_path = dir_path.join(&tmp);
     let result = (|| {
         let mut f = file;
+        // Explicitly, after the create (which the umask filters): the mode is the caller's choice.
+        rfs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| Error::io(&tmp_path, e.into()))?;
         f.write_all(data).map_err(|e| Error::io(&tmp_path, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
         rfs::renameat(&dir, &tmp, &dir, name).map_err(|e| Error::io(path, e.into()))
@@ -93,7 +97,8 @@ fn create_temp(dir: &OwnedFd, dir_path: &Path, name: &OsStr) -> Result<(File, Os
         let mut tmp = OsString::from(".");
         tmp.push(name);
         tmp.push(format!(".tmp.{:016x}", u64::from_le_bytes(random)));
-        match rfs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o666)) {
+        // Private until `write` sets the caller's mode.
+        match rfs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => return Ok((File::from(fd), tmp)),
             Err(Errno::EXIST) => {
                 log::warn!(
@@ -239,8 +244,8 @@ mod tests {
     fn replaces_the_file_and_leaves_no_temporary_behind() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.prom");
-        write(&p, b"one\n").unwrap();
-        write(&p, b"two\n").unwrap();
+        write(&p, b"one\n", 0o644).unwrap();
+        write(&p, b"two\n", 0o644).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two\n");
         let names: Vec<_> = fs::read_dir(d.path())
             .unwrap()
@@ -253,12 +258,12 @@ mod tests {
     fn a_failed_write_names_the_path_and_keeps_the_old_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x");
-        write(&p, b"old").unwrap();
+        write(&p, b"old", 0o644).unwrap();
         // A directory where the file should be: the rename fails.
         let target = d.path().join("sub");
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), b"k").unwrap();
-        let err = write(&target, b"new").unwrap_err().to_string();
+        let err = write(&target, b"new", 0o644).unwrap_err().to_string();
         assert!(err.contains("sub"), "{err}");
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "temp file left");
@@ -284,7 +289,7 @@ mod tests {
             let to = if seq % 2 == 0 { &victim } else { &dangling };
             symlink(to, planted).unwrap();
         }
-        write(&target, b"metrics\n").unwrap();
+        write(&target, b"metrics\n", 0o644).unwrap();
         assert_eq!(
             fs::read(&victim).unwrap(),
             b"victim\n",
@@ -310,13 +315,15 @@ mod tests {
         let open = d.path().join("open");
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = write(&open.join("x.prom"), b"x").unwrap_err().to_string();
+        let err = write(&open.join("x.prom"), b"x", 0o644)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&*open.to_string_lossy()), "{err}");
         assert!(err.contains("sticky") && err.contains("chmod"), "{err}");
         assert_eq!(fs::read_dir(&open).unwrap().count(), 0, "wrote anyway");
         // /tmp's arrangement: others can create names but not replace or remove ours.
         fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
-        write(&open.join("x.prom"), b"x").unwrap();
+        write(&open.join("x.prom"), b"x", 0o644).unwrap();
         assert_eq!(fs::read(open.join("x.prom")).unwrap(), b"x");
     }
 
@@ -328,14 +335,16 @@ mod tests {
         fs::create_dir(&real).unwrap();
         // Our own link in our own directory (like /var/run -> /run): followed.
         symlink("real", d.path().join("mine")).unwrap();
-        write(&d.path().join("mine/a"), b"a").unwrap();
+        write(&d.path().join("mine/a"), b"a", 0o644).unwrap();
         assert_eq!(fs::read(real.join("a")).unwrap(), b"a");
         // A link in a directory anybody can change: not followed, nothing written.
         let shared = d.path().join("shared");
         fs::create_dir(&shared).unwrap();
         symlink(&real, shared.join("link")).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = write(&shared.join("link/b"), b"b").unwrap_err().to_string();
+        let err = write(&shared.join("link/b"), b"b", 0o644)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("symbolic link") && err.contains("link"),
             "{err}"

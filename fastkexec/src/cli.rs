@@ -345,6 +345,9 @@ used: they can replace the file, as they could anyway. A symbolic link on the wa
 directory is followed only when it and the directory holding it belong to root (or the user
 running fastkexec) and nobody else can change that directory.
 
+Modes, whatever the umask: fastkexec.prom 0644 (node_exporter reads it as its own user);
+--output 0640, like the state (state.json) it comes from: chmod it if more should read it.
+
 Examples:
 
 fastkexec export --textfile-dir /var/lib/prometheus/node-exporter
@@ -374,7 +377,7 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = FormatArg::Prometheus)]
     pub format: FormatArg,
 
-    /// Write to this file (atomically: a temporary file renamed over it) instead of stdout.
+    /// Write to this file (atomically: a temporary file renamed over it; mode 0640) instead of stdout.
     #[arg(long, short, value_name = "FILE", conflicts_with = "textfile_dir")]
     pub output: Option<PathBuf>,
 

@@ -89,9 +89,17 @@ pub fn render(format: Format, state: &State) -> Result<String> {
     }
 }
 
-/// Renders `state` and replaces `path` atomically with it.
+/// Mode of `--output`: the same readers as the state it comes from (`histogram::STATE_MODE`);
+/// widen it with chmod when a file is meant for more.
+pub const OUTPUT_MODE: u32 = crate::histogram::STATE_MODE;
+/// Mode of `fastkexec.prom`: node_exporter reads it as its own user (`prometheus` on Debian),
+/// not as root, and serves it to anyone who can scrape it; the file holds nothing the scrape
+/// does not show anyway.
+pub const TEXTFILE_MODE: u32 = 0o644;
+
+/// Renders `state` and replaces `path` atomically with it (mode `OUTPUT_MODE`).
 pub fn write_file(path: &Path, format: Format, state: &State) -> Result<()> {
-    atomic_file::write(path, render(format, state)?.as_bytes())
+    atomic_file::write(path, render(format, state)?.as_bytes(), OUTPUT_MODE)
 }
 
 /// node_exporter's textfile convention: Prometheus text written to a temporary file in `dir`
@@ -107,7 +115,8 @@ pub fn write_textfile(dir: &Path, state: &State) -> Result<PathBuf> {
         });
     }
     let path = dir.join(TEXTFILE_NAME);
-    write_file(&path, Format::Prometheus, state)?;
+    let text = render(Format::Prometheus, state)?;
+    atomic_file::write(&path, text.as_bytes(), TEXTFILE_MODE)?;
     Ok(path)
 }
 
@@ -734,6 +743,47 @@ mod tests {
             // bound (here: the one exactly on it) fewer.
             assert!(*count <= exact, "le={bound}: {count} > {exact}");
             assert!(exact - count <= 1, "le={bound}: {count} vs {exact}");
+        }
+    }
+
+    /// The modes README documents, exactly, under a permissive and a strict umask (the umask
+    /// is process-wide: this is the only test that changes it).
+    #[test]
+    fn written_files_have_their_documented_modes_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        for umask in [0o077, 0o000] {
+            let d = tempfile::tempdir().unwrap();
+            let state_dir = d.path().join("state");
+            let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
+            let boot = Boot {
+                boot_id: "b".into(),
+                phases: vec![Phase::new("purgatory", 1_000)],
+                total_ns: 2_000,
+                reboot_unix_ns: 1,
+                mode: "uncompressed".into(),
+            };
+            let written = crate::histogram::fold_boot(&state_dir, &boot).map(|(_, st)| {
+                let prom = write_textfile(d.path(), &st);
+                let out = write_file(&d.path().join("out.json"), Format::Json, &st);
+                (prom, out)
+            });
+            rustix::process::umask(old);
+            let (prom, out) = written.unwrap();
+            prom.unwrap();
+            out.unwrap();
+            assert_eq!(
+                mode(&state_dir.join("state.json")),
+                0o640,
+                "umask {umask:o}"
+            );
+            assert_eq!(mode(&state_dir.join("lock")), 0o640, "umask {umask:o}");
+            assert_eq!(
+                mode(&d.path().join(TEXTFILE_NAME)),
+                0o644,
+                "umask {umask:o}"
+            );
+            assert_eq!(mode(&d.path().join("out.json")), 0o640, "umask {umask:o}");
         }
     }
 

@@ -32,6 +32,13 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/fastkexec";
 pub const STATE_FILE: &str = "state.json";
 /// Held with flock(2) while the state is read and replaced.
 pub const LOCK_FILE: &str = "lock";
+/// Mode of `state.json` and `lock`: the reboot history is for root and, through the
+/// directory's group (`chgrp` it and `chmod g+s` so new files inherit the group), for an
+/// unprivileged `fastkexec serve` or `export`; not for every local user.
+pub const STATE_MODE: u32 = 0o640;
+/// Mode of a state directory fastkexec creates: others may look up the files, whose own mode
+/// decides who reads them.
+pub const STATE_DIR_MODE: u32 = 0o755;
 /// A corrupt `state.json` is renamed to this prefix followed by the unix time.
 pub const CORRUPT_PREFIX: &str = "state.json.corrupt-";
 /// Resolution of every histogram: values are exact to 1 part in 1000.
@@ -417,7 +424,7 @@ pub struct StateDir {
 impl StateDir {
     /// Creates `dir` if needed and waits for its lock: for a read-modify-write of the state.
     pub fn lock(dir: &Path) -> Result<StateDir> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_state_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let f = open_lock_file(&path).map_err(|e| Error::io(&path, e))?;
         f.lock().map_err(|e| Error::io(&path, e))?;
@@ -429,7 +436,7 @@ impl StateDir {
 
     /// Like `lock`, but returns None at once when another process holds the lock.
     pub fn try_lock(dir: &Path) -> Result<Option<StateDir>> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_state_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let f = open_lock_file(&path).map_err(|e| Error::io(&path, e))?;
         match f.try_lock() {
@@ -514,7 +521,7 @@ impl StateDir {
 
     /// Replaces `state.json` atomically.
     pub fn save(&self, state: &State) -> Result<()> {
-        atomic_file::write(&self.dir.join(STATE_FILE), &state.to_json()?)
+        atomic_file::write(&self.dir.join(STATE_FILE), &state.to_json()?, STATE_MODE)
     }
 
     fn move_aside(&self, path: &Path) -> Result<PathBuf> {
@@ -733,14 +740,46 @@ fn validate(boot: &Boot) -> Result<()> {
     Ok(())
 }
 
+/// Creates a missing state directory with `STATE_DIR_MODE` (not whatever the umask makes of
+/// it: under umask 0 it would be writable by everyone, and `atomic_file` then refuses it).
+fn create_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(STATE_DIR_MODE)))
+        .map_err(|e| Error::io(dir, e))
+}
+
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // O_NOFOLLOW: a link planted at `lock` must not make root create or open another file.
     match OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
+        .mode(STATE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        // Created now: its mode is ours to set, whatever the umask made of it.
+        Ok(f) => f
+            .set_permissions(fs::Permissions::from_mode(STATE_MODE))
+            .map(|()| f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => open_existing_lock_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn open_existing_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
     {

@@ -31,6 +31,9 @@ const CACHE_FORMAT: u32 = 1;
 const VMLINUX_FILE: &str = "vmlinux";
 const SETUP_HEADER_FILE: &str = "setup_header";
 const META_FILE: &str = "meta.json";
+/// Mode of every cache file: only root loads kernels, and the extracted vmlinux must not be
+/// readable by more users than the bzImage it comes from (Ubuntu keeps /boot/vmlinuz-* 0600).
+pub const CACHE_FILE_MODE: u32 = 0o600;
 /// meta.json is tiny; anything bigger is not ours.
 const MAX_META_SIZE: u64 = 64 * 1024;
 
@@ -121,9 +124,9 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
         )
     })?;
     // meta.json last: an entry without it (a crash mid-way) is not a hit.
-    atomic_file::write(&vmlinux_path, &x.vmlinux)?;
-    atomic_file::write(&header_path, &x.header.raw)?;
-    atomic_file::write(&entry_dir.join(META_FILE), &meta_json)?;
+    atomic_file::write(&vmlinux_path, &x.vmlinux, CACHE_FILE_MODE)?;
+    atomic_file::write(&header_path, &x.header.raw, CACHE_FILE_MODE)?;
+    atomic_file::write(&entry_dir.join(META_FILE), &meta_json, CACHE_FILE_MODE)?;
     log::info!(
         "{}: extracted {} vmlinux ({} bytes) to {}",
         bzimage.display(),
