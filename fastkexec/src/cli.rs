@@ -312,8 +312,10 @@ purgatory, kernel early boot (to the new kernel's clock zero), kernel boot (to `
 user space. A step this kernel did not take is listed under `not on the timeline` with why.
 
 The record is validated whole (magic, version, length, checksums, and that it was written by
-the boot that started this kernel); a missing, torn or stale record is reported as such, only
-this kernel's own phases are shown, and the exit status is 2. With a record, the boot is folded
+the boot that started this kernel) and for plausibility (a TSC rate within 100 MHz..10 GHz, a
+calibration of at most a year, every stamp within a year of it); a missing, torn, stale or
+implausible record is reported as such, only this kernel's own phases are shown, and the exit
+status is 2. With a record, the boot is folded
 into the histograms in --state-dir (see `fastkexec export`).
 
 JSON: phases (name, start_ns, duration_ns, share, note), total_ns (= the sum of the phases),

@@ -157,6 +157,14 @@ pub enum Error {
     )]
     TraceRecordStale { why: String },
 
+    /// The trace record is whole but its clock figures are impossible; it is not used at all.
+    #[error(
+        "implausible record: {what}; it was rejected as a whole, no part of it is used (its \
+         checksums held, so it was written that way: a broken clock, or forged); trace the next \
+         reboot again with `fastkexec trace`"
+    )]
+    TraceRecordImplausible { what: String },
+
     // --- staged mode: crashkernel memory reuse (staged.rs, trampoline.rs) ---
     /// Staged mode found no usable crashkernel reservation; `problem` says why and what to do.
     #[error("staged mode needs a crashkernel reservation: {problem}")]
