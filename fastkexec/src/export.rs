@@ -746,16 +746,16 @@ mod tests {
         }
     }
 
-    /// The modes README documents, exactly, under a permissive and a strict umask (the umask
-    /// is process-wide: this is the only test that changes it).
+    /// The modes README documents, exactly, under a permissive and a strict umask. The umask is
+    /// process-wide, so each runs in a child process (this test binary, running only this
+    /// test) started by `sh -c 'umask ...'`: the other tests never see it.
     #[test]
     fn written_files_have_their_documented_modes_whatever_the_umask() {
         use std::os::unix::fs::PermissionsExt;
+        const CHILD: &str = "FASTKEXEC_TEST_MODES_DIR";
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        for umask in [0o077, 0o000] {
-            let d = tempfile::tempdir().unwrap();
-            let state_dir = d.path().join("state");
-            let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let d = PathBuf::from(dir);
             let boot = Boot {
                 boot_id: "b".into(),
                 phases: vec![Phase::new("purgatory", 1_000)],
@@ -763,27 +763,31 @@ mod tests {
                 reboot_unix_ns: 1,
                 mode: "uncompressed".into(),
             };
-            let written = crate::histogram::fold_boot(&state_dir, &boot).map(|(_, st)| {
-                let prom = write_textfile(d.path(), &st);
-                let out = write_file(&d.path().join("out.json"), Format::Json, &st);
-                (prom, out)
-            });
-            rustix::process::umask(old);
-            let (prom, out) = written.unwrap();
-            prom.unwrap();
-            out.unwrap();
-            assert_eq!(
-                mode(&state_dir.join("state.json")),
-                0o640,
-                "umask {umask:o}"
-            );
-            assert_eq!(mode(&state_dir.join("lock")), 0o640, "umask {umask:o}");
-            assert_eq!(
-                mode(&d.path().join(TEXTFILE_NAME)),
-                0o644,
-                "umask {umask:o}"
-            );
-            assert_eq!(mode(&d.path().join("out.json")), 0o640, "umask {umask:o}");
+            let (_, st) = crate::histogram::fold_boot(&d.join("state"), &boot).unwrap();
+            write_textfile(&d, &st).unwrap();
+            write_file(&d.join("out.json"), Format::Json, &st).unwrap();
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let name = "export::tests::written_files_have_their_documented_modes_whatever_the_umask";
+        for umask in ["077", "000"] {
+            let d = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "umask {umask} && exec \"$0\" --exact {name} --test-threads 1"
+                ))
+                .arg(&exe)
+                .env(CHILD, d.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "umask {umask}: {out:?}");
+            let state_dir = d.path().join("state");
+            assert_eq!(mode(&state_dir), 0o755, "umask {umask}");
+            assert_eq!(mode(&state_dir.join("state.json")), 0o640, "umask {umask}");
+            assert_eq!(mode(&state_dir.join("lock")), 0o640, "umask {umask}");
+            assert_eq!(mode(&d.path().join(TEXTFILE_NAME)), 0o644, "umask {umask}");
+            assert_eq!(mode(&d.path().join("out.json")), 0o640, "umask {umask}");
         }
     }
 
