@@ -323,7 +323,9 @@ spans, devices, notifiers, unseen, record, clock.";
 
 const EXPORT_AFTER_HELP: &str = "\
 The histograms are the ones `fastkexec report` folds each boot into (one HdrHistogram per
-phase, nanoseconds, 3 significant digits) in --state-dir.
+phase, nanoseconds, 3 significant digits) in --state-dir. export only reads there: a corrupt
+state.json is left in place, warned about and counted in fastkexec_state_corrupt_files (the
+next report that folds a boot moves it aside).
 
 Formats: prometheus (text 0.0.4: histogram fastkexec_phase_duration_seconds{phase}, histogram
 fastkexec_reboot_duration_seconds, counter fastkexec_reboots_total, gauges

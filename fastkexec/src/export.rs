@@ -8,7 +8,8 @@
 //! - `fastkexec_last_reboot_phase_seconds{phase}`, `fastkexec_last_reboot_total_seconds`,
 //!   `fastkexec_last_reboot_timestamp_seconds`: gauges, the last reboot folded;
 //! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded;
-//! - `fastkexec_state_corrupt_files`: gauge, corrupt state files moved aside (alert on > 0).
+//! - `fastkexec_state_corrupt_files`: gauge, corrupt state files: moved aside, or a corrupt
+//!   `state.json` a read-only command left in place (alert on > 0).
 //!
 //! Bucket counts come from the HdrHistogram: a value counts toward `le` when its whole
 //! HdrHistogram bucket (width ≤ 0.1 % of the value) lies at or below `le`, so a bucket never
@@ -291,8 +292,8 @@ fn metrics_text(state: &State, om: bool) -> String {
         &Family {
             name: "fastkexec_state_corrupt_files",
             kind: "gauge",
-            help: "Corrupt fastkexec state files moved aside (state.json.corrupt-*) in the \
-                   state directory.",
+            help: "Corrupt fastkexec state files in the state directory (state.json.corrupt-*, \
+                   and state.json itself until report moves it aside).",
             unit: None,
         },
         om,

@@ -8,9 +8,11 @@
 //!
 //! The directory holds `state.json` (replaced atomically: temp file + rename) and `lock`
 //! (flock(2), held while a state is read, folded and written, so two `fastkexec report` runs
-//! cannot lose each other's boot). A `state.json` that cannot be read back is renamed to
-//! `state.json.corrupt-<unix seconds>` with a warning and the histograms start again: the data
-//! stays on disk for a human, and monitoring sees `fastkexec_state_corrupt_files`.
+//! cannot lose each other's boot). When `report` folds a boot, a `state.json` that cannot be
+//! read back is renamed to `state.json.corrupt-<unix seconds>` with a warning and the
+//! histograms start again: the data stays on disk for a human, and monitoring sees
+//! `fastkexec_state_corrupt_files`. Readers (`export`, `serve`) never rename or create
+//! anything: they count a corrupt `state.json` where it is.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -197,9 +199,11 @@ impl State {
         }
     }
 
-    /// Reads the state in `dir` (under its lock, so never half way through another run's
-    /// update). A missing directory or file is an empty state; a corrupt file is moved aside
-    /// with a warning (see `warnings`).
+    /// Reads the state in `dir` for a command that only reads (`export`, `serve`): under its
+    /// lock when the lock file exists and can be opened, so never half way through another
+    /// run's update. A missing directory or file is an empty state. Nothing in `dir` is
+    /// created, renamed or removed: a corrupt file is left in place, counted in
+    /// `corrupt_files` and reported in `warnings`.
     pub fn open(dir: &Path) -> Result<State> {
         if !dir.exists() {
             log::info!(
@@ -208,7 +212,7 @@ impl State {
             );
             return Ok(State::new());
         }
-        StateDir::open_existing(dir)?.load()
+        StateDir::open_existing(dir)?.read()
     }
 
     /// Adds one reboot: each phase's duration to that phase's histogram, `total_ns` to the
@@ -449,10 +453,11 @@ impl StateDir {
         }
     }
 
-    /// For readers (`export`, `serve`): the lock if it can be had without write access.
+    /// For readers (`export`, `serve`): the lock if the file exists and can be opened (read
+    /// access is enough for flock); a reader never creates it.
     fn open_existing(dir: &Path) -> Result<StateDir> {
         let path = dir.join(LOCK_FILE);
-        let f = match open_lock_file(&path) {
+        let f = match open_existing_lock_file(&path) {
             Ok(f) => Some(f),
             Err(e)
                 if e.kind() == ErrorKind::PermissionDenied || e.kind() == ErrorKind::NotFound =>
@@ -478,31 +483,16 @@ impl StateDir {
         &self.dir
     }
 
-    /// Reads `state.json`: an empty state when there is none; a corrupt one is renamed to
-    /// `state.json.corrupt-<unix seconds>` with a warning and an empty state returned.
-    /// A state written by a newer fastkexec is an error and is left alone.
+    /// Reads `state.json` for a read-modify-write (under the lock `lock` took): an empty state
+    /// when there is none; a corrupt one is renamed to `state.json.corrupt-<unix seconds>` with
+    /// a warning and an empty state returned, so the next save starts new histograms without
+    /// destroying the evidence. A state written by a newer fastkexec is an error and is left
+    /// alone.
     pub fn load(&self) -> Result<State> {
         let path = self.dir.join(STATE_FILE);
-        let decoded = match read_limited(&path) {
-            Ok(Some(bytes)) => State::from_json(&bytes),
-            Ok(None) => Err(Decode::Corrupt(format!(
-                "larger than {MAX_STATE_BYTES} bytes"
-            ))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(State::new()),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let mut state = match decoded {
+        let mut state = match self.decode()? {
             Ok(s) => s,
-            Err(Decode::Newer(v)) => {
-                return Err(Error::StateFile {
-                    path,
-                    problem: format!(
-                        "written by a newer fastkexec (state format version {v}, this one \
-                         reads {VERSION}); upgrade fastkexec or use another --state-dir"
-                    ),
-                })
-            }
-            Err(Decode::Corrupt(problem)) => {
+            Err(problem) => {
                 let aside = self.move_aside(&path)?;
                 let msg = format!(
                     "{}: corrupt ({problem}); moved to {} and starting new histograms",
@@ -517,6 +507,54 @@ impl StateDir {
         };
         state.corrupt_files = self.count_corrupt_files();
         Ok(state)
+    }
+
+    /// Reads `state.json` without changing anything: a corrupt one is reported (a warning, and
+    /// counted in `corrupt_files` with the files already moved aside) and an empty state
+    /// returned. For commands that only read.
+    pub fn read(&self) -> Result<State> {
+        let path = self.dir.join(STATE_FILE);
+        let (mut state, live_corrupt) = match self.decode()? {
+            Ok(s) => (s, 0),
+            Err(problem) => {
+                let msg = format!(
+                    "{}: corrupt ({problem}); left in place (this command only reads): the \
+                     next `fastkexec report` that folds a boot moves it aside, or move it away \
+                     by hand",
+                    path.display()
+                );
+                log::warn!("{msg}");
+                let mut s = State::new();
+                s.warnings.push(msg);
+                (s, 1)
+            }
+        };
+        state.corrupt_files = self.count_corrupt_files() + live_corrupt;
+        Ok(state)
+    }
+
+    /// The state, or why it is corrupt; a newer format or an unreadable file is an error.
+    fn decode(&self) -> Result<std::result::Result<State, String>> {
+        let path = self.dir.join(STATE_FILE);
+        let decoded = match read_limited(&path) {
+            Ok(Some(bytes)) => State::from_json(&bytes),
+            Ok(None) => Err(Decode::Corrupt(format!(
+                "larger than {MAX_STATE_BYTES} bytes"
+            ))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(State::new()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        match decoded {
+            Ok(s) => Ok(Ok(s)),
+            Err(Decode::Newer(v)) => Err(Error::StateFile {
+                path,
+                problem: format!(
+                    "written by a newer fastkexec (state format version {v}, this one \
+                     reads {VERSION}); upgrade fastkexec or use another --state-dir"
+                ),
+            }),
+            Err(Decode::Corrupt(problem)) => Ok(Err(problem)),
+        }
     }
 
     /// Replaces `state.json` atomically.
@@ -1053,12 +1091,51 @@ mod tests {
         }
     }
 
+    /// Every name in `dir` with its content (directories as None).
+    fn listing(dir: &Path) -> Vec<(std::ffi::OsString, Option<Vec<u8>>)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), fs::read(e.path()).ok())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `export` and `serve` read through `State::open`: a corrupt state is reported and counted,
+    /// and nothing in the directory is renamed or created.
+    #[test]
+    fn the_read_only_open_leaves_a_corrupt_state_in_place_and_counts_it() {
+        for (what, bytes) in corrupt_cases() {
+            let d = tempfile::tempdir().unwrap();
+            fs::write(d.path().join(STATE_FILE), &bytes).unwrap();
+            fs::write(d.path().join(format!("{CORRUPT_PREFIX}1")), b"older").unwrap();
+            let before = listing(d.path());
+            let st = State::open(d.path()).unwrap();
+            assert_eq!(listing(d.path()), before, "{what}: the directory changed");
+            assert_eq!(st.corrupt_files(), 2, "{what}");
+            assert_eq!(st.boots(), 0, "{what}");
+            assert!(
+                st.warnings()[0].contains("corrupt") && st.warnings()[0].contains("left"),
+                "{what}: {:?}",
+                st.warnings()
+            );
+            let text = crate::export::render(crate::export::Format::Prometheus, &st).unwrap();
+            assert!(
+                text.contains("\nfastkexec_state_corrupt_files 2\n"),
+                "{what}: {text}"
+            );
+        }
+    }
+
     #[test]
     fn a_second_corruption_does_not_clobber_the_first() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..3 {
             fs::write(d.path().join(STATE_FILE), format!("junk {i}")).unwrap();
-            let st = State::open(d.path()).unwrap();
+            let st = StateDir::lock(d.path()).unwrap().load().unwrap();
             assert_eq!(st.corrupt_files(), i + 1);
         }
     }
