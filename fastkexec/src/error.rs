@@ -65,6 +65,11 @@ pub enum Error {
     #[error("`systemctl kexec` {outcome}; check `journalctl -b`, or use `fastkexec exec --force` to skip the clean shutdown")]
     Systemctl { outcome: String },
 
+    /// An input file (kernel, initrd, cached vmlinux) that cannot be read as one: not a
+    /// regular file, or larger than its limit; `problem` says which and what to pass.
+    #[error("{path}: {problem}")]
+    Input { path: PathBuf, problem: String },
+
     // --- bzImage, payload decompression, vmlinux ELF, prepare cache
     //     (bzimage.rs, decompress.rs, vmlinux.rs, prepare.rs) ---
     /// Not a bzImage, or its setup header / payload location is unusable;

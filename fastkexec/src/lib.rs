@@ -19,6 +19,7 @@ pub mod export;
 pub mod handoff;
 pub mod histogram;
 pub mod hostinfo;
+pub mod input;
 pub mod kexec;
 pub mod load;
 pub mod phases;

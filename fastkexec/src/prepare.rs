@@ -13,15 +13,14 @@
 //! so deliberate tampering is out of scope, as it is for /boot itself.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::atomic_file;
 use crate::bzimage::{self, SetupHeader};
 use crate::decompress::Compression;
 use crate::vmlinux::{self, Vmlinux};
+use crate::{atomic_file, input};
 use crate::{Error, Result};
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/fastkexec";
@@ -55,6 +54,9 @@ pub struct Prepared {
     pub elf: Vmlinux,
     /// Size of the cached vmlinux file in bytes.
     pub vmlinux_len: u64,
+    /// The vmlinux's bytes as verified (or extracted): a loader uses these rather than read
+    /// the cache file again, which could have changed since the check.
+    pub vmlinux_bytes: Vec<u8>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -78,7 +80,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Extracts (or finds in the cache) the vmlinux of `bzimage`.
 pub fn prepare(bzimage: &Path, cache_dir: &Path) -> Result<Prepared> {
-    let image = read_capped(bzimage, bzimage::MAX_IMAGE_SIZE, "bzImage")?;
+    let image = input::read(
+        bzimage,
+        "the bzImage",
+        input::MAX_KERNEL_SIZE,
+        input::MAX_KERNEL_WHY,
+    )?;
     prepare_image(bzimage, &image, cache_dir)
 }
 
@@ -144,6 +151,7 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
         header: x.header,
         elf: x.elf,
         vmlinux_len: meta.vmlinux_len,
+        vmlinux_bytes: x.vmlinux,
     })
 }
 
@@ -158,8 +166,13 @@ fn load_entry(
     if !meta_path.exists() {
         return Ok(None);
     }
-    let meta_bytes =
-        read_capped(&meta_path, MAX_META_SIZE, "cache metadata").map_err(|e| e.to_string())?;
+    let meta_bytes = input::read(
+        &meta_path,
+        "the cache metadata",
+        MAX_META_SIZE,
+        "it is a few hundred bytes",
+    )
+    .map_err(|e| e.to_string())?;
     let meta: Meta =
         serde_json::from_slice(&meta_bytes).map_err(|e| format!("{META_FILE}: {e}"))?;
     if meta.format != CACHE_FORMAT {
@@ -175,8 +188,13 @@ fn load_entry(
         ));
     }
     let header_path = dir.join(SETUP_HEADER_FILE);
-    let cached_header =
-        read_capped(&header_path, 4096, "cached setup header").map_err(|e| e.to_string())?;
+    let cached_header = input::read(
+        &header_path,
+        "the cached setup header",
+        4096,
+        "it is at most a page",
+    )
+    .map_err(|e| e.to_string())?;
     if cached_header != header.raw {
         return Err(format!("{SETUP_HEADER_FILE} differs from the bzImage's"));
     }
@@ -196,8 +214,13 @@ fn load_entry(
             meta.vmlinux_len
         ));
     }
-    let bytes = read_capped(&vmlinux_path, meta.vmlinux_len, "cached vmlinux")
-        .map_err(|e| e.to_string())?;
+    let bytes = input::read(
+        &vmlinux_path,
+        "the cached vmlinux",
+        meta.vmlinux_len,
+        "the size meta.json records",
+    )
+    .map_err(|e| e.to_string())?;
     let crc = crc32fast::hash(&bytes);
     if crc != meta.vmlinux_crc32 {
         return Err(format!(
@@ -216,38 +239,8 @@ fn load_entry(
         header: header.clone(),
         elf,
         vmlinux_len: len,
+        vmlinux_bytes: bytes,
     }))
-}
-
-/// Reads a whole file, refusing files larger than `max` bytes before
-/// allocating for them.
-fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len > max {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{what} is {len} bytes, more than the {max}-byte limit; is this the right file?"),
-            ),
-        ));
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    // take(): the file may grow while we read it.
-    f.take(max.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > max {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{what} grew past the {max}-byte limit while being read"),
-            ),
-        ));
-    }
-    Ok(buf)
 }
 
 #[cfg(test)]
