@@ -173,7 +173,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub verify: bool,
 
-    /// Cache of extracted vmlinux files (uncompressed mode).
+    /// Cache of extracted vmlinux files (uncompressed mode); must be writable by its owner (root,
+    /// or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
 
@@ -260,7 +261,7 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "BZIMAGE")]
     pub kernel: PathBuf,
 
-    /// Cache directory.
+    /// Cache directory; must be writable by its owner (root, or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
 

@@ -96,6 +96,11 @@ pub enum Error {
     #[error("{path}: not a loadable x86-64 vmlinux: {problem}")]
     BadVmlinux { path: PathBuf, problem: String },
 
+    /// The prepare cache (or an entry of it) could be written by someone other than root (or
+    /// the user running fastkexec); `problem` says who and what to change.
+    #[error("{path}: {problem}")]
+    UntrustedCache { path: PathBuf, problem: String },
+
     // --- host facts, boot_params, purgatory, segment planning
     //     (hostinfo.rs, bootparams.rs, purgatory.rs, segments.rs) ---
     /// A sysfs file describing the running machine is missing or unusable.
