@@ -174,7 +174,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub verify: bool,
 
-    /// Cache of extracted vmlinux files (uncompressed mode).
+    /// Cache of extracted vmlinux files (uncompressed mode); must be writable by its owner (root,
+    /// or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
 
@@ -261,7 +262,7 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "BZIMAGE")]
     pub kernel: PathBuf,
 
-    /// Cache directory.
+    /// Cache directory; must be writable by its owner (root, or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
 
@@ -321,8 +322,10 @@ jump), purgatory, kernel_early_boot (to the new kernel's clock zero), kernel_boo
 `not on the timeline` with why.
 
 The record is validated whole (magic, version, length, checksums, and that it was written by
-the boot that started this kernel); a missing, torn or stale record is reported as such, only
-this kernel's own phases are shown, and the exit status is 2. With a record, the boot is folded
+the boot that started this kernel) and for plausibility (a TSC rate within 100 MHz..10 GHz, a
+calibration of at most a year, every stamp within a year of it); a missing, torn, stale or
+implausible record is reported as such, only this kernel's own phases are shown, and the exit
+status is 2. With a record, the boot is folded
 into the histograms in --state-dir (see `fastkexec export`).
 
 JSON: phases (name, start_ns, duration_ns, share, note), total_ns (= the sum of the phases),
@@ -335,7 +338,9 @@ phase, 1 ns to 1 day, 3 significant digits) in --state-dir. A phase has one name
 format: its machine name (kernel_early_boot), the `phase` label, the JSON name and the
 interval-log tag alike. The Prometheus buckets run 1-2-5 per decade from 1 µs to 1000 s
 (le=\"0.000001\" ... le=\"1000.0\", then +Inf). fastkexec_last_reboot_info{mode} is the mode
-the trace record carries (uncompressed or staged).
+the trace record carries (uncompressed or staged). export only reads in --state-dir: a
+corrupt state.json is left in place, warned about and counted in fastkexec_state_corrupt_files
+(the next report that folds a boot moves it aside).
 
 Formats: prometheus (text 0.0.4: histogram fastkexec_phase_duration_seconds{phase}, histogram
 fastkexec_reboot_duration_seconds, counter fastkexec_reboots_total, gauges
@@ -349,6 +354,19 @@ HdrHistogram log reader).
 --textfile-dir writes fastkexec.prom for node_exporter's textfile collector (a temporary file
 renamed into place); --output writes any format to a file the same way; without either the
 export goes to standard output.
+
+Writing into a directory other users can write: the temporary file gets a random name and is
+created exclusively (O_EXCL, O_NOFOLLOW), and the rename replaces whatever sits at the target
+name (a planted symbolic link included) without following it, so nobody who can write the
+directory can make fastkexec overwrite another file. A directory every user can write without
+the sticky bit is refused (anyone could replace or delete the export there): chmod o-w or +t
+it. A directory owned by another user (e.g. the monitoring user) or writable by a group is
+used: they can replace the file, as they could anyway. A symbolic link on the way to the
+directory is followed only when it and the directory holding it belong to root (or the user
+running fastkexec) and nobody else can change that directory.
+
+Modes, whatever the umask: fastkexec.prom 0644 (node_exporter reads it as its own user);
+--output 0640, like the state (state.json) it comes from: chmod it if more should read it.
 
 Examples:
 
@@ -379,7 +397,7 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = FormatArg::Prometheus)]
     pub format: FormatArg,
 
-    /// Write to this file (atomically: a temporary file renamed over it) instead of stdout.
+    /// Write to this file (atomically: a temporary file renamed over it; mode 0640) instead of stdout.
     #[arg(long, short, value_name = "FILE", conflicts_with = "textfile_dir")]
     pub output: Option<PathBuf>,
 

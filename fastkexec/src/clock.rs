@@ -7,6 +7,15 @@
 
 use serde::Serialize;
 
+/// The slowest TSC a record may claim: x86-64 CPUs with an invariant TSC run it at 1 GHz or
+/// more; a tenth of that leaves room for any odd virtual machine.
+pub const MIN_TSC_HZ: u64 = 100_000_000;
+/// The fastest: no CPU's TSC runs near 10 GHz.
+pub const MAX_TSC_HZ: u64 = 10_000_000_000;
+/// The longest calibration (and the furthest an event may lie from it): a year. With this and
+/// the rate bounds every conversion of u64 stamps stays far inside i128 (2^55 ns × 2^60 ticks).
+pub const MAX_FIT_SPAN_NS: u64 = 366 * 86_400 * 1_000_000_000;
+
 /// Reads the time stamp counter.
 #[cfg(target_arch = "x86_64")]
 pub fn rdtsc() -> u64 {
@@ -133,36 +142,88 @@ impl Fit {
         })
     }
 
-    /// Whether the two points describe an increasing line.
+    /// Whether the fit is one a machine could have produced: see [`Fit::check`].
     pub fn is_valid(&self) -> bool {
-        self.ns_b > self.ns_a && self.tsc_b > self.tsc_a
+        self.check().is_ok()
+    }
+
+    /// Checks the fit against what hardware does: an increasing line, a TSC rate within
+    /// [`MIN_TSC_HZ`, `MAX_TSC_HZ`] and a span of at most [`MAX_FIT_SPAN_NS`]. A fit that
+    /// passes keeps every conversion of u64 inputs exact in i128. The error names the field.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.ns_b <= self.ns_a {
+            return Err(format!(
+                "calib_mono_b ({}) is not after calib_mono_a ({})",
+                self.ns_b, self.ns_a
+            ));
+        }
+        if self.tsc_b <= self.tsc_a {
+            return Err(format!(
+                "calib_tsc_b ({}) is not after calib_tsc_a ({})",
+                self.tsc_b, self.tsc_a
+            ));
+        }
+        let span = self.ns_b - self.ns_a;
+        if span > MAX_FIT_SPAN_NS {
+            return Err(format!(
+                "calib_mono_b - calib_mono_a is {span} ns, more than the {MAX_FIT_SPAN_NS} ns \
+                 (a year) a tracer can have been calibrating"
+            ));
+        }
+        // u128: ticks (< 2^64) times 1e9 (< 2^30) cannot overflow.
+        let hz = u128::from(self.tsc_b - self.tsc_a) * 1_000_000_000 / u128::from(span);
+        if hz < u128::from(MIN_TSC_HZ) || hz > u128::from(MAX_TSC_HZ) {
+            return Err(format!(
+                "calib gives a TSC rate of {hz} Hz, outside the {MIN_TSC_HZ}..={MAX_TSC_HZ} Hz \
+                 any x86-64 CPU runs at"
+            ));
+        }
+        if self.err_ns > span {
+            return Err(format!(
+                "calib_err_ns ({}) is larger than the calibration span ({span} ns)",
+                self.err_ns
+            ));
+        }
+        Ok(())
     }
 
     /// TSC ticks per second.
     pub fn tsc_hz(&self) -> f64 {
-        (self.tsc_b - self.tsc_a) as f64 * 1e9 / (self.ns_b - self.ns_a) as f64
+        (i128::from(self.tsc_b) - i128::from(self.tsc_a)) as f64 * 1e9
+            / (i128::from(self.ns_b) - i128::from(self.ns_a)) as f64
     }
 
-    /// The TSC at clock value `ns` (exact rational arithmetic, rounded).
+    /// The TSC at clock value `ns` (exact rational arithmetic, rounded). Exact for a fit that
+    /// passes [`Fit::check`]; otherwise it saturates rather than wrap or panic.
     pub fn tsc_at(&self, ns: u64) -> i128 {
         let dn = i128::from(ns) - i128::from(self.ns_a);
-        let num = dn * (i128::from(self.tsc_b) - i128::from(self.tsc_a));
+        let slope_num = i128::from(self.tsc_b) - i128::from(self.tsc_a);
         let den = i128::from(self.ns_b) - i128::from(self.ns_a);
-        i128::from(self.tsc_a) + div_round(num, den.max(1))
+        i128::from(self.tsc_a).saturating_add(mul_div_round(dn, slope_num, den))
     }
 
-    /// Converts a TSC difference to ns.
+    /// Converts a TSC difference to ns (exact for a checked fit, saturating otherwise).
     pub fn ticks_to_ns(&self, ticks: i128) -> i128 {
-        let num = ticks * (i128::from(self.ns_b) - i128::from(self.ns_a));
+        let num = i128::from(self.ns_b) - i128::from(self.ns_a);
         let den = i128::from(self.tsc_b) - i128::from(self.tsc_a);
-        div_round(num, den.max(1))
+        mul_div_round(ticks, num, den)
     }
 
-    /// Converts a ns difference to TSC ticks.
+    /// Converts a ns difference to TSC ticks (exact for a checked fit, saturating otherwise).
     pub fn ns_to_ticks(&self, ns: i128) -> i128 {
-        let num = ns * (i128::from(self.tsc_b) - i128::from(self.tsc_a));
+        let num = i128::from(self.tsc_b) - i128::from(self.tsc_a);
         let den = i128::from(self.ns_b) - i128::from(self.ns_a);
-        div_round(num, den.max(1))
+        mul_div_round(ns, num, den)
+    }
+}
+
+/// `a * b / den` rounded to nearest; a product beyond i128 saturates (by its sign) instead of
+/// overflowing, and a non-positive `den` counts as 1.
+fn mul_div_round(a: i128, b: i128, den: i128) -> i128 {
+    match a.checked_mul(b) {
+        Some(num) => div_round(num, den.max(1)),
+        None if (a < 0) != (b < 0) => i128::MIN,
+        None => i128::MAX,
     }
 }
 
@@ -170,8 +231,9 @@ impl Fit {
 fn div_round(num: i128, den: i128) -> i128 {
     let q = num.div_euclid(den);
     let r = num.rem_euclid(den);
-    if r * 2 >= den {
-        q + 1
+    // r < den: r * 2 cannot overflow unless den > i128::MAX / 2, compared without multiplying.
+    if r >= den - r {
+        q.saturating_add(1)
     } else {
         q
     }
@@ -265,5 +327,79 @@ mod tests {
         assert!(s.len() >= 2);
         assert!(s.windows(2).all(|w| w[0].ns <= w[1].ns));
         assert!(rdtsc() > 0);
+    }
+
+    #[test]
+    fn fits_no_machine_makes_are_refused_by_field() {
+        let ok = Fit {
+            tsc_a: 1_000,
+            ns_a: 0,
+            tsc_b: 1_000 + 2_400_000_000,
+            ns_b: 1_000_000_000,
+            err_ns: 5,
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let cases = [
+            (Fit { ns_b: 0, ..ok }, "calib_mono_b"),
+            (Fit { tsc_b: 1_000, ..ok }, "calib_tsc_b"),
+            // 99 MHz and 11 GHz.
+            (
+                Fit {
+                    tsc_b: 1_000 + 99_000_000,
+                    ..ok
+                },
+                "TSC rate",
+            ),
+            (
+                Fit {
+                    tsc_b: 1_000 + 11_000_000_000,
+                    ..ok
+                },
+                "TSC rate",
+            ),
+            (
+                Fit {
+                    ns_b: MAX_FIT_SPAN_NS + 1,
+                    tsc_b: u64::MAX,
+                    ..ok
+                },
+                "a year",
+            ),
+            (
+                Fit {
+                    err_ns: 2_000_000_000,
+                    ..ok
+                },
+                "calib_err_ns",
+            ),
+        ];
+        for (fit, field) in cases {
+            let err = fit.check().unwrap_err();
+            assert!(err.contains(field), "{fit:?}: {err}");
+            assert!(!fit.is_valid());
+        }
+    }
+
+    #[test]
+    fn unchecked_extreme_fits_saturate_instead_of_overflowing() {
+        let fit = Fit {
+            tsc_a: 0,
+            ns_a: 0,
+            tsc_b: u64::MAX,
+            ns_b: u64::MAX,
+            err_ns: 0,
+        };
+        // (2^64 - 2)(2^64 - 1) does not fit i128: saturated, not wrapped, no panic.
+        assert_eq!(fit.tsc_at(u64::MAX - 1), i128::MAX);
+        assert_eq!(fit.tsc_at(1 << 62), 1 << 62);
+        assert_eq!(fit.ticks_to_ns(i128::MAX), i128::MAX);
+        assert_eq!(fit.ns_to_ticks(i128::MIN), i128::MIN);
+        let steep = Fit {
+            tsc_b: u64::MAX,
+            ns_b: 1,
+            ..fit
+        };
+        assert_eq!(steep.tsc_at(u64::MAX), i128::MAX);
+        assert!(steep.tsc_hz().is_finite());
     }
 }

@@ -65,6 +65,11 @@ pub enum Error {
     #[error("`systemctl kexec` {outcome}; check `journalctl -b`, or use `fastkexec exec --force` to skip the clean shutdown")]
     Systemctl { outcome: String },
 
+    /// An input file (kernel, initrd, cached vmlinux) that cannot be read as one: not a
+    /// regular file, or larger than its limit; `problem` says which and what to pass.
+    #[error("{path}: {problem}")]
+    Input { path: PathBuf, problem: String },
+
     // --- bzImage, payload decompression, vmlinux ELF, prepare cache
     //     (bzimage.rs, decompress.rs, vmlinux.rs, prepare.rs) ---
     /// Not a bzImage, or its setup header / payload location is unusable;
@@ -90,6 +95,11 @@ pub enum Error {
     /// header field or program header at fault.
     #[error("{path}: not a loadable x86-64 vmlinux: {problem}")]
     BadVmlinux { path: PathBuf, problem: String },
+
+    /// The prepare cache (or an entry of it) could be written by someone other than root (or
+    /// the user running fastkexec); `problem` says who and what to change.
+    #[error("{path}: {problem}")]
+    UntrustedCache { path: PathBuf, problem: String },
 
     // --- host facts, boot_params, purgatory, segment planning
     //     (hostinfo.rs, bootparams.rs, purgatory.rs, segments.rs) ---
@@ -157,6 +167,14 @@ pub enum Error {
     )]
     TraceRecordStale { why: String },
 
+    /// The trace record is whole but its clock figures are impossible; it is not used at all.
+    #[error(
+        "implausible record: {what}; it was rejected as a whole, no part of it is used (its \
+         checksums held, so it was written that way: a broken clock, or forged); trace the next \
+         reboot again with `fastkexec trace`"
+    )]
+    TraceRecordImplausible { what: String },
+
     // --- staged mode: crashkernel memory reuse (staged.rs, trampoline.rs) ---
     /// Staged mode found no usable crashkernel reservation; `problem` says why and what to do.
     #[error("staged mode needs a crashkernel reservation: {problem}")]
@@ -186,6 +204,10 @@ pub enum Error {
     /// A state or export file cannot be used as it is; `problem` says why and what to do.
     #[error("{path}: {problem}")]
     StateFile { path: PathBuf, problem: String },
+    /// A directory fastkexec would write into (or follow a link through) is not safe for that;
+    /// `problem` says who could interfere and what to change.
+    #[error("{path}: {problem}")]
+    UnsafeDirectory { path: PathBuf, problem: String },
     /// A histogram could not be encoded for the state file or an export.
     #[error("cannot encode the histogram of {what}: {problem}")]
     HistogramEncode { what: String, problem: String },

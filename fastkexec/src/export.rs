@@ -12,7 +12,8 @@
 //!   `fastkexec_last_reboot_timestamp_seconds`: gauges, the last reboot folded;
 //! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded (from the
 //!   trace record: `uncompressed` or `staged`);
-//! - `fastkexec_state_corrupt_files`: gauge, corrupt state files moved aside (alert on > 0).
+//! - `fastkexec_state_corrupt_files`: gauge, corrupt state files: moved aside, or a corrupt
+//!   `state.json` a read-only command left in place (alert on > 0).
 //!
 //! Bucket counts come from the HdrHistogram: a value counts toward `le` when its whole
 //! HdrHistogram bucket (width ≤ 0.1 % of the value) lies at or below `le`, so a bucket never
@@ -112,9 +113,17 @@ pub fn render(format: Format, state: &State) -> Result<String> {
     }
 }
 
-/// Renders `state` and replaces `path` atomically with it.
+/// Mode of `--output`: the same readers as the state it comes from (`histogram::STATE_MODE`);
+/// widen it with chmod when a file is meant for more.
+pub const OUTPUT_MODE: u32 = crate::histogram::STATE_MODE;
+/// Mode of `fastkexec.prom`: node_exporter reads it as its own user (`prometheus` on Debian),
+/// not as root, and serves it to anyone who can scrape it; the file holds nothing the scrape
+/// does not show anyway.
+pub const TEXTFILE_MODE: u32 = 0o644;
+
+/// Renders `state` and replaces `path` atomically with it (mode `OUTPUT_MODE`).
 pub fn write_file(path: &Path, format: Format, state: &State) -> Result<()> {
-    atomic_file::write(path, render(format, state)?.as_bytes())
+    atomic_file::write(path, render(format, state)?.as_bytes(), OUTPUT_MODE)
 }
 
 /// node_exporter's textfile convention: Prometheus text written to a temporary file in `dir`
@@ -130,7 +139,8 @@ pub fn write_textfile(dir: &Path, state: &State) -> Result<PathBuf> {
         });
     }
     let path = dir.join(TEXTFILE_NAME);
-    write_file(&path, Format::Prometheus, state)?;
+    let text = render(Format::Prometheus, state)?;
+    atomic_file::write(&path, text.as_bytes(), TEXTFILE_MODE)?;
     Ok(path)
 }
 
@@ -305,8 +315,8 @@ fn metrics_text(state: &State, om: bool) -> String {
         &Family {
             name: "fastkexec_state_corrupt_files",
             kind: "gauge",
-            help: "Corrupt fastkexec state files moved aside (state.json.corrupt-*) in the \
-                   state directory.",
+            help: "Corrupt fastkexec state files in the state directory (state.json.corrupt-*, \
+                   and state.json itself until report moves it aside).",
             unit: None,
         },
         om,
@@ -766,6 +776,51 @@ mod tests {
             // bound (here: the one exactly on it) fewer.
             assert!(*count <= exact, "le={bound}: {count} > {exact}");
             assert!(exact - count <= 1, "le={bound}: {count} vs {exact}");
+        }
+    }
+
+    /// The modes README documents, exactly, under a permissive and a strict umask. The umask is
+    /// process-wide, so each runs in a child process (this test binary, running only this
+    /// test) started by `sh -c 'umask ...'`: the other tests never see it.
+    #[test]
+    fn written_files_have_their_documented_modes_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        const CHILD: &str = "FASTKEXEC_TEST_MODES_DIR";
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let d = PathBuf::from(dir);
+            let boot = Boot {
+                boot_id: "b".into(),
+                phases: vec![Phase::new("purgatory", 1_000)],
+                total_ns: 2_000,
+                reboot_unix_ns: 1,
+                mode: "uncompressed".into(),
+            };
+            let (_, st) = crate::histogram::fold_boot(&d.join("state"), &boot).unwrap();
+            write_textfile(&d, &st).unwrap();
+            write_file(&d.join("out.json"), Format::Json, &st).unwrap();
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let name = "export::tests::written_files_have_their_documented_modes_whatever_the_umask";
+        for umask in ["077", "000"] {
+            let d = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "umask {umask} && exec \"$0\" --exact {name} --test-threads 1"
+                ))
+                .arg(&exe)
+                .env(CHILD, d.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "umask {umask}: {out:?}");
+            let state_dir = d.path().join("state");
+            assert_eq!(mode(&state_dir), 0o755, "umask {umask}");
+            assert_eq!(mode(&state_dir.join("state.json")), 0o640, "umask {umask}");
+            assert_eq!(mode(&state_dir.join("lock")), 0o640, "umask {umask}");
+            assert_eq!(mode(&d.path().join(TEXTFILE_NAME)), 0o644, "umask {umask}");
+            assert_eq!(mode(&d.path().join("out.json")), 0o640, "umask {umask}");
         }
     }
 

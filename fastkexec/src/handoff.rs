@@ -44,7 +44,7 @@ use serde::Serialize;
 
 pub use fastkexec_common::SETUP_TYPE_TRACE;
 
-use crate::clock::Fit;
+use crate::clock::{Fit, MAX_FIT_SPAN_NS};
 use crate::load::LoadMode;
 use crate::{Error, Result};
 
@@ -177,6 +177,10 @@ pub enum RecordError {
     Torn(String),
     /// The record belongs to another boot.
     Stale(String),
+    /// The record is whole (its checksums hold) but says what no machine does: a clock rate,
+    /// span or stamp out of bounds. Written by a broken clock, or forged (the checksums are
+    /// not keyed).
+    Implausible(String),
 }
 
 impl fmt::Display for RecordError {
@@ -185,6 +189,7 @@ impl fmt::Display for RecordError {
             RecordError::Missing(s) => write!(f, "missing: {s}"),
             RecordError::Torn(s) => write!(f, "torn: {s}"),
             RecordError::Stale(s) => write!(f, "stale: {s}"),
+            RecordError::Implausible(s) => write!(f, "implausible: {s}"),
         }
     }
 }
@@ -195,6 +200,7 @@ impl From<RecordError> for Error {
             RecordError::Missing(reason) => Error::TraceRecordMissing { reason },
             RecordError::Torn(what) => Error::TraceRecordTorn { what },
             RecordError::Stale(why) => Error::TraceRecordStale { why },
+            RecordError::Implausible(what) => Error::TraceRecordImplausible { what },
         }
     }
 }
@@ -644,19 +650,66 @@ pub fn parse(nodes: &[Node]) -> std::result::Result<Record, RecordError> {
         },
         notifiers,
     };
-    if !header.calib.is_valid() {
-        return Err(RecordError::Torn(
-            "the clock calibration is not an increasing line".into(),
-        ));
-    }
-    Ok(Record {
+    let rec = Record {
         dropped: counters.claimed.saturating_sub(capacity),
         header,
         events,
         counters,
         purgatory,
         trampoline,
-    })
+    };
+    check_plausible(&rec)?;
+    Ok(rec)
+}
+
+/// Checks that every clock figure of a record is one a machine produces: the calibration
+/// (`Fit::check`), each event's and the latest probe exit's CLOCK_MONOTONIC stamp within
+/// `MAX_FIT_SPAN_NS` of the calibration, and each TSC stamp (request, trampoline, purgatory)
+/// within the TSC range those bounds allow. Within them, the report's arithmetic is exact.
+pub fn check_plausible(rec: &Record) -> std::result::Result<(), RecordError> {
+    let fit = rec.header.calib;
+    fit.check().map_err(RecordError::Implausible)?;
+    let lo = fit.ns_a.saturating_sub(MAX_FIT_SPAN_NS);
+    let hi = fit.ns_b.saturating_add(MAX_FIT_SPAN_NS);
+    let far = |ns: u64| ns < lo || ns > hi;
+    let window = format!(
+        "outside {lo}..={hi} (a year around the calibration, calib_mono_a {}, calib_mono_b {})",
+        fit.ns_a, fit.ns_b
+    );
+    if let Some((slot, e)) = rec.events.iter().enumerate().find(|(_, e)| far(e.ts_ns)) {
+        return Err(RecordError::Implausible(format!(
+            "event {slot} (kind {}) has ts_ns {} {window}",
+            e.kind, e.ts_ns
+        )));
+    }
+    if rec.counters.last_exit_ns != 0 && far(rec.counters.last_exit_ns) {
+        return Err(RecordError::Implausible(format!(
+            "last_exit_ns {} {window}",
+            rec.counters.last_exit_ns
+        )));
+    }
+    let (tlo, thi) = (fit.tsc_at(lo), fit.tsc_at(hi));
+    let mut stamps = Vec::new();
+    if rec.header.flags & fastkexec_common::flags::REQUEST_STAMPED != 0 {
+        stamps.push(("request_tsc", rec.header.request_tsc));
+    }
+    if let Some(t) = rec.trampoline {
+        stamps.push(("trampoline entry_tsc", t.entry_tsc));
+        stamps.push(("trampoline exit_tsc", t.exit_tsc));
+    }
+    if let Some(p) = rec.purgatory {
+        stamps.push(("purgatory entry_tsc", p.entry_tsc));
+        stamps.push(("purgatory exit_tsc", p.exit_tsc));
+    }
+    if let Some((field, v)) = stamps
+        .into_iter()
+        .find(|&(_, v)| i128::from(v) < tlo || i128::from(v) > thi)
+    {
+        return Err(RecordError::Implausible(format!(
+            "{field} {v} is outside the TSC range {tlo}..={thi} (a year around the calibration)"
+        )));
+    }
+    Ok(())
 }
 
 /// Facts of the running boot that tie a record to it.

@@ -8,9 +8,11 @@
 //!
 //! The directory holds `state.json` (replaced atomically: temp file + rename) and `lock`
 //! (flock(2), held while a state is read, folded and written, so two `fastkexec report` runs
-//! cannot lose each other's boot). A `state.json` that cannot be read back is renamed to
-//! `state.json.corrupt-<unix seconds>` with a warning and the histograms start again: the data
-//! stays on disk for a human, and monitoring sees `fastkexec_state_corrupt_files`.
+//! cannot lose each other's boot). When `report` folds a boot, a `state.json` that cannot be
+//! read back is renamed to `state.json.corrupt-<unix seconds>` with a warning and the
+//! histograms start again: the data stays on disk for a human, and monitoring sees
+//! `fastkexec_state_corrupt_files`. Readers (`export`, `serve`) never rename or create
+//! anything: they count a corrupt `state.json` where it is.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -32,6 +34,13 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/fastkexec";
 pub const STATE_FILE: &str = "state.json";
 /// Held with flock(2) while the state is read and replaced.
 pub const LOCK_FILE: &str = "lock";
+/// Mode of `state.json` and `lock`: the reboot history is for root and, through the
+/// directory's group (`chgrp` it and `chmod g+s` so new files inherit the group), for an
+/// unprivileged `fastkexec serve` or `export`; not for every local user.
+pub const STATE_MODE: u32 = 0o640;
+/// Mode of a state directory fastkexec creates: others may look up the files, whose own mode
+/// decides who reads them.
+pub const STATE_DIR_MODE: u32 = 0o755;
 /// A corrupt `state.json` is renamed to this prefix followed by the unix time.
 pub const CORRUPT_PREFIX: &str = "state.json.corrupt-";
 /// Resolution of every histogram: values are exact to 1 part in 1000.
@@ -190,9 +199,11 @@ impl State {
         }
     }
 
-    /// Reads the state in `dir` (under its lock, so never half way through another run's
-    /// update). A missing directory or file is an empty state; a corrupt file is moved aside
-    /// with a warning (see `warnings`).
+    /// Reads the state in `dir` for a command that only reads (`export`, `serve`): under its
+    /// lock when the lock file exists and can be opened, so never half way through another
+    /// run's update. A missing directory or file is an empty state. Nothing in `dir` is
+    /// created, renamed or removed: a corrupt file is left in place, counted in
+    /// `corrupt_files` and reported in `warnings`.
     pub fn open(dir: &Path) -> Result<State> {
         if !dir.exists() {
             log::info!(
@@ -201,7 +212,7 @@ impl State {
             );
             return Ok(State::new());
         }
-        StateDir::open_existing(dir)?.load()
+        StateDir::open_existing(dir)?.read()
     }
 
     /// Adds one reboot: each phase's duration to that phase's histogram, `total_ns` to the
@@ -462,7 +473,7 @@ pub struct StateDir {
 impl StateDir {
     /// Creates `dir` if needed and waits for its lock: for a read-modify-write of the state.
     pub fn lock(dir: &Path) -> Result<StateDir> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_state_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let f = open_lock_file(&path).map_err(|e| Error::io(&path, e))?;
         f.lock().map_err(|e| Error::io(&path, e))?;
@@ -474,7 +485,7 @@ impl StateDir {
 
     /// Like `lock`, but returns None at once when another process holds the lock.
     pub fn try_lock(dir: &Path) -> Result<Option<StateDir>> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_state_dir(dir)?;
         let path = dir.join(LOCK_FILE);
         let f = open_lock_file(&path).map_err(|e| Error::io(&path, e))?;
         match f.try_lock() {
@@ -487,10 +498,11 @@ impl StateDir {
         }
     }
 
-    /// For readers (`export`, `serve`): the lock if it can be had without write access.
+    /// For readers (`export`, `serve`): the lock if the file exists and can be opened (read
+    /// access is enough for flock); a reader never creates it.
     fn open_existing(dir: &Path) -> Result<StateDir> {
         let path = dir.join(LOCK_FILE);
-        let f = match open_lock_file(&path) {
+        let f = match open_existing_lock_file(&path) {
             Ok(f) => Some(f),
             Err(e)
                 if e.kind() == ErrorKind::PermissionDenied || e.kind() == ErrorKind::NotFound =>
@@ -516,31 +528,16 @@ impl StateDir {
         &self.dir
     }
 
-    /// Reads `state.json`: an empty state when there is none; a corrupt one is renamed to
-    /// `state.json.corrupt-<unix seconds>` with a warning and an empty state returned.
-    /// A state written by a newer fastkexec is an error and is left alone.
+    /// Reads `state.json` for a read-modify-write (under the lock `lock` took): an empty state
+    /// when there is none; a corrupt one is renamed to `state.json.corrupt-<unix seconds>` with
+    /// a warning and an empty state returned, so the next save starts new histograms without
+    /// destroying the evidence. A state written by a newer fastkexec is an error and is left
+    /// alone.
     pub fn load(&self) -> Result<State> {
         let path = self.dir.join(STATE_FILE);
-        let decoded = match read_limited(&path) {
-            Ok(Some(bytes)) => State::from_json(&bytes),
-            Ok(None) => Err(Decode::Corrupt(format!(
-                "larger than {MAX_STATE_BYTES} bytes"
-            ))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(State::new()),
-            Err(e) => return Err(Error::io(&path, e)),
-        };
-        let mut state = match decoded {
+        let mut state = match self.decode()? {
             Ok(s) => s,
-            Err(Decode::Newer(v)) => {
-                return Err(Error::StateFile {
-                    path,
-                    problem: format!(
-                        "written by a newer fastkexec (state format version {v}, this one \
-                         reads {VERSION}); upgrade fastkexec or use another --state-dir"
-                    ),
-                })
-            }
-            Err(Decode::Corrupt(problem)) => {
+            Err(problem) => {
                 let aside = self.move_aside(&path)?;
                 let msg = format!(
                     "{}: corrupt ({problem}); moved to {} and starting new histograms",
@@ -557,9 +554,57 @@ impl StateDir {
         Ok(state)
     }
 
+    /// Reads `state.json` without changing anything: a corrupt one is reported (a warning, and
+    /// counted in `corrupt_files` with the files already moved aside) and an empty state
+    /// returned. For commands that only read.
+    pub fn read(&self) -> Result<State> {
+        let path = self.dir.join(STATE_FILE);
+        let (mut state, live_corrupt) = match self.decode()? {
+            Ok(s) => (s, 0),
+            Err(problem) => {
+                let msg = format!(
+                    "{}: corrupt ({problem}); left in place (this command only reads): the \
+                     next `fastkexec report` that folds a boot moves it aside, or move it away \
+                     by hand",
+                    path.display()
+                );
+                log::warn!("{msg}");
+                let mut s = State::new();
+                s.warnings.push(msg);
+                (s, 1)
+            }
+        };
+        state.corrupt_files = self.count_corrupt_files() + live_corrupt;
+        Ok(state)
+    }
+
+    /// The state, or why it is corrupt; a newer format or an unreadable file is an error.
+    fn decode(&self) -> Result<std::result::Result<State, String>> {
+        let path = self.dir.join(STATE_FILE);
+        let decoded = match read_limited(&path) {
+            Ok(Some(bytes)) => State::from_json(&bytes),
+            Ok(None) => Err(Decode::Corrupt(format!(
+                "larger than {MAX_STATE_BYTES} bytes"
+            ))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(State::new()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        match decoded {
+            Ok(s) => Ok(Ok(s)),
+            Err(Decode::Newer(v)) => Err(Error::StateFile {
+                path,
+                problem: format!(
+                    "written by a newer fastkexec (state format version {v}, this one \
+                     reads {VERSION}); upgrade fastkexec or use another --state-dir"
+                ),
+            }),
+            Err(Decode::Corrupt(problem)) => Ok(Err(problem)),
+        }
+    }
+
     /// Replaces `state.json` atomically.
     pub fn save(&self, state: &State) -> Result<()> {
-        atomic_file::write(&self.dir.join(STATE_FILE), &state.to_json()?)
+        atomic_file::write(&self.dir.join(STATE_FILE), &state.to_json()?, STATE_MODE)
     }
 
     fn move_aside(&self, path: &Path) -> Result<PathBuf> {
@@ -778,16 +823,54 @@ fn validate(boot: &Boot) -> Result<()> {
     Ok(())
 }
 
+/// Creates a missing state directory with `STATE_DIR_MODE` (not whatever the umask makes of
+/// it: under umask 0 it would be writable by everyone, and `atomic_file` then refuses it).
+fn create_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(STATE_DIR_MODE)))
+        .map_err(|e| Error::io(dir, e))
+}
+
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // O_NOFOLLOW: a link planted at `lock` must not make root create or open another file.
     match OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
+        .mode(STATE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        // Created now: its mode is ours to set, whatever the umask made of it.
+        Ok(f) => f
+            .set_permissions(fs::Permissions::from_mode(STATE_MODE))
+            .map(|()| f),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => open_existing_lock_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn open_existing_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
     {
         // flock(2) works on a read-only descriptor too: enough for a reader without write access.
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => File::open(path),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
         r => r,
     }
 }
@@ -1113,12 +1196,51 @@ mod tests {
         }
     }
 
+    /// Every name in `dir` with its content (directories as None).
+    fn listing(dir: &Path) -> Vec<(std::ffi::OsString, Option<Vec<u8>>)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), fs::read(e.path()).ok())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `export` and `serve` read through `State::open`: a corrupt state is reported and counted,
+    /// and nothing in the directory is renamed or created.
+    #[test]
+    fn the_read_only_open_leaves_a_corrupt_state_in_place_and_counts_it() {
+        for (what, bytes) in corrupt_cases() {
+            let d = tempfile::tempdir().unwrap();
+            fs::write(d.path().join(STATE_FILE), &bytes).unwrap();
+            fs::write(d.path().join(format!("{CORRUPT_PREFIX}1")), b"older").unwrap();
+            let before = listing(d.path());
+            let st = State::open(d.path()).unwrap();
+            assert_eq!(listing(d.path()), before, "{what}: the directory changed");
+            assert_eq!(st.corrupt_files(), 2, "{what}");
+            assert_eq!(st.boots(), 0, "{what}");
+            assert!(
+                st.warnings()[0].contains("corrupt") && st.warnings()[0].contains("left"),
+                "{what}: {:?}",
+                st.warnings()
+            );
+            let text = crate::export::render(crate::export::Format::Prometheus, &st).unwrap();
+            assert!(
+                text.contains("\nfastkexec_state_corrupt_files 2\n"),
+                "{what}: {text}"
+            );
+        }
+    }
+
     #[test]
     fn a_second_corruption_does_not_clobber_the_first() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..3 {
             fs::write(d.path().join(STATE_FILE), format!("junk {i}")).unwrap();
-            let st = State::open(d.path()).unwrap();
+            let st = StateDir::lock(d.path()).unwrap().load().unwrap();
             assert_eq!(st.corrupt_files(), i + 1);
         }
     }

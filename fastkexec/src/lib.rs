@@ -20,6 +20,7 @@ pub mod fold;
 pub mod handoff;
 pub mod histogram;
 pub mod hostinfo;
+pub mod input;
 pub mod kexec;
 pub mod load;
 pub mod phases;

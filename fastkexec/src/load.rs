@@ -21,13 +21,14 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::input::{self, Input};
 use crate::kexec::{self, Call, SegmentSpec};
 use crate::status::{self, Status};
 use crate::{bzimage, hostinfo, prepare, segments, staged, vmlinux};
@@ -358,27 +359,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| Error::io(path, e))
-}
-
-/// Opens the initrd and checks it is a non-empty regular file.
-fn open_initrd(path: &Path) -> Result<(File, u64)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::UnsupportedImage {
+/// Opens the initrd: a non-empty regular file no larger than half of the machine's RAM
+/// (`input::initrd_limit`).
+fn open_initrd(path: &Path, root: &Path) -> Result<(Input, u64, String)> {
+    let (max, why) = input::initrd_limit(root);
+    let f = input::open(path, "the initrd", max, &why)?;
+    if f.len == 0 {
+        return Err(Error::Input {
             path: path.to_path_buf(),
-            problem: "the initrd is not a regular file".into(),
+            problem:
+                "the initrd is empty; pass the initramfs image (e.g. /boot/initrd.img-VERSION)"
+                    .into(),
         });
     }
-    if meta.len() == 0 {
-        return Err(Error::UnsupportedImage {
-            path: path.to_path_buf(),
-            problem: "the initrd is empty".into(),
-        });
-    }
-    Ok((file, meta.len()))
+    Ok((f, max, why))
 }
 
 /// Loads the next kernel (or, with `dry_run`, plans it). See the module docs.
@@ -411,7 +405,20 @@ pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> 
     let mut timings = Vec::new();
     let status = status::status(&opts.root)?;
 
-    let kernel_bytes = read(&opts.kernel)?;
+    // One descriptor for the kernel: the header parsed here, the payload extracted and (file
+    // mode) what the kernel reads all come from the same file.
+    let kernel_in = input::open(
+        &opts.kernel,
+        "the kernel image",
+        input::MAX_KERNEL_SIZE,
+        input::MAX_KERNEL_WHY,
+    )?;
+    let kernel_bytes = kernel_in.read_all(
+        &opts.kernel,
+        "the kernel image",
+        input::MAX_KERNEL_SIZE,
+        input::MAX_KERNEL_WHY,
+    )?;
     let is_bz = bzimage::is_bzimage(&kernel_bytes);
     if !is_bz && !vmlinux::is_elf(&kernel_bytes) {
         return Err(Error::UnsupportedImage {
@@ -507,7 +514,7 @@ pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> 
         ));
     }
     match mode {
-        LoadMode::File => load_file(opts, &status, &mut report)?,
+        LoadMode::File => load_file(opts, &kernel_in.file, &status, &mut report)?,
         LoadMode::Uncompressed | LoadMode::Staged => load_uncompressed(
             opts,
             &status,
@@ -522,13 +529,17 @@ pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> 
     Ok(report)
 }
 
-fn load_file(opts: &LoadOptions, status: &Status, report: &mut LoadReport) -> Result<()> {
-    let kernel = File::open(&opts.kernel).map_err(|e| Error::io(&opts.kernel, e))?;
+fn load_file(
+    opts: &LoadOptions,
+    kernel: &File,
+    status: &Status,
+    report: &mut LoadReport,
+) -> Result<()> {
     let initrd = match &opts.initrd {
         Some(p) => {
-            let (f, len) = open_initrd(p)?;
-            report.initrd_size = Some(len);
-            Some(f)
+            let (f, _, _) = open_initrd(p, &opts.root)?;
+            report.initrd_size = Some(f.len);
+            Some(f.file)
         }
         None => None,
     };
@@ -595,11 +606,12 @@ fn load_uncompressed(
             );
             (opts.kernel.clone(), extracted.vmlinux)
         } else {
-            let prepared = prepare::prepare(&opts.kernel, &opts.cache_dir)?;
+            // The bytes already read (not the path again), and the vmlinux `prepare` verified
+            // (not a second read of the cache file).
+            let prepared = prepare::prepare_image(&opts.kernel, kernel_bytes, &opts.cache_dir)?;
             report.compression = Some(prepared.compression.to_string());
             report.cache_hit = Some(prepared.cached);
-            let bytes = read(&prepared.vmlinux)?;
-            (prepared.vmlinux, bytes)
+            (prepared.vmlinux, prepared.vmlinux_bytes)
         }
     } else {
         (opts.kernel.clone(), kernel_bytes.to_vec())
@@ -613,9 +625,9 @@ fn load_uncompressed(
     let t = Instant::now();
     let initrd = match &opts.initrd {
         Some(p) => {
-            let (_, len) = open_initrd(p)?;
-            report.initrd_size = Some(len);
-            Some((p.as_path(), read(p)?))
+            let (f, max, why) = open_initrd(p, &opts.root)?;
+            report.initrd_size = Some(f.len);
+            Some((p.as_path(), f.read_all(p, "the initrd", max, &why)?))
         }
         None => None,
     };
@@ -865,6 +877,7 @@ impl fmt::Display for LoadReport {
 mod tests {
     use super::*;
     use crate::status::{Availability, Modes};
+    use std::fs;
 
     fn status_fixture(case: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1123,6 +1136,52 @@ mod tests {
             Some(fixtures().join("vmlinux-tiny.elf").as_path())
         );
         assert!(r.plan.is_some());
+    }
+
+    /// Special files are refused by name before anything is read: a FIFO would block `load`
+    /// forever, /dev/zero would grow until the OOM killer ends it.
+    #[test]
+    fn special_files_are_refused_by_name_without_blocking() {
+        let root = machine("plain");
+        let cache = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let zero = PathBuf::from("/dev/zero");
+        let base = |mode| opts(root.path(), "bzImage-tiny.zstd", mode, cache.path());
+        let mut cases = Vec::new();
+        for (kernel, initrd, mode) in [
+            (Some(&fifo), None, Mode::Uncompressed),
+            (Some(&zero), None, Mode::Uncompressed),
+            (None, Some(&fifo), Mode::Uncompressed),
+            (None, Some(&fifo), Mode::File),
+            (None, Some(&zero), Mode::Uncompressed),
+        ] {
+            let mut o = base(mode);
+            if let Some(k) = kernel {
+                o.kernel = k.clone();
+            }
+            o.initrd = initrd.cloned();
+            let named = kernel.or(initrd).unwrap().clone();
+            cases.push((o, named));
+        }
+        for (o, named) in cases {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let what = format!("{:?} kernel {:?} initrd {:?}", o.mode, o.kernel, o.initrd);
+            std::thread::spawn(move || {
+                let _ = tx.send(load(&o).map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{what}: still blocked after 10 s"));
+            let err = got.expect_err(&what);
+            assert!(err.contains(&*named.to_string_lossy()), "{what}: {err}");
+            assert!(err.contains("not a regular file"), "{what}: {err}");
+        }
     }
 
     #[test]

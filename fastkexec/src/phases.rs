@@ -253,6 +253,12 @@ impl Tiling {
 /// Notes a clamp only when the clocks disagree by more than this.
 const CLAMP_NOTE_NS: i128 = 1_000;
 
+/// A signed ns offset as u64: negative is 0, and beyond u64 (585 years) saturates instead of
+/// wrapping into a small, believable number.
+pub fn ns_u64(v: i128) -> u64 {
+    u64::try_from(v.max(0)).unwrap_or(u64::MAX)
+}
+
 fn at(marks: &BTreeMap<MarkId, Mark>, id: MarkId) -> Option<i128> {
     match marks.get(&id) {
         Some(Mark::At(t)) => Some(*t),
@@ -275,8 +281,8 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
         if to > from || name != UNATTRIBUTED {
             phases.push(Phase {
                 name: name.to_string(),
-                start_ns: (from - origin).max(0) as u64,
-                duration_ns: (to - from).max(0) as u64,
+                start_ns: ns_u64(from - origin),
+                duration_ns: ns_u64(to - from),
                 note,
             });
         }
@@ -384,7 +390,7 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
     Some(Tiling {
         origin: origin_id,
         phases,
-        total_ns: (cursor - origin).max(0) as u64,
+        total_ns: ns_u64(cursor - origin),
         unseen,
     })
 }

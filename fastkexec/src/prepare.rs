@@ -7,35 +7,49 @@
 //! file is written to a temporary name and renamed into place; `meta.json`
 //! goes last and is what makes an entry count. A hit is re-verified before it
 //! is trusted — setup header bytes equal to the bzImage's, vmlinux size and
-//! CRC32 as recorded, ELF checks — and an entry that fails is rebuilt. The
-//! CRC catches truncation and bit rot at memory speed (a SHA-256 of a 60 MB
-//! vmlinux would triple the cost of a hit); the cache directory is root's,
-//! so deliberate tampering is out of scope, as it is for /boot itself.
+//! SHA-256 as recorded, ELF checks — and an entry that fails is rebuilt; the
+//! bytes verified are the bytes loaded (never a second read of the file).
+//!
+//! What root kexecs comes from this directory, so who can write it matters
+//! more than any checksum (whoever can write the vmlinux can write meta.json
+//! too): the cache directory and each entry directory must belong to root
+//! (or the user running fastkexec) and be writable by their owner only, or
+//! fastkexec refuses to use them; cache files owned by anyone else, or
+//! writable by group or others, are not trusted and are rebuilt. Within that,
+//! the SHA-256 (instead of the CRC32 of cache format 1, which anyone can
+//! forge by changing four bytes) makes a swapped vmlinux that keeps its
+//! length and CRC32 a miss. It costs a hash of the vmlinux per hit (tens of
+//! milliseconds for 60 MB), at load time, off the reboot path.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::atomic_file;
 use crate::bzimage::{self, SetupHeader};
 use crate::decompress::Compression;
 use crate::vmlinux::{self, Vmlinux};
+use crate::{atomic_file, input};
 use crate::{Error, Result};
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/fastkexec";
 
 /// Bumped when the entry layout or meta.json changes; older entries are rebuilt.
-const CACHE_FORMAT: u32 = 1;
+/// 2: the vmlinux is verified by SHA-256 (1 had a CRC32).
+const CACHE_FORMAT: u32 = 2;
+/// Mode of the cache and entry directories fastkexec creates.
+const CACHE_DIR_MODE: u32 = 0o700;
 const VMLINUX_FILE: &str = "vmlinux";
 const SETUP_HEADER_FILE: &str = "setup_header";
 const META_FILE: &str = "meta.json";
+/// Mode of every cache file: only root loads kernels, and the extracted vmlinux must not be
+/// readable by more users than the bzImage it comes from (Ubuntu keeps /boot/vmlinuz-* 0600).
+pub const CACHE_FILE_MODE: u32 = 0o600;
 /// meta.json is tiny; anything bigger is not ours.
 const MAX_META_SIZE: u64 = 64 * 1024;
 
 /// A prepared kernel: the cached vmlinux and setup header, ready to load.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Prepared {
     pub vmlinux: PathBuf,
     pub setup_header: PathBuf,
@@ -52,6 +66,25 @@ pub struct Prepared {
     pub elf: Vmlinux,
     /// Size of the cached vmlinux file in bytes.
     pub vmlinux_len: u64,
+    /// The vmlinux's bytes as verified (or extracted): a loader uses these rather than read
+    /// the cache file again, which could have changed since the check.
+    pub vmlinux_bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the tens of MB of vmlinux bytes.
+        f.debug_struct("Prepared")
+            .field("vmlinux", &self.vmlinux)
+            .field("setup_header", &self.setup_header)
+            .field("compression", &self.compression)
+            .field("key", &self.key)
+            .field("cached", &self.cached)
+            .field("entry_dir", &self.entry_dir)
+            .field("elf", &self.elf)
+            .field("vmlinux_len", &self.vmlinux_len)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -60,7 +93,8 @@ struct Meta {
     key: String,
     compression: Compression,
     vmlinux_len: u64,
-    vmlinux_crc32: u32,
+    /// Hex SHA-256 of the vmlinux.
+    vmlinux_sha256: String,
     /// Informational: where the bzImage was read from when the entry was made.
     source: PathBuf,
 }
@@ -75,7 +109,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Extracts (or finds in the cache) the vmlinux of `bzimage`.
 pub fn prepare(bzimage: &Path, cache_dir: &Path) -> Result<Prepared> {
-    let image = read_capped(bzimage, bzimage::MAX_IMAGE_SIZE, "bzImage")?;
+    let image = input::read(
+        bzimage,
+        "the bzImage",
+        input::MAX_KERNEL_SIZE,
+        input::MAX_KERNEL_WHY,
+    )?;
     prepare_image(bzimage, &image, cache_dir)
 }
 
@@ -85,6 +124,8 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
     let header = bzimage::parse_setup_header(bzimage, image)?;
     let key = sha256_hex(image);
     let entry_dir = cache_dir.join(&key);
+    trusted_dir(cache_dir, "the cache directory", true)?;
+    trusted_dir(&entry_dir, "the cache entry directory", false)?;
 
     match load_entry(&entry_dir, &key, &header) {
         Ok(Some(p)) => {
@@ -103,7 +144,7 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
     }
 
     let x = bzimage::extract_vmlinux(bzimage, image)?;
-    fs::create_dir_all(&entry_dir).map_err(|e| Error::io(&entry_dir, e))?;
+    trusted_dir(&entry_dir, "the cache entry directory", true)?;
     let vmlinux_path = entry_dir.join(VMLINUX_FILE);
     let header_path = entry_dir.join(SETUP_HEADER_FILE);
     let meta = Meta {
@@ -111,7 +152,7 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
         key: key.clone(),
         compression: x.compression,
         vmlinux_len: x.vmlinux.len() as u64,
-        vmlinux_crc32: crc32fast::hash(&x.vmlinux),
+        vmlinux_sha256: sha256_hex(&x.vmlinux),
         source: bzimage.to_path_buf(),
     };
     let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| {
@@ -121,9 +162,9 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
         )
     })?;
     // meta.json last: an entry without it (a crash mid-way) is not a hit.
-    atomic_file::write(&vmlinux_path, &x.vmlinux)?;
-    atomic_file::write(&header_path, &x.header.raw)?;
-    atomic_file::write(&entry_dir.join(META_FILE), &meta_json)?;
+    atomic_file::write(&vmlinux_path, &x.vmlinux, CACHE_FILE_MODE)?;
+    atomic_file::write(&header_path, &x.header.raw, CACHE_FILE_MODE)?;
+    atomic_file::write(&entry_dir.join(META_FILE), &meta_json, CACHE_FILE_MODE)?;
     log::info!(
         "{}: extracted {} vmlinux ({} bytes) to {}",
         bzimage.display(),
@@ -141,6 +182,7 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
         header: x.header,
         elf: x.elf,
         vmlinux_len: meta.vmlinux_len,
+        vmlinux_bytes: x.vmlinux,
     })
 }
 
@@ -155,8 +197,13 @@ fn load_entry(
     if !meta_path.exists() {
         return Ok(None);
     }
-    let meta_bytes =
-        read_capped(&meta_path, MAX_META_SIZE, "cache metadata").map_err(|e| e.to_string())?;
+    let meta_bytes = input::read(
+        &meta_path,
+        "the cache metadata",
+        MAX_META_SIZE,
+        "it is a few hundred bytes",
+    )
+    .map_err(|e| e.to_string())?;
     let meta: Meta =
         serde_json::from_slice(&meta_bytes).map_err(|e| format!("{META_FILE}: {e}"))?;
     if meta.format != CACHE_FORMAT {
@@ -172,8 +219,13 @@ fn load_entry(
         ));
     }
     let header_path = dir.join(SETUP_HEADER_FILE);
-    let cached_header =
-        read_capped(&header_path, 4096, "cached setup header").map_err(|e| e.to_string())?;
+    let cached_header = input::read(
+        &header_path,
+        "the cached setup header",
+        4096,
+        "it is at most a page",
+    )
+    .map_err(|e| e.to_string())?;
     if cached_header != header.raw {
         return Err(format!("{SETUP_HEADER_FILE} differs from the bzImage's"));
     }
@@ -193,13 +245,17 @@ fn load_entry(
             meta.vmlinux_len
         ));
     }
-    let bytes = read_capped(&vmlinux_path, meta.vmlinux_len, "cached vmlinux")
-        .map_err(|e| e.to_string())?;
-    let crc = crc32fast::hash(&bytes);
-    if crc != meta.vmlinux_crc32 {
+    let bytes = read_trusted(
+        &vmlinux_path,
+        "the cached vmlinux",
+        meta.vmlinux_len,
+        "the size meta.json records",
+    )?;
+    let sha = sha256_hex(&bytes);
+    if sha != meta.vmlinux_sha256 {
         return Err(format!(
-            "{VMLINUX_FILE} CRC32 is {crc:#010x}, {META_FILE} says {:#010x}",
-            meta.vmlinux_crc32
+            "{VMLINUX_FILE} SHA-256 is {sha}, {META_FILE} says {}",
+            meta.vmlinux_sha256
         ));
     }
     let elf = vmlinux::parse_vmlinux(&vmlinux_path, &bytes).map_err(|e| e.to_string())?;
@@ -213,38 +269,74 @@ fn load_entry(
         header: header.clone(),
         elf,
         vmlinux_len: len,
+        vmlinux_bytes: bytes,
     }))
 }
 
-/// Reads a whole file, refusing files larger than `max` bytes before
-/// allocating for them.
-fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len > max {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{what} is {len} bytes, more than the {max}-byte limit; is this the right file?"),
-            ),
+/// Why `meta` (of `path`) cannot be trusted with what root kexecs: owned by someone other
+/// than root or us, or writable by group or others.
+fn untrusted(meta: &fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+    if uid != 0 && uid != euid {
+        let owner = if euid == 0 { "root" } else { "yourself" };
+        return Some(format!(
+            "owned by uid {uid}, who could put any kernel there for uid {euid} to load; \
+             `chown` it to {owner} and `chmod go-w` it, or pass another --cache-dir"
         ));
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    // take(): the file may grow while we read it.
-    f.take(max.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > max {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{what} grew past the {max}-byte limit while being read"),
-            ),
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "mode {mode:04o}: users other than its owner can write it and could put any kernel \
+             there; `chmod go-w` it, or pass another --cache-dir"
         ));
     }
-    Ok(buf)
+    None
+}
+
+/// Checks (after creating it with `CACHE_DIR_MODE` when `create`) that `dir` is only
+/// writable by root or us. A missing directory is fine when not creating.
+fn trusted_dir(dir: &Path, what: &str, create: bool) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if create && !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(CACHE_DIR_MODE)
+            .create(dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(CACHE_DIR_MODE)))
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    match untrusted(&meta) {
+        Some(problem) => Err(Error::UntrustedCache {
+            path: dir.to_path_buf(),
+            problem: format!("{what} is {problem}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A cache file's bytes, read through one descriptor whose owner and mode were checked.
+fn read_trusted(
+    path: &Path,
+    what: &str,
+    max: u64,
+    why: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    let f = input::open(path, what, max, why).map_err(|e| e.to_string())?;
+    let meta = f
+        .file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(problem) = untrusted(&meta) {
+        return Err(format!("{}: {what} is {problem}", path.display()));
+    }
+    f.read_all(path, what, max, why).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -331,6 +423,94 @@ mod tests {
             v[i] ^= 1;
             fs::write(&p.vmlinux, v).unwrap();
         });
+    }
+
+    /// `v` with its bytes at `at..at + 4` changed so that its CRC32 is `want` again: CRC32 is
+    /// linear over GF(2), so 32 free bits can undo any change made elsewhere.
+    fn restore_crc32(v: &mut [u8], at: usize, want: u32) {
+        let zero_crc = |v: &[u8]| crc32fast::hash(&vec![0u8; v.len()]);
+        // The CRC change caused by flipping each of the 32 bits of the window.
+        let mut basis: Vec<(u32, u32)> = (0..32)
+            .map(|bit| {
+                let mut e = vec![0u8; v.len()];
+                e[at + bit / 8] = 1 << (bit % 8);
+                (crc32fast::hash(&e) ^ zero_crc(v), 1u32 << bit)
+            })
+            .collect();
+        // Gaussian elimination: express `need` as a sum of basis effects.
+        let mut need = crc32fast::hash(v) ^ want;
+        let mut flips = 0u32;
+        for row in 0..32 {
+            let pivot_bit = 1u32 << row;
+            let Some(p) = (row..32).find(|&i| basis[i].0 & pivot_bit != 0) else {
+                continue;
+            };
+            basis.swap(row, p);
+            let (e, f) = basis[row];
+            for (i, b) in basis.iter_mut().enumerate() {
+                if i != row && b.0 & pivot_bit != 0 {
+                    b.0 ^= e;
+                    b.1 ^= f;
+                }
+            }
+            if need & pivot_bit != 0 {
+                need ^= e;
+                flips ^= f;
+            }
+        }
+        assert_eq!(need, 0, "no CRC fix in this window");
+        for bit in 0..32 {
+            if flips & (1 << bit) != 0 {
+                v[at + bit / 8] ^= 1 << (bit % 8);
+            }
+        }
+        assert_eq!(crc32fast::hash(v), want);
+    }
+
+    /// Someone swaps bytes of a cached vmlinux without changing its length or its CRC32 (which
+    /// meta.json alone used to vouch for): the entry is not trusted.
+    #[test]
+    fn a_crc32_preserving_change_to_the_cached_vmlinux_is_caught() {
+        rebuilt_after(|p| {
+            let mut v = fs::read(&p.vmlinux).unwrap();
+            let crc = crc32fast::hash(&v);
+            let i = v.len() / 2;
+            v[i..i + 4].copy_from_slice(b"EVIL");
+            restore_crc32(&mut v, i + 8, crc);
+            assert_ne!(v, fs::read(&p.vmlinux).unwrap());
+            fs::write(&p.vmlinux, v).unwrap();
+        });
+    }
+
+    /// A cache directory someone other than root (or us) can write is refused: they could put
+    /// any kernel there for root to kexec.
+    #[test]
+    fn a_cache_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let src = bzimage(Compression::Gzip);
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare(&src, &cache).unwrap_err().to_string();
+        assert!(err.contains(&*cache.to_string_lossy()), "{err}");
+        assert!(err.contains("0777") && err.contains("chmod"), "{err}");
+        assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "wrote anyway");
+
+        // An entry directory left writable by others is refused the same way.
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
+        let p = prepare(&src, &cache).unwrap();
+        fs::set_permissions(&p.entry_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare(&src, &cache).unwrap_err().to_string();
+        assert!(err.contains(&*p.entry_dir.to_string_lossy()), "{err}");
+
+        // Owned by another user (only root can arrange that in a test).
+        if rustix::process::geteuid().is_root() {
+            fs::set_permissions(&p.entry_dir, fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&cache, Some(65534), None).unwrap();
+            let err = prepare(&src, &cache).unwrap_err().to_string();
+            assert!(err.contains("uid 65534") && err.contains("chown"), "{err}");
+        }
     }
 
     #[test]

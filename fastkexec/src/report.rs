@@ -162,7 +162,7 @@ pub struct Inputs {
 /// The state of the record, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordStatus {
-    /// `ok`, `missing`, `torn` or `stale`.
+    /// `ok`, `missing`, `torn`, `stale` or `implausible`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -381,7 +381,10 @@ pub fn build(inp: &Inputs) -> Report {
     let mut notes = Vec::new();
     // A record that parses must still belong to this boot.
     let record: std::result::Result<&Record, RecordError> = match &inp.record {
-        Ok(r) => handoff::check_chain(r, &inp.facts).map(|()| r),
+        // Plausibility again: `Inputs` may hold a record `parse` never saw.
+        Ok(r) => handoff::check_plausible(r)
+            .and_then(|()| handoff::check_chain(r, &inp.facts))
+            .map(|()| r),
         Err(e) => Err(e.clone()),
     };
     let mut marks = TscMarks::new();
@@ -507,8 +510,7 @@ pub fn build(inp: &Inputs) -> Report {
             status.kprobe = kind_names(r.header.attached & !r.header.fentry);
             status.tracer_self_ns = r.counters.probe_ns;
             status.trampoline_check_ns = r.trampoline.map(|t| {
-                fit.ticks_to_ns(i128::from(t.exit_tsc) - i128::from(t.entry_tsc))
-                    .max(0) as u64
+                phases::ns_u64(fit.ticks_to_ns(i128::from(t.exit_tsc) - i128::from(t.entry_tsc)))
             });
             if r.dropped > 0 {
                 notes.push(format!(
@@ -592,6 +594,7 @@ pub fn build(inp: &Inputs) -> Report {
                 RecordError::Missing(_) => "missing",
                 RecordError::Torn(_) => "torn",
                 RecordError::Stale(_) => "stale",
+                RecordError::Implausible(_) => "implausible",
             };
             let mut detail = Error::from(e.clone()).to_string();
             if matches!(e, RecordError::Missing(_)) {
@@ -642,7 +645,7 @@ pub fn build(inp: &Inputs) -> Report {
             _ => None,
         })
         .unwrap_or(0);
-    let off = |id: MarkId| Tiling::offset(&ns_marks, origin_ns, id).map(|v| v.max(0) as u64);
+    let off = |id: MarkId| Tiling::offset(&ns_marks, origin_ns, id).map(phases::ns_u64);
 
     let (devices, device_count, prologue, notifiers) = match (&record, rate) {
         (Ok(r), Some(fit)) => breakdown(r, fit, base, origin_ns, inp.top),
@@ -687,7 +690,7 @@ pub fn build(inp: &Inputs) -> Report {
         to_run_init_ns: off(MarkId::RunInit),
         to_end_ns: total_ns,
         to_report_ns: rate.map(|fit| {
-            (fit.ticks_to_ns(i128::from(inp.facts.now_tsc) - base) - origin_ns).max(0) as u64
+            phases::ns_u64(fit.ticks_to_ns(i128::from(inp.facts.now_tsc) - base) - origin_ns)
         }),
     };
     let clock = ClockInfo {
@@ -696,7 +699,7 @@ pub fn build(inp: &Inputs) -> Report {
         tsc_hz_now: inp.now_fit.map(|f| f.tsc_hz()),
         old_fit_err_ns: inp.record.as_ref().map_or(0, |r| r.header.calib.err_ns),
         anchor_width_ns: match (inp.anchor, rate) {
-            (Some(a), Some(f)) => Some(f.ticks_to_ns(i128::from(a.width)).max(0) as u64),
+            (Some(a), Some(f)) => Some(phases::ns_u64(f.ticks_to_ns(i128::from(a.width)))),
             _ => None,
         },
     };
@@ -744,7 +747,7 @@ type Breakdown = (Vec<DeviceTime>, usize, Option<u64>, Vec<NotifierTime>);
 /// durations need no conversion; offsets go through the fit).
 fn breakdown(r: &Record, fit: Fit, base: i128, origin_ns: i128, top: usize) -> Breakdown {
     let offset = |e: &Event| -> u64 {
-        (fit.ticks_to_ns(fit.tsc_at(e.ts_ns) - base) - origin_ns).max(0) as u64
+        phases::ns_u64(fit.ticks_to_ns(fit.tsc_at(e.ts_ns) - base) - origin_ns)
     };
     let mut evs: Vec<&Event> = r.events.iter().collect();
     evs.sort_by_key(|e| e.ts_ns);
@@ -1111,6 +1114,51 @@ pub(crate) mod tests {
             Some((tsc(13_000_000), tsc(13_500_000))),
         )))
         .unwrap()
+    }
+
+    /// Forged records that pass every checksum (they are unkeyed) with clock figures no machine
+    /// produces: the report refuses them by name instead of panicking or wrapping.
+    #[test]
+    fn a_forged_record_with_absurd_clock_figures_is_refused_not_a_panic() {
+        let purgatory = Some((tsc(13_000_000), tsc(13_500_000)));
+        let mut whole_range = header(2);
+        whole_range.calib = Fit {
+            tsc_a: 0,
+            ns_a: 0,
+            tsc_b: u64::MAX,
+            ns_b: u64::MAX,
+            err_ns: 0,
+        };
+        let mut late = events();
+        late.push(ev(
+            EventKind::SYSCORE_SHUTDOWN,
+            u64::MAX - 1,
+            1,
+            b"fastkexec",
+        ));
+        let mut slow = header(2);
+        // 1 kHz: far below any TSC.
+        slow.calib.tsc_b = slow.calib.tsc_a + 1;
+        for (what, h, evs, field) in [
+            (
+                "calibration {0,0,MAX,MAX}",
+                whole_range.clone(),
+                late.clone(),
+                "calib",
+            ),
+            ("an event at MAX-1", header(2), late.clone(), "ts_ns"),
+            ("a 1 kHz TSC", slow, events(), "calib"),
+        ] {
+            let rec = parse(&nodes(&pages(&h, &evs, purgatory)));
+            let rep = build(&inputs(rec));
+            assert_eq!(rep.record.status, "implausible", "{what}: {:?}", rep.record);
+            let detail = rep.record.detail.clone().unwrap_or_default();
+            assert!(
+                detail.contains("implausible record") && detail.contains(field),
+                "{what}: {detail}"
+            );
+            assert!(!rep.has_record(), "{what}");
+        }
     }
 
     #[test]

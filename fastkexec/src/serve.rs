@@ -33,6 +33,10 @@ const MAX_REQUEST_HEAD: usize = 8192;
 /// A client that has not sent its request (or taken the answer) by then is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The body of a failed scrape: no path, no errno.
+const SCRAPE_FAILED: &str =
+    "cannot read the reboot histograms; the reason is in the log of `fastkexec serve`\n";
+
 /// What `Server::bind` needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -161,11 +165,16 @@ async fn handle(mut stream: TcpStream, state_dir: &Path) -> std::io::Result<()> 
                         body: body.into_bytes(),
                         content_length_override: None,
                     },
+                    // The detail (file names, errno) goes to the log, for the machine's
+                    // owner; a scraper learns only that the read failed.
                     Ok(Err(e)) => {
                         log::warn!("/metrics: {e}");
-                        Response::text(500, "Internal Server Error", format!("{e}\n"))
+                        Response::text(500, "Internal Server Error", SCRAPE_FAILED.into())
                     }
-                    Err(e) => Response::text(500, "Internal Server Error", format!("{e}\n")),
+                    Err(e) => {
+                        log::warn!("/metrics: {e}");
+                        Response::text(500, "Internal Server Error", SCRAPE_FAILED.into())
+                    }
                 };
                 if head_only {
                     r.head_only();
@@ -475,6 +484,52 @@ mod tests {
         let (head, body) = request(addr, "GET /metrics HTTP/1.1\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(body.contains("fastkexec_state_corrupt_files 1\n"), "{body}");
+
+        stop.send(()).unwrap();
+        t.join().unwrap().unwrap();
+    }
+
+    /// A scrape that fails says so without telling the client where the state lives, and a
+    /// corrupt state is served (and counted) without being moved.
+    #[test]
+    fn scrapes_never_move_files_or_show_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join(crate::histogram::STATE_FILE);
+        let server = Server::bind(&ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allow_remote: false,
+            state_dir: d.path().to_path_buf(),
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let t = std::thread::spawn(move || {
+            server.run_until(async {
+                let _ = stopped.await;
+            })
+        });
+        std::fs::write(&state, "junk").unwrap();
+        let (head, body) = request(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.contains("fastkexec_state_corrupt_files 1\n"), "{body}");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        assert_eq!(std::fs::read(&state).unwrap(), b"junk");
+
+        // Unreadable (a directory where the file should be): a 500 that names no path.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let (head, body) = request(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+        let dir = d.path().to_string_lossy().into_owned();
+        assert!(
+            !body.contains(&dir) && !body.contains("state.json"),
+            "{body}"
+        );
+        assert!(body.contains("log"), "{body}");
 
         stop.send(()).unwrap();
         t.join().unwrap().unwrap();

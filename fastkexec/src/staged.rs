@@ -1115,20 +1115,48 @@ pub fn unload_staged(root: &Path) -> Result<Option<String>> {
     if state.is_none() {
         return Ok(None);
     }
-    let msg = match check_before_exec(root) {
-        Ok(_) => {
-            let st = status::status(root).unwrap_or_default();
-            unload_crash(&st)?;
+    let (unload, msg) = unload_decision(crash_loaded(root), check_before_exec(root))?;
+    if unload {
+        let st = status::status(root).unwrap_or_default();
+        unload_crash(&st)?;
+    }
+    remove_state(root)?;
+    Ok(Some(msg))
+}
+
+/// What `unload` does with the staged crash image, from whether a crash image is loaded
+/// (`/sys/kernel/kexec_crash_loaded`) and what `check_before_exec` found: whether to unload
+/// it, and what to tell the user. Three cases a user must tell apart: ours (unloaded), gone
+/// (unloaded elsewhere: nothing to do but clear our stale state), someone else's (left alone).
+pub fn unload_decision(
+    crash_loaded: Option<bool>,
+    check: Result<PreExec>,
+) -> Result<(bool, String)> {
+    if crash_loaded == Some(false) {
+        return Ok((
+            false,
+            "no crash kernel is loaded any more (it was unloaded after `fastkexec load` staged \
+             it, e.g. by `kexec -p -u` or a kdump service stopping): nothing to unload there; \
+             the staged state was stale and is cleared"
+                .into(),
+        ));
+    }
+    match check {
+        Ok(_) => Ok((
+            true,
             "also unloaded the kernel staged in the crashkernel reservation (no crash kernel is \
              loaded now)"
-        }
-        Err(Error::StagedReplaced { .. }) => {
-            "the crash kernel loaded now is not the one fastkexec staged: left it loaded"
-        }
-        Err(e) => return Err(e),
-    };
-    remove_state(root)?;
-    Ok(Some(msg.to_string()))
+                .into(),
+        )),
+        Err(Error::StagedReplaced { problem, .. }) => Ok((
+            false,
+            format!(
+                "the crash kernel loaded now is not the one fastkexec staged ({problem}): left \
+                 it loaded (it is someone else's, e.g. kdump's); the staged state is cleared"
+            ),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `auto` may stage: kexec_load allowed, a reservation, and no crash
@@ -1883,5 +1911,46 @@ mod tests {
         let e = check_before_exec(root.path()).unwrap_err();
         assert!(matches!(e, Error::StagedReplaced { .. }), "{e}");
         assert!(e.to_string().contains("exec refused"), "{e}");
+    }
+
+    /// `unload` after the staged crash image was unloaded elsewhere (`kexec -p -u`, a kdump
+    /// service stopping) says so, instead of claiming another kernel is loaded.
+    #[test]
+    fn unload_tells_a_vanished_crash_image_from_a_replaced_one() {
+        let replaced = |problem: &str| {
+            Err(Error::StagedReplaced {
+                reservation: "0x10000000-0x1fffffff".into(),
+                problem: problem.into(),
+            })
+        };
+        let (unload, msg) = unload_decision(
+            Some(false),
+            replaced("no crash image is loaded any more (it was unloaded since)"),
+        )
+        .unwrap();
+        assert!(!unload);
+        assert!(msg.contains("no crash kernel is loaded any more"), "{msg}");
+        assert!(msg.contains("stale") && msg.contains("cleared"), "{msg}");
+        assert!(!msg.contains("not the one fastkexec staged"), "{msg}");
+
+        let (unload, msg) =
+            unload_decision(Some(true), replaced("the staged header checksum differs")).unwrap();
+        assert!(!unload);
+        assert!(msg.contains("not the one fastkexec staged"), "{msg}");
+        assert!(msg.contains("left it loaded"), "{msg}");
+        assert!(msg.contains("checksum differs"), "{msg}");
+
+        let (unload, msg) =
+            unload_decision(Some(true), Ok(PreExec::Intact { blocks: 3, ms: 1.0 })).unwrap();
+        assert!(unload, "{msg}");
+        assert!(msg.contains("also unloaded"), "{msg}");
+        // A failure to read the state is passed on, not turned into a message.
+        let err = unload_decision(
+            Some(true),
+            Err(Error::Plan {
+                problem: "x".into(),
+            }),
+        );
+        assert!(err.is_err());
     }
 }

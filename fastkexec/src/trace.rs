@@ -503,7 +503,14 @@ pub fn kernel_footprint(opts: &LoadOptions) -> Result<Option<(u64, u64)>> {
     let mut head = [0u8; 4096];
     {
         use std::io::Read;
-        let mut f = fs::File::open(&opts.kernel).map_err(|e| Error::io(&opts.kernel, e))?;
+        // A regular file under the size limit, opened without blocking (a FIFO would hang).
+        let mut f = crate::input::open(
+            &opts.kernel,
+            "the kernel image",
+            crate::input::MAX_KERNEL_SIZE,
+            crate::input::MAX_KERNEL_WHY,
+        )?
+        .file;
         let n = f.read(&mut head).map_err(|e| Error::io(&opts.kernel, e))?;
         head[n..].fill(0);
     }
@@ -513,7 +520,12 @@ pub fn kernel_footprint(opts: &LoadOptions) -> Result<Option<(u64, u64)>> {
         return Ok(Some(p.elf.phys_span()));
     }
     if crate::vmlinux::is_elf(&head) {
-        let bytes = fs::read(&opts.kernel).map_err(|e| Error::io(&opts.kernel, e))?;
+        let bytes = crate::input::read(
+            &opts.kernel,
+            "the kernel image",
+            crate::input::MAX_KERNEL_SIZE,
+            crate::input::MAX_KERNEL_WHY,
+        )?;
         let v = crate::vmlinux::parse_vmlinux(&opts.kernel, &bytes)?;
         return Ok(Some(v.phys_span()));
     }
