@@ -254,6 +254,11 @@ pub struct ReportArgs {
     /// Do not fold this boot into the histograms.
     #[arg(long)]
     pub no_fold: bool,
+
+    /// Also draw the timeline as an SVG picture into FILE (phases as bars, the old kernel
+    /// zoomed with its slowest devices and notifiers, the tracer's own time marked).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

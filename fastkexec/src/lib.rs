@@ -32,6 +32,7 @@ pub mod segments;
 pub mod serve;
 pub mod staged;
 pub mod status;
+pub mod timeline_svg;
 pub mod trace;
 pub mod trampoline;
 pub mod vmlinux;

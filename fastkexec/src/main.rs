@@ -209,6 +209,11 @@ fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
         top: args.top,
     })
     .context("cannot build the report")?;
+    if let Some(svg) = &args.svg {
+        // A picture for people: readable by all, like the report itself.
+        fastkexec::atomic_file::write(svg, fastkexec::timeline_svg::render(&rep).as_bytes(), 0o644)
+            .with_context(|| format!("cannot write the timeline picture {}", svg.display()))?;
+    }
     if args.json {
         print_json(&rep)?;
     } else {

@@ -1105,7 +1105,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn good_record(events: &[Event]) -> Record {
+    pub(crate) fn good_record(events: &[Event]) -> Record {
         // Every probe attached; syscore_shutdown never fires (6.1).
         let h = header(2);
         parse(&nodes(&pages(
