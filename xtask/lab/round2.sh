@@ -19,7 +19,12 @@ if [ "$DISK" = 1 ]; then
 	FOLD=
 fi
 if [ "$TRACE" = 1 ]; then
-	fastkexec report --no-fold --until-kmsg "FKLAB: new-init"
+	fastkexec report --no-fold --until-kmsg "FKLAB: new-init" --svg /tmp/timeline.svg
+	if [ -s /tmp/timeline.svg ]; then
+		echo "FKLAB: svg-begin"
+		cat /tmp/timeline.svg
+		echo "FKLAB: svg-end"
+	fi
 	echo "FKLAB: report-begin"
 	# stderr (the reason for a non-zero exit) went out with the table above.
 	# This run folds the boot in (chained runs): once per boot id.

@@ -264,6 +264,9 @@ pub struct RunReport {
     /// `--trace` (undamaged): round 1's `fastkexec trace --dry-run` before the real trace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preflight: Option<crate::labpreflight::Preflight>,
+    /// `--trace`: round 2's `report --svg`, saved in the run directory and read back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline_svg: Option<crate::labsvg::SvgCheck>,
     /// `--reboots`/`--state-out`: the chained run's state and its export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<crate::labchain::ChainCheck>,
@@ -666,6 +669,18 @@ pub fn run_once(
             report.ok &= good;
             report.preflight = preflight;
         }
+        if opts.trace_damage.is_none() {
+            let svg = crate::labsvg::check(&serial.lines, json.as_ref(), &dir);
+            let good = svg.as_ref().is_some_and(|c| c.ok());
+            if !good && report.error.is_none() && report.booted {
+                report.error = Some(format!(
+                    "the timeline picture is not what it must be: {:?}",
+                    svg
+                ));
+            }
+            report.ok &= good;
+            report.timeline_svg = svg;
+        }
         report.report_table = crate::labtrace::table(&serial.lines);
         report.report = json;
         report.trace = Some(check);
@@ -851,6 +866,7 @@ pub fn analyse(
         report_table: Vec::new(),
         trace: None,
         preflight: None,
+        timeline_svg: None,
         chain: None,
         serial_log: log,
         error,

@@ -159,7 +159,7 @@ pub fn table(lines: &[(f64, String)]) -> Vec<String> {
     lines
         .iter()
         .skip(start + 1)
-        .take_while(|(_, l)| l != "FKLAB: report-begin")
+        .take_while(|(_, l)| l != "FKLAB: report-begin" && l != "FKLAB: svg-begin")
         .map(|(_, l)| l.clone())
         .collect()
 }

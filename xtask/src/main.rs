@@ -9,6 +9,7 @@ mod kernels;
 mod lab;
 mod labchain;
 mod labpreflight;
+mod labsvg;
 mod labtrace;
 mod setup;
 mod test;
