@@ -145,17 +145,30 @@ pub enum ModeArg {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// The kernel: a bzImage (e.g. /boot/vmlinuz-VERSION), or a vmlinux ELF in uncompressed mode.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// The kernel: a bzImage (e.g. /boot/vmlinuz-VERSION), or a vmlinux ELF in uncompressed
+    /// mode; as kexec-tools takes it (`fastkexec load /boot/vmlinuz-X`) or with --kernel.
+    #[arg(value_name = "KERNEL", required_unless_present = "kernel_opt")]
+    kernel_pos: Option<PathBuf>,
+
+    /// The kernel, as an option (the same as the positional KERNEL).
+    #[arg(
+        long = "kernel",
+        id = "kernel_opt",
+        value_name = "PATH",
+        conflicts_with = "kernel_pos"
+    )]
+    kernel_opt: Option<PathBuf>,
 
     /// The initramfs to hand to the new kernel.
     #[arg(long, visible_alias = "ramdisk", value_name = "PATH")]
     pub initrd: Option<PathBuf>,
 
     /// The new kernel's command line; with --reuse-cmdline, added after the reused one.
-    #[arg(long, visible_alias = "command-line", value_name = "STRING")]
-    pub append: Option<String>,
+    /// Repeatable, and --command-line is the same option: every occurrence is kept, joined
+    /// with spaces in the order given (kexec-tools keeps only the last one; nothing given here
+    /// is silently dropped).
+    #[arg(long, visible_alias = "command-line", value_name = "STRING", action = ArgAction::Append)]
+    append: Vec<String>,
 
     /// Start from the running kernel's /proc/cmdline (without BOOT_IMAGE= and initrd=).
     #[arg(long)]
@@ -205,6 +218,31 @@ pub enum DamageArg {
     HeaderByte,
     /// seal the record with another boot id
     OtherBoot,
+}
+
+impl LoadArgs {
+    /// The kernel, given positionally or with --kernel (clap requires exactly one).
+    pub fn kernel(&self) -> PathBuf {
+        self.kernel_pos
+            .clone()
+            .or_else(|| self.kernel_opt.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every --append/--command-line, joined in order; `None` when none was given.
+    pub fn append(&self) -> Option<String> {
+        (!self.append.is_empty()).then(|| self.append.join(" "))
+    }
+}
+
+impl PrepareArgs {
+    /// The bzImage, given positionally or with --kernel (clap requires exactly one).
+    pub fn kernel(&self) -> PathBuf {
+        self.kernel_pos
+            .clone()
+            .or_else(|| self.kernel_opt.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -263,9 +301,18 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
-    /// The bzImage whose vmlinux to extract.
-    #[arg(long, value_name = "BZIMAGE")]
-    pub kernel: PathBuf,
+    /// The bzImage whose vmlinux to extract (positional, or with --kernel).
+    #[arg(value_name = "BZIMAGE", required_unless_present = "kernel_opt")]
+    kernel_pos: Option<PathBuf>,
+
+    /// The bzImage, as an option (the same as the positional BZIMAGE).
+    #[arg(
+        long = "kernel",
+        id = "kernel_opt",
+        value_name = "BZIMAGE",
+        conflicts_with = "kernel_pos"
+    )]
+    kernel_opt: Option<PathBuf>,
 
     /// Cache directory; must be writable by its owner (root, or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
@@ -457,13 +504,48 @@ mod tests {
             panic!("not load")
         };
         assert_eq!(a.initrd.as_deref(), Some(std::path::Path::new("/i")));
-        assert_eq!(a.append.as_deref(), Some("quiet"));
+        assert_eq!(a.append().as_deref(), Some("quiet"));
+        assert_eq!(a.kernel(), PathBuf::from("/k"));
         assert!(a.reuse_cmdline);
         assert_eq!(a.mode, ModeArg::Auto);
         assert_eq!(
             a.cache_dir,
             PathBuf::from(fastkexec::prepare::DEFAULT_CACHE_DIR)
         );
+    }
+
+    #[test]
+    fn kernel_is_positional_as_in_kexec_tools_and_append_joins_in_order() {
+        let cli = parse(&[
+            "fastkexec",
+            "load",
+            "/boot/vmlinuz-6.12",
+            "--append",
+            "root=/dev/vda1",
+            "--command-line",
+            "quiet",
+            "--append=console=ttyS0",
+        ]);
+        let Command::Load(a) = cli.command else {
+            panic!("not load")
+        };
+        assert_eq!(a.kernel(), PathBuf::from("/boot/vmlinuz-6.12"));
+        assert_eq!(
+            a.append().as_deref(),
+            Some("root=/dev/vda1 quiet console=ttyS0")
+        );
+        let Command::Prepare(p) = parse(&["fastkexec", "prepare", "/boot/vmlinuz-6.12"]).command
+        else {
+            panic!("not prepare")
+        };
+        assert_eq!(p.kernel(), PathBuf::from("/boot/vmlinuz-6.12"));
+        let Command::Trace(t) = parse(&["fastkexec", "trace", "--dry-run", "/k"]).command else {
+            panic!("not trace")
+        };
+        assert_eq!(t.load.kernel(), PathBuf::from("/k"));
+        // One kernel, not two.
+        assert!(Cli::try_parse_from(["fastkexec", "load", "/a", "--kernel", "/b"]).is_err());
+        assert!(Cli::try_parse_from(["fastkexec", "prepare"]).is_err());
     }
 
     #[test]

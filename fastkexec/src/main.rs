@@ -132,14 +132,14 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
 /// `load`'s options from its arguments (also `trace`'s).
 fn load_options(args: &LoadArgs, root: &Path) -> LoadOptions {
     LoadOptions {
-        kernel: args.kernel.clone(),
+        kernel: args.kernel(),
         initrd: args.initrd.clone(),
         cmdline: if args.reuse_cmdline {
             CmdlineSource::ReuseCmdline {
-                append: args.append.clone(),
+                append: args.append(),
             }
         } else {
-            CmdlineSource::Append(args.append.clone().unwrap_or_default())
+            CmdlineSource::Append(args.append().unwrap_or_default())
         },
         mode: match args.mode {
             ModeArg::Auto => Mode::Auto,
@@ -236,12 +236,13 @@ fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
 
 fn run_prepare(args: PrepareArgs) -> Result<()> {
     let t = Instant::now();
-    let p = prepare::prepare(&args.kernel, &args.cache_dir)
-        .with_context(|| format!("cannot prepare {}", args.kernel.display()))?;
+    let kernel = args.kernel();
+    let p = prepare::prepare(&kernel, &args.cache_dir)
+        .with_context(|| format!("cannot prepare {}", kernel.display()))?;
     let elapsed_ms = t.elapsed().as_secs_f64() * 1000.0;
     if args.json {
         return print_json(&serde_json::json!({
-            "kernel": args.kernel,
+            "kernel": kernel,
             "vmlinux": p.vmlinux,
             "setup_header": p.setup_header,
             "compression": p.compression,
