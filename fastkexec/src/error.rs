@@ -216,7 +216,51 @@ pub enum Error {
     Serve { addr: String, problem: String },
 }
 
+/// What kind of failure an error is: the rows of the exit-status table (README "Exit
+/// statuses", fastkexec(1)). The binary maps each to its number; scripts branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Something we were given is wrong: an image, an initrd, a command line, a state or
+    /// cache file, a directory we refuse to write into. Fix the input and retry.
+    BadInput,
+    /// This kernel or machine cannot do it: the mode is not possible here, no usable
+    /// crashkernel reservation. Retrying the same thing will fail the same way.
+    Unsupported,
+    /// There is nothing to act on: no image loaded (exec), no usable trace record (report).
+    NothingToDo,
+    /// Anything else: a syscall failed, the machine's state was not as expected.
+    Other,
+}
+
 impl Error {
+    /// Which row of the exit-status table this error falls in.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Error::CmdlineTooLong { .. }
+            | Error::InvalidCmdline(_)
+            | Error::UnsupportedImage { .. }
+            | Error::Input { .. }
+            | Error::BadBzImage { .. }
+            | Error::UnknownCompression { .. }
+            | Error::Decompress { .. }
+            | Error::BadVmlinux { .. }
+            | Error::UntrustedCache { .. }
+            | Error::KernelNotInRam { .. }
+            | Error::InitrdDoesNotFit { .. }
+            | Error::StateFile { .. }
+            | Error::UnsafeDirectory { .. } => Failure::BadInput,
+            Error::ModeUnavailable { .. }
+            | Error::NoCrashReservation { .. }
+            | Error::ReservationTooSmall { .. } => Failure::Unsupported,
+            Error::NothingLoaded { .. }
+            | Error::TraceRecordMissing { .. }
+            | Error::TraceRecordTorn { .. }
+            | Error::TraceRecordStale { .. }
+            | Error::TraceRecordImplausible { .. } => Failure::NothingToDo,
+            _ => Failure::Other,
+        }
+    }
+
     /// Wraps an `io::Error` with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
