@@ -33,6 +33,16 @@ if [ "$TRACE" = 1 ]; then
 	# What the JSON run said on stderr (e.g. why a fold failed), after the markers.
 	sed 's/^/FKLAB: report-stderr /' /tmp/report.err
 fi
+if [ "$(arg fklab.unit)" = 1 ]; then
+	# contrib/systemd/fastkexec-report.service's logic, as systemd would run it (labunit.rs).
+	. /lab/unit.sh
+	# What Debian's prometheus-node-exporter package creates.
+	mkdir -p "$UNIT_TEXTFILE_DIR"
+	run_unit
+	echo "FKLAB: textfile-begin"
+	cat "$UNIT_TEXTFILE_DIR/fastkexec.prom"
+	echo "FKLAB: textfile-end"
+fi
 if [ "$DISK" = 1 ]; then
 	tar -cf /dev/vda -C "$STATE" . || fail "cannot save the state directory to vda"
 	sync

@@ -166,6 +166,13 @@ fn base(tools: &Tools) -> Result<Cpio> {
     c.host_file("bin/busybox", &tools.busybox, 0o755)?;
     c.host_file("bin/fastkexec", &tools.fastkexec, 0o755)?;
     c.file("lab/round2.sh", ROUND2.as_bytes().to_vec(), 0o644);
+    let unit = crate::labunit::parse(crate::labunit::UNIT)
+        .context("contrib/systemd/fastkexec-report.service")?;
+    let mut script = crate::labunit::script(&unit);
+    if let Some(dir) = crate::labunit::textfile_dir(&unit) {
+        script.push_str(&format!("UNIT_TEXTFILE_DIR={dir}\n"));
+    }
+    c.file("lab/unit.sh", script.into_bytes(), 0o644);
     Ok(c)
 }
 

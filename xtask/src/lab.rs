@@ -133,6 +133,8 @@ pub struct RunOptions {
     /// not TCG's translation overhead; the host stopwatch no longer times
     /// the guest's clock.
     pub icount: Option<u32>,
+    /// Round 2 runs the boot-time unit's logic (`labunit`) and prints the textfile it left.
+    pub unit: bool,
 }
 
 impl RunOptions {
@@ -151,6 +153,7 @@ impl RunOptions {
             reboots: 1,
             state_out: None,
             icount: None,
+            unit: false,
         }
     }
 
@@ -267,6 +270,9 @@ pub struct RunReport {
     /// `--trace`: round 2's `report --svg`, saved in the run directory and read back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline_svg: Option<crate::labsvg::SvgCheck>,
+    /// `--unit`: the boot-time unit's logic in round 2, and the textfile it left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<crate::labunit::UnitCheck>,
     /// `--reboots`/`--state-out`: the chained run's state and its export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<crate::labchain::ChainCheck>,
@@ -603,6 +609,9 @@ pub fn run_once(
         opts.trace_lean,
         opts.trace_follow,
     ));
+    if opts.unit {
+        append.push("fklab.unit=1".to_string());
+    }
     opts.check_icount(accel)?;
     let state_img = dir.join("state.img");
     if opts.chained() {
@@ -684,6 +693,17 @@ pub fn run_once(
         report.report_table = crate::labtrace::table(&serial.lines);
         report.report = json;
         report.trace = Some(check);
+    }
+    if opts.unit {
+        let unit = crate::labunit::check(&serial.lines, &dir);
+        let good = unit.as_ref().is_some_and(|u| u.ok());
+        if !good && report.error.is_none() && report.booted {
+            report.error = Some(format!(
+                "the boot-time unit's logic did not end well or left no valid textfile: {unit:?}"
+            ));
+        }
+        report.ok &= good;
+        report.unit = unit;
     }
     if opts.chained() {
         let out = opts.state_out.clone().unwrap_or_else(|| dir.join("state"));
@@ -867,6 +887,7 @@ pub fn analyse(
         trace: None,
         preflight: None,
         timeline_svg: None,
+        unit: None,
         chain: None,
         serial_log: log,
         error,

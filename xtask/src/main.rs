@@ -11,6 +11,7 @@ mod labchain;
 mod labpreflight;
 mod labsvg;
 mod labtrace;
+mod labunit;
 mod setup;
 mod test;
 mod util;
@@ -160,6 +161,11 @@ enum LabCmd {
         /// then check `fastkexec export` on it with promtool
         #[arg(long, requires = "trace")]
         state_out: Option<PathBuf>,
+        /// Round 2 runs the boot-time unit's logic (contrib/systemd/fastkexec-report.service:
+        /// its commands, in order, with its exit-status handling) and the host checks the
+        /// textfile it leaves with promtool
+        #[arg(long)]
+        unit: bool,
     },
     /// An interactive guest for exploration (Ctrl-A X quits)
     Shell {
@@ -254,6 +260,7 @@ fn main() -> Result<()> {
                     trace_follow,
                     reboots,
                     state_out,
+                    unit,
                 } => {
                     let kernel = kernel_of(&k)?;
                     let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
@@ -264,6 +271,7 @@ fn main() -> Result<()> {
                         trace_follow,
                         reboots,
                         state_out,
+                        unit,
                         ..run_options(&k, mode, timeout)
                     };
                     if opts.chained() && trace_follow {
