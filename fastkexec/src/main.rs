@@ -64,12 +64,14 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Load(args) => run_load(args, &cli.root),
         Command::Exec(args) => {
+            exec::ignore_hangup();
             exec::exec(args.force).context("cannot boot the loaded kernel")?;
             // Only the `systemctl kexec` path returns: systemd now shuts down into the kernel.
             say!("systemd accepted `systemctl kexec`: shutting down into the loaded kernel");
             Ok(())
         }
         Command::Unload => {
+            exec::ignore_hangup();
             let done = exec::unload().context("cannot unload the kexec image")?;
             say!("{done}");
             Ok(())
@@ -111,6 +113,9 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
         // The plan would come from another machine's memory map: never hand that to the kernel.
         anyhow::bail!("--root only works with --dry-run (a real load must describe this machine)");
     }
+    if !args.dry_run {
+        exec::ignore_hangup();
+    }
     let opts = load_options(&args, root);
     let report =
         load::load(&opts).with_context(|| format!("cannot load {}", opts.kernel.display()))?;
@@ -151,6 +156,9 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
     if root != Path::new("/") {
         anyhow::bail!("--root does not go with trace (it probes and loads on this machine)");
     }
+    // Both modes: with --exec the reboot must not stop half-way; following, a kernel loaded
+    // over this process's pages must neither lose its tracer nor be unloaded by a hangup.
+    exec::ignore_hangup();
     let opts = trace::TraceOptions {
         load: load_options(&args.load, root),
         exec: args.exec,

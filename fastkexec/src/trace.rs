@@ -1194,8 +1194,11 @@ extern "C" fn on_signal(sig: libc::c_int) {
     STOP.store(sig, Ordering::SeqCst);
 }
 
+/// SIGHUP is not among them: a terminal that hangs up (an SSH session dropped by the very
+/// shutdown being followed) must not detach the probes or unload the kernel. The CLI ignores
+/// it (see [`exec::ignore_hangup`]).
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: installing an async-signal-safe handler (one atomic store).
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
