@@ -15,6 +15,23 @@ Typical use, as root: `fastkexec status` shows what this kernel allows; `fastkex
 /boot/vmlinuz-NEW --initrd /boot/initrd.img-NEW --reuse-cmdline` loads it; `fastkexec exec` \
 syncs and reboots into it through a clean `systemctl kexec`.";
 
+const MAIN_AFTER_HELP: &str = "\
+Exit status: 0 when the command did its work; 1 when it failed (standard error says why); 2 for
+a usage error, and from `report` when there is no valid record; 74 (EX_IOERR) when the command
+did its work but its product on standard output could not be written: --json, `export`
+without --output or --textfile-dir, `completions`, `man` without --dir. A failure's status
+wins over 74.
+
+Output: text for a human on standard output is best effort. When standard output or standard
+error fails (a terminal that hung up, a reader that went away), every command still does all
+its work and its exit status does not change; a warning goes to standard error if that still
+works. A closed standard output is read as /dev/null.
+
+Hangups: load (without --dry-run), unload, exec and trace ignore SIGHUP (as under nohup(1)),
+and so does the `systemctl kexec` that exec starts: a terminal that hangs up while they run (an
+SSH session or a serial getty stopped by the very shutdown exec starts) cannot stop them
+half-way.";
+
 const LOAD_AFTER_HELP: &str = "\
 Modes:
 
@@ -66,11 +83,21 @@ services, unmounts the file systems and then jumps into the kernel fastkexec loa
 systemd (busybox init, an initramfs shell) --force is the only path, as with `kexec -e`.
 Both paths call sync(2) first. After `load --mode staged`, exec first checks that the
 crashkernel reservation still holds the staged kernel (through /proc/kcore) and refuses if a
-crash kernel was loaded over it since.";
+crash kernel was loaded over it since.
+
+exec ignores SIGHUP, and its output is best effort: a terminal that hangs up during the
+shutdown (sshd or a serial getty being stopped) changes nothing; the reboot goes ahead.";
 
 /// `fastkexec`: top-level options and the command.
 #[derive(Debug, Parser)]
-#[command(name = "fastkexec", version, propagate_version = true, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(
+    name = "fastkexec",
+    version,
+    propagate_version = true,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = MAIN_AFTER_HELP
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -351,6 +378,9 @@ them all. Ctrl-C detaches and unloads the kernel (its boot_params point at the t
 this kernel, the load is planned, and `trace` prints how each probe attached and what will
 stamp each phase's start and end (a probe, our purgatory, the new kernel's clocks), then
 detaches everything. Nothing is loaded and nothing is written; it needs root, as the probes do.
+
+trace ignores SIGHUP in both modes and its output is best effort: losing the terminal neither
+stops a reboot under way nor detaches the probes and unloads the kernel.
 
 Examples:
 

@@ -90,6 +90,16 @@ pub fn ensure_loaded(root: &Path) -> Result<()> {
     }
 }
 
+/// Makes this process, and the processes it starts (`systemctl kexec`), ignore SIGHUP as
+/// nohup(1) does. A terminal hangs up exactly when a reboot is under way (sshd or a serial
+/// getty is stopped by the shutdown `exec` starts): that must not stop a command that changes
+/// what the kernel will boot half-way. The CLI calls it for `load`, `unload`, `exec` and
+/// `trace`.
+pub fn ignore_hangup() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+}
+
 /// Executes the loaded kernel. Returns only on failure (or, for `systemctl kexec`, once systemd
 /// has accepted the request and the shutdown is under way).
 pub fn exec(force: bool) -> Result<()> {

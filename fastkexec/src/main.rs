@@ -1,9 +1,9 @@
 //! The `fastkexec` command: a thin clap layer over the library.
 
 mod cli;
+mod out;
 
 use std::fs;
-use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,30 +15,21 @@ use cli::{Cli, Command, LoadArgs, ModeArg, PrepareArgs};
 use cli::{DamageArg, ReportArgs, TraceArgs};
 use fastkexec::load::{self, CmdlineSource, LoadOptions, Mode};
 use fastkexec::{exec, prepare, report, status, trace};
+use out::{say, ExitStatus};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match run(cli) {
+    let code = match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             print_error(&e);
             ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
         }
-    }
+    };
+    out::warn_if_lost();
+    code
 }
-
-/// An error that asks for a specific exit status (e.g. `report` without a record: 2).
-#[derive(Debug)]
-struct ExitStatus(u8, String);
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.1)
-    }
-}
-
-impl std::error::Error for ExitStatus {}
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
@@ -58,13 +49,12 @@ fn init_logging(verbose: u8) {
 /// `fastkexec: error: <top>` then each cause not already spelled out by the line before it
 /// (library errors embed their source's text, so the chain would otherwise repeat it).
 fn print_error(e: &anyhow::Error) {
-    let mut stderr = io::stderr().lock();
     let mut shown = e.to_string();
-    let _ = writeln!(stderr, "fastkexec: error: {shown}");
+    out::err_text(format_args!("fastkexec: error: {shown}\n"));
     for cause in e.chain().skip(1) {
         let text = cause.to_string();
         if !shown.contains(&text) {
-            let _ = writeln!(stderr, "  caused by: {text}");
+            out::err_text(format_args!("  caused by: {text}\n"));
         }
         shown = text;
     }
@@ -74,22 +64,24 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Load(args) => run_load(args, &cli.root),
         Command::Exec(args) => {
+            exec::ignore_hangup();
             exec::exec(args.force).context("cannot boot the loaded kernel")?;
             // Only the `systemctl kexec` path returns: systemd now shuts down into the kernel.
-            println!("systemd accepted `systemctl kexec`: shutting down into the loaded kernel");
+            say!("systemd accepted `systemctl kexec`: shutting down into the loaded kernel");
             Ok(())
         }
         Command::Unload => {
+            exec::ignore_hangup();
             let done = exec::unload().context("cannot unload the kexec image")?;
-            println!("{done}");
+            say!("{done}");
             Ok(())
         }
         Command::Status(args) => {
             let st = status::status(&cli.root)?;
             if args.json {
-                print_json(&st)
+                out::json(&st)
             } else {
-                print!("{st}");
+                out::text(format_args!("{st}"));
                 Ok(())
             }
         }
@@ -100,14 +92,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => run_serve(args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "fastkexec", &mut io::stdout());
-            Ok(())
+            // Into memory first: clap_complete panics when its writer fails.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fastkexec", &mut buf);
+            out::product(&buf)
         }
         Command::Man { dir } => match dir {
             Some(dir) => write_man_pages(&dir),
             None => {
-                clap_mangen::Man::new(Cli::command()).render(&mut io::stdout())?;
-                Ok(())
+                let mut buf = Vec::new();
+                clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+                out::product(&buf)
             }
         },
     }
@@ -118,13 +113,16 @@ fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
         // The plan would come from another machine's memory map: never hand that to the kernel.
         anyhow::bail!("--root only works with --dry-run (a real load must describe this machine)");
     }
+    if !args.dry_run {
+        exec::ignore_hangup();
+    }
     let opts = load_options(&args, root);
     let report =
         load::load(&opts).with_context(|| format!("cannot load {}", opts.kernel.display()))?;
     if args.json {
-        print_json(&report)
+        out::json(&report)
     } else {
-        print!("{report}");
+        out::text(format_args!("{report}"));
         Ok(())
     }
 }
@@ -158,6 +156,9 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
     if root != Path::new("/") {
         anyhow::bail!("--root does not go with trace (it probes and loads on this machine)");
     }
+    // Both modes: with --exec the reboot must not stop half-way; following, a kernel loaded
+    // over this process's pages must neither lose its tracer nor be unloaded by a hangup.
+    exec::ignore_hangup();
     let opts = trace::TraceOptions {
         load: load_options(&args.load, root),
         exec: args.exec,
@@ -170,19 +171,18 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
             DamageArg::OtherBoot => trace::Damage::OtherBoot,
         }),
     };
-    let mut out = io::stdout();
-    let summary = trace::run(&opts, &mut out).with_context(|| {
+    let summary = trace::run(&opts, &mut out::Stdout).with_context(|| {
         format!(
             "cannot trace the reboot into {}",
             opts.load.kernel.display()
         )
     })?;
     if args.load.json {
-        return print_json(&summary);
+        return out::json(&summary);
     }
-    print!("{}", summary.load);
+    out::text(format_args!("{}", summary.load));
     for a in &summary.attachments {
-        println!(
+        say!(
             "probe:    {} {} {}",
             a.how,
             a.function,
@@ -193,11 +193,14 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
         );
     }
     for n in &summary.notes {
-        println!("note:     {n}");
+        say!("note:     {n}");
     }
     if args.load.dry_run {
-        print!("{}", fastkexec::preflight::render(&summary.phases));
-        println!("dry run: every probe detached again; nothing was loaded");
+        out::text(format_args!(
+            "{}",
+            fastkexec::preflight::render(&summary.phases)
+        ));
+        say!("dry run: every probe detached again; nothing was loaded");
     }
     Ok(())
 }
@@ -214,11 +217,14 @@ fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
         fastkexec::atomic_file::write(svg, fastkexec::timeline_svg::render(&rep).as_bytes(), 0o644)
             .with_context(|| format!("cannot write the timeline picture {}", svg.display()))?;
     }
-    if args.json {
-        print_json(&rep)?;
+    // The fold below happens whether or not the JSON got out; a lost JSON only decides the
+    // exit status, and only when nothing more important does.
+    let printed = if args.json {
+        out::json(&rep)
     } else {
-        print!("{rep}");
-    }
+        out::text(format_args!("{rep}"));
+        Ok(())
+    };
     if !rep.has_record() {
         let detail = rep.record.detail.clone().unwrap_or_default();
         return Err(ExitStatus(2, detail).into());
@@ -231,7 +237,7 @@ fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
             );
         }
     }
-    Ok(())
+    printed
 }
 
 fn run_prepare(args: PrepareArgs) -> Result<()> {
@@ -241,7 +247,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
         .with_context(|| format!("cannot prepare {}", kernel.display()))?;
     let elapsed_ms = t.elapsed().as_secs_f64() * 1000.0;
     if args.json {
-        return print_json(&serde_json::json!({
+        return out::json(&serde_json::json!({
             "kernel": kernel,
             "vmlinux": p.vmlinux,
             "setup_header": p.setup_header,
@@ -252,11 +258,11 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
             "elapsed_ms": elapsed_ms,
         }));
     }
-    println!("vmlinux:      {}", p.vmlinux.display());
-    println!("setup header: {}", p.setup_header.display());
-    println!("compression:  {}", p.compression);
-    println!("size:         {} bytes", p.vmlinux_len);
-    println!(
+    say!("vmlinux:      {}", p.vmlinux.display());
+    say!("setup header: {}", p.setup_header.display());
+    say!("compression:  {}", p.compression);
+    say!("size:         {} bytes", p.vmlinux_len);
+    say!(
         "cache:        {}",
         if p.cached {
             "hit (already extracted)"
@@ -264,7 +270,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
             "miss (extracted now)"
         }
     );
-    println!("time:         {elapsed_ms:.1} ms");
+    say!("time:         {elapsed_ms:.1} ms");
     Ok(())
 }
 
@@ -291,9 +297,7 @@ fn run_export(args: cli::ExportArgs) -> Result<()> {
     }
     match &args.output {
         Some(path) => export::write_file(path, format, &state)?,
-        None => io::stdout()
-            .lock()
-            .write_all(export::render(format, &state)?.as_bytes())?,
+        None => out::product(export::render(format, &state)?.as_bytes())?,
     }
     Ok(())
 }
@@ -306,15 +310,8 @@ fn run_serve(args: cli::ServeArgs) -> Result<()> {
         state_dir: args.state_dir,
     })?;
     // The real port (for --listen ...:0) on the first line, for scripts and tests.
-    println!("listening on http://{}{METRICS_PATH}", server.local_addr());
+    say!("listening on http://{}{METRICS_PATH}", server.local_addr());
     server.run()?;
-    Ok(())
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
     Ok(())
 }
 
@@ -335,7 +332,7 @@ fn write_man_pages(dir: &Path) -> Result<()> {
             .title(name.to_uppercase())
             .render(&mut buf)?;
         fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("{}", path.display());
+        say!("{}", path.display());
     }
     Ok(())
 }

@@ -1211,8 +1211,11 @@ extern "C" fn on_signal(sig: libc::c_int) {
     STOP.store(sig, Ordering::SeqCst);
 }
 
+/// SIGHUP is not among them: a terminal that hangs up (an SSH session dropped by the very
+/// shutdown being followed) must not detach the probes or unload the kernel. The CLI ignores
+/// it (see [`exec::ignore_hangup`]).
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: installing an async-signal-safe handler (one atomic store).
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
@@ -1230,7 +1233,14 @@ pub struct TraceSummary {
     pub notes: Vec<String>,
 }
 
-/// Runs `fastkexec trace`. With `exec` it returns only if the reboot failed.
+/// One line of progress on `out`, best effort: a terminal that hangs up or a reader that goes
+/// away must not stop the trace half-way (the loaded kernel points at this process's pages).
+fn say(out: &mut dyn Write, line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// Runs `fastkexec trace`. With `exec` it returns only if the reboot failed. What it writes
+/// on `out` is progress for a human: a failed write is ignored.
 /// With `opts.load.dry_run` (a preflight): every probe is attached for real and
 /// the load is planned, then everything is detached and nothing is loaded.
 pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
@@ -1278,7 +1288,6 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         // Dropping the tracer detaches every probe; the plan loaded nothing.
         return Ok(summary(&tracer, report));
     }
-    let write_err = |e: std::io::Error| Error::io("stdout", e);
 
     if opts.exec {
         let path = exec::choose_path(Path::new("/"), opts.force);
@@ -1293,25 +1302,25 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         }
         // What the probes are, before this process disappears into reboot(2).
         for a in &tracer.attachments {
-            writeln!(
+            say(
                 out,
-                "trace: {:<10} {}{}",
-                if a.how == "none" { "UNSEEN" } else { a.how },
-                a.function,
-                a.why
-                    .as_deref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default()
-            )
-            .map_err(write_err)?;
+                format_args!(
+                    "trace: {:<10} {}{}",
+                    if a.how == "none" { "UNSEEN" } else { a.how },
+                    a.function,
+                    a.why
+                        .as_deref()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                ),
+            );
         }
         for n in &tracer.notes {
-            writeln!(out, "trace: note: {n}").map_err(write_err)?;
+            say(out, format_args!("trace: note: {n}"));
         }
         if let Some(m) = &opts.mark {
-            writeln!(out, "{m}").map_err(write_err)?;
+            say(out, format_args!("{m}"));
         }
-        out.flush().map_err(write_err)?;
         let request = (clock::rdtsc(), clock::monotonic_ns());
         tracer.seal(Some(request), opts.damage)?;
         let err = match exec::exec(opts.force) {
@@ -1333,19 +1342,19 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     }
     tracer.seal(None, opts.damage)?;
     install_signal_handlers();
-    writeln!(
+    say(
         out,
-        "trace: attached ({} probe points), kernel loaded ({}); waiting for a kexec reboot \
-         (e.g. `systemctl kexec`); Ctrl-C detaches and unloads",
-        tracer
-            .attachments
-            .iter()
-            .filter(|a| a.how != "none")
-            .count(),
-        report.mode
-    )
-    .map_err(write_err)?;
-    out.flush().map_err(write_err)?;
+        format_args!(
+            "trace: attached ({} probe points), kernel loaded ({}); waiting for a kexec reboot \
+             (e.g. `systemctl kexec`); Ctrl-C detaches and unloads",
+            tracer
+                .attachments
+                .iter()
+                .filter(|a| a.how != "none")
+                .count(),
+            report.mode
+        ),
+    );
     let base = clock::monotonic_ns();
     let mut shown = 0usize;
     let mut last_seal = Instant::now();
@@ -1353,10 +1362,9 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         tracer.flush_log();
         let (_, events) = tracer.events();
         for e in events.iter().skip(shown) {
-            writeln!(out, "{}", format_event(e, base)).map_err(write_err)?;
+            say(out, format_args!("{}", format_event(e, base)));
         }
         shown = events.len();
-        out.flush().map_err(write_err)?;
         // Refresh the calibration while nothing happens (NTP slews
         // CLOCK_MONOTONIC); once the reboot runs, leave the header alone.
         if tracer.state() & state::KEXEC == 0 && last_seal.elapsed() > Duration::from_secs(1) {
@@ -1368,22 +1376,22 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             libc::SIGTERM if tracer.state() != 0 || exec::ensure_loaded(Path::new("/")).is_ok() => {
                 // Most likely the shutdown that ends in the kexec: the pins
                 // keep everything alive.
-                writeln!(
+                say(
                     out,
-                    "trace: terminated; the probes stay pinned for the reboot"
-                )
-                .map_err(write_err)?;
+                    format_args!("trace: terminated; the probes stay pinned for the reboot"),
+                );
                 return Ok(summary(&tracer, report));
             }
             _ => {
                 unpin(Path::new(PIN_DIR));
                 let _ = exec::unload();
-                writeln!(
+                say(
                     out,
-                    "trace: detached; the loaded kernel was unloaded (its boot_params \
-                               pointed at the trace pages)"
-                )
-                .map_err(write_err)?;
+                    format_args!(
+                        "trace: detached; the loaded kernel was unloaded (its boot_params \
+                         pointed at the trace pages)"
+                    ),
+                );
                 return Ok(summary(&tracer, report));
             }
         }

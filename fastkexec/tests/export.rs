@@ -638,12 +638,12 @@ fn the_shipped_systemd_unit_exports_with_arguments_the_cli_accepts() {
     let unit = fs::read_to_string(&unit).unwrap();
     let export: Vec<&str> = unit
         .lines()
-        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .filter_map(|l| l.strip_prefix("ExecStartPost="))
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|args| args.get(1) == Some(&"export"))
-        .expect("an ExecStart running `fastkexec export`");
+        .expect("an ExecStartPost running `fastkexec export`");
     assert_eq!(export[0], "/usr/local/bin/fastkexec");
-    assert!(unit.contains("\nType=oneshot\n") && unit.contains("\nWantedBy=multi-user.target\n"));
+    assert!(unit.contains("\nType=oneshot\n") && unit.contains("\nWantedBy=default.target\n"));
     // The same arguments, with the two directories moved into temporary ones.
     let d = tempfile::tempdir().unwrap();
     lab_like_state(d.path());

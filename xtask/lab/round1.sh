@@ -108,6 +108,10 @@ fastkexec-staged-panic)
 	staged_load
 	EXEC=lab_panic
 	;;
+fastkexec-hangup)
+	# Loads and executes itself, each on a terminal that hangs up mid-way.
+	. /lab/hangup.sh
+	;;
 fastkexec-staged-replaced)
 	staged_load
 	# What a kdump service would do: load its crash kernel over the staged one.

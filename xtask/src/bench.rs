@@ -39,7 +39,7 @@ const TO_NEW_INIT: &str = "first line → new init";
 
 /// Lab modes that exist to test failure paths, not to be benchmarked.
 fn test_only(name: &str) -> bool {
-    name.ends_with("-panic") || name.ends_with("-replaced")
+    name.ends_with("-panic") || name.ends_with("-replaced") || name.ends_with("-hangup")
 }
 
 /// Every benchmarkable lab mode, in the lab's own order.
@@ -1171,6 +1171,7 @@ mod tests {
         assert_eq!(names.first(), Some(&BASELINE));
         assert!(names.iter().all(|n| !test_only(n)));
         assert!(test_only("fastkexec-staged-panic") && test_only("fastkexec-staged-replaced"));
+        assert!(test_only("fastkexec-hangup"));
         assert!(!test_only("fastkexec-staged"));
     }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 const INIT: &str = include_str!("../lab/init.sh");
 const ROUND1: &str = include_str!("../lab/round1.sh");
 const ROUND2: &str = include_str!("../lab/round2.sh");
+const HANGUP: &str = include_str!("../lab/hangup.sh");
+const HANGUP_SESSION: &str = include_str!("../lab/hangup-session.sh");
 
 /// One entry of a newc archive.
 enum Entry {
@@ -228,6 +230,12 @@ pub fn chain(
 fn loader(tools: &Tools, vmlinuz: &Path, extra: &[(String, PathBuf)]) -> Result<Cpio> {
     let mut c = base(tools)?;
     c.file("lab/round1.sh", ROUND1.as_bytes().to_vec(), 0o644);
+    c.file("lab/hangup.sh", HANGUP.as_bytes().to_vec(), 0o644);
+    c.file(
+        "lab/hangup-session",
+        HANGUP_SESSION.as_bytes().to_vec(),
+        0o755,
+    );
     c.host_file("sbin/kexec", &tools.kexec, 0o755)?;
     for lib in shared_libs(&tools.kexec)? {
         let dest = lib.to_string_lossy().into_owned();

@@ -36,6 +36,9 @@ pub enum Mode {
     /// test: load staged, load a kdump kernel over it: exec must refuse, a forced
     /// exec must reset the machine instead of booting
     FastkexecStagedReplaced,
+    /// test: load uncompressed and exec --force, each with its output on a terminal that
+    /// hangs up while it runs (SIGHUP, EIO): the load must succeed and the new kernel boot
+    FastkexecHangup,
 }
 
 /// What a successful run of a mode looks like.
@@ -53,6 +56,10 @@ pub enum Expect {
     /// `fastkexec exec` refuses, then the trampoline resets the machine on a
     /// forced exec: no new kernel runs.
     RefuseThenReset,
+    /// As `Boot`, after `load` and `exec` each had their terminal hung up while blocked
+    /// writing to it, as its controlling process (so SIGHUP came first): `load` exited 0 with
+    /// the kernel loaded, and `exec` rebooted.
+    BootAfterHangup,
 }
 
 /// The reservation the lab's command line asks for (`crashkernel=`).
@@ -75,6 +82,7 @@ impl Mode {
             Mode::FastkexecStaged => "fastkexec-staged",
             Mode::FastkexecStagedPanic => "fastkexec-staged-panic",
             Mode::FastkexecStagedReplaced => "fastkexec-staged-replaced",
+            Mode::FastkexecHangup => "fastkexec-hangup",
         }
     }
 
@@ -83,6 +91,7 @@ impl Mode {
             Mode::FastkexecStaged => Expect::BootAllRam,
             Mode::FastkexecStagedPanic => Expect::BootKdumpSafe,
             Mode::FastkexecStagedReplaced => Expect::RefuseThenReset,
+            Mode::FastkexecHangup => Expect::BootAfterHangup,
             _ => Expect::Boot,
         }
     }
@@ -95,6 +104,7 @@ impl Mode {
                 | Mode::FastkexecStaged
                 | Mode::FastkexecStagedPanic
                 | Mode::FastkexecStagedReplaced
+                | Mode::FastkexecHangup
         )
     }
 }
@@ -227,6 +237,17 @@ pub struct Round1 {
     pub exec_refused: bool,
     /// The trampoline printed its reset line after the forced exec.
     pub trampoline_reset: bool,
+    /// `fastkexec-hangup`: the commands (`load`, `exec`) that were blocked writing to their
+    /// terminal when it hung up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hung_up: Vec<String>,
+    /// `fastkexec-hangup`: `load`'s exit status after its terminal hung up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hangup_load_rc: Option<i32>,
+    /// `fastkexec-hangup`: each of them was its terminal's controlling process (session leader,
+    /// the pty its controlling terminal), so the hangup sent it SIGHUP.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hangup_controlling: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -769,6 +790,14 @@ pub fn run_once(
                      panic marker)"
                         .into()
                 }
+                Expect::BootAfterHangup => format!(
+                    "round 2 ran, but round 1 did not show both commands hung up mid-way as \
+                     their terminal's controlling process, with load exiting 0 (hung up: {:?}, \
+                     load rc {:?}, controlling process {})",
+                    report.round1.hung_up,
+                    report.round1.hangup_load_rc,
+                    report.round1.hangup_controlling
+                ),
                 _ => "round 2 ran but its report is incomplete or wrong".into(),
             });
         }
@@ -823,6 +852,19 @@ pub fn analyse(
             nk.cold_mem_total_kb = v.trim().parse().ok();
         } else if l == "FKLAB: exec refused" {
             r1.exec_refused = true;
+        } else if let Some(v) = l.strip_prefix("FKLAB: hangup ") {
+            let mut words = v.split_whitespace();
+            let name = words.next().unwrap_or_default();
+            let fields: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
+            let field = |k: &str| fields.iter().find(|(f, _)| *f == k).map(|(_, v)| *v);
+            if v.split_whitespace().any(|w| w == "blocked") {
+                let controlling = field("controlling") == Some("1");
+                r1.hangup_controlling =
+                    controlling && (r1.hung_up.is_empty() || r1.hangup_controlling);
+                r1.hung_up.push(name.to_string());
+            } else if name == "load" {
+                r1.hangup_load_rc = field("rc").and_then(|rc| rc.parse().ok());
+            }
         } else if m.exec.is_some() && m.new_init.is_none() && l.contains(TRAMPOLINE_RESET_LINE) {
             r1.trampoline_reset = true;
         } else if m.new_init.is_some() {
@@ -922,6 +964,12 @@ pub fn meets(expect: Expect, reported: bool, nk: &NewKernel, r1: &Round1, booted
                     .is_some_and(|kb| kb > 0 && kb <= CRASHKERNEL_MIB * 1024)
         }
         Expect::RefuseThenReset => !booted && r1.exec_refused && r1.trampoline_reset,
+        Expect::BootAfterHangup => {
+            reported
+                && r1.hung_up == ["load", "exec"]
+                && r1.hangup_load_rc == Some(0)
+                && r1.hangup_controlling
+        }
     }
 }
 
@@ -1167,6 +1215,58 @@ mod tests {
         booted.push((5001.0, "FKLAB: done"));
         let r = run(&booted);
         assert!(r.booted && !r.ok);
+    }
+
+    /// A `fastkexec-hangup` round trip whose round 1 printed `hangup` (its own lines).
+    fn hangup_run(hangup: &[&str]) -> RunReport {
+        let mut v: Vec<(f64, &str)> = vec![
+            (
+                900.0,
+                "FKLAB: init round=1 mode=fastkexec-hangup uptime=0.9",
+            ),
+            (902.0, "FKLAB: loading mode=fastkexec-hangup"),
+        ];
+        v.extend(hangup.iter().map(|l| (1000.0, *l)));
+        v.extend([
+            (1700.0, "[    0.000000] Linux version 6.1.0-1-cloud-amd64"),
+            (
+                6000.0,
+                "FKLAB: init round=2 mode=fastkexec-hangup uptime=1.0",
+            ),
+            (6001.0, "FKLAB: kernel=6.1.0-1-cloud-amd64"),
+            (6002.0, "FKLAB: cmdline=console=ttyS0 fklab.round=2"),
+            (6003.0, "FKLAB: memtotal_kb=1740000"),
+            (6004.0, "FKLAB: initrd=ok"),
+            (6005.0, "FKLAB: done"),
+        ]);
+        analyse(
+            &kernel(),
+            Mode::FastkexecHangup,
+            "tcg",
+            &lines(&v),
+            PathBuf::from("x"),
+        )
+    }
+
+    #[test]
+    fn hangup_needs_both_commands_hung_up_mid_way_and_the_load_done() {
+        let load = "FKLAB: hangup load blocked pid=71 syscall=1 fd=0x2 controlling=1";
+        let done = "FKLAB: hangup load rc=0 loaded=1";
+        let exec = "FKLAB: hangup exec blocked pid=80 syscall=1 fd=0x2 controlling=1";
+        let r = hangup_run(&[load, done, "FKLAB: loaded", exec, "FKLAB: exec"]);
+        assert_eq!(r.expect, Expect::BootAfterHangup);
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.round1.hung_up, ["load", "exec"]);
+        assert_eq!(r.round1.hangup_load_rc, Some(0));
+        assert!(r.round1.hangup_controlling);
+        // The exec never blocked on its terminal: it was not hung up mid-way.
+        assert!(!hangup_run(&[load, done, "FKLAB: exec"]).ok);
+        // Not the controlling process: no SIGHUP came, the run proves less than it claims.
+        let aside = "FKLAB: hangup exec blocked pid=80 syscall=1 fd=0x2 controlling=0";
+        assert!(!hangup_run(&[load, done, aside]).ok);
+        // A load that did not exit 0 (its own status, even though a kernel booted).
+        let failed = "FKLAB: hangup load rc=129 loaded=1";
+        assert!(!hangup_run(&[load, failed, exec]).ok);
     }
 
     #[test]

@@ -22,7 +22,8 @@ struct Case {
 /// uncompressed and a traced staged run, and one damaged handoff record (torn on 6.1, stale
 /// elsewhere), which round 2 must refuse. On 6.1 also three chained traced
 /// reboots, whose histograms must export with `_count` 3 per phase and pass
-/// promtool (issue 6's acceptance).
+/// promtool (issue 6's acceptance), and `load` and `exec` with their terminal hung up
+/// mid-way (issue 17's acceptance; Debian 12's kernel, where it was reported).
 fn cases(kernel: &str) -> Vec<Case> {
     let mut v: Vec<Case> = LAB_MODES
         .iter()
@@ -57,6 +58,12 @@ fn cases(kernel: &str) -> Vec<Case> {
             trace: true,
             damage: None,
             reboots: 3,
+        });
+        v.push(Case {
+            mode: Mode::FastkexecHangup,
+            trace: false,
+            damage: None,
+            reboots: 1,
         });
     }
     v
