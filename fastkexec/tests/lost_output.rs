@@ -572,3 +572,36 @@ fn serve_answers_scrapes_with_its_terminal_gone() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
 }
+
+/// Every write of the binary goes through src/out.rs: `println!` and friends panic when the
+/// terminal is gone. Test code (after `#[cfg(test)]`) and comments may use them.
+#[test]
+fn no_print_macros_outside_the_output_path() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for e in fs::read_dir(&src).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "rs") || path.ends_with("out.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        let code = text.split("\n#[cfg(test)]").next().unwrap_or_default();
+        for (i, line) in code.lines().enumerate() {
+            let line = line.trim_start();
+            if line.starts_with("//") {
+                continue;
+            }
+            if ["println!", "print!", "eprintln!", "eprint!", "dbg!"]
+                .iter()
+                .any(|m| line.contains(m))
+            {
+                found.push(format!("{}:{}: {line}", path.display(), i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "use out::say!/out::text:\n{}",
+        found.join("\n")
+    );
+}
