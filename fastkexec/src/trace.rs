@@ -1218,6 +1218,61 @@ fn install_signal_handlers() {
     }
 }
 
+/// Undoes a load of `trace` when dropped armed: the loaded kernel's boot_params point at the
+/// trace pages, which die with this process (or with the pins), so a later `systemctl kexec`
+/// must not find it. Every way out of [`run`] after the load (an error from `?`, a failed
+/// reboot, Ctrl-C) drops it; only a reboot that is under way disarms it.
+pub struct LoadedGuard<F: FnMut()> {
+    undo: Option<F>,
+}
+
+impl<F: FnMut()> LoadedGuard<F> {
+    pub fn new(undo: F) -> Self {
+        Self { undo: Some(undo) }
+    }
+
+    /// The reboot is under way: the kernel must stay loaded.
+    pub fn disarm(mut self) {
+        self.undo = None;
+    }
+}
+
+impl<F: FnMut()> Drop for LoadedGuard<F> {
+    fn drop(&mut self) {
+        if let Some(mut undo) = self.undo.take() {
+            undo();
+        }
+    }
+}
+
+/// What the probes are, printed before this process disappears into reboot(2).
+fn announce(
+    out: &mut dyn Write,
+    attachments: &[Attachment],
+    notes: &[String],
+    mark: Option<&str>,
+) -> std::io::Result<()> {
+    for a in attachments {
+        writeln!(
+            out,
+            "trace: {:<10} {}{}",
+            if a.how == "none" { "UNSEEN" } else { a.how },
+            a.function,
+            a.why
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        )?;
+    }
+    for n in notes {
+        writeln!(out, "trace: note: {n}")?;
+    }
+    if let Some(m) = mark {
+        writeln!(out, "{m}")?;
+    }
+    out.flush()
+}
+
 /// What `run` did, for the caller to print.
 #[derive(Debug, Serialize)]
 pub struct TraceSummary {
@@ -1279,6 +1334,16 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         return Ok(summary(&tracer, report));
     }
     let write_err = |e: std::io::Error| Error::io("stdout", e);
+    // From here on every way out but a reboot under way unloads (issue 13, defect 4).
+    let loaded = LoadedGuard::new(|| {
+        unpin(Path::new(PIN_DIR));
+        if let Err(e) = exec::unload() {
+            log::warn!(
+                "could not unload the kernel trace loaded ({e}); run `fastkexec unload` before \
+                 any `systemctl kexec`: its boot_params point at freed trace pages"
+            );
+        }
+    });
 
     if opts.exec {
         let path = exec::choose_path(Path::new("/"), opts.force);
@@ -1286,51 +1351,26 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             // systemd kills every process before the reboot: keep the probes
             // and pages alive in bpffs.
             unpin(Path::new(PIN_DIR));
-            if let Err(e) = tracer.pin(Path::new(PIN_DIR)) {
-                let _ = exec::unload();
-                return Err(e);
-            }
+            tracer.pin(Path::new(PIN_DIR))?;
         }
-        // What the probes are, before this process disappears into reboot(2).
-        for a in &tracer.attachments {
-            writeln!(
-                out,
-                "trace: {:<10} {}{}",
-                if a.how == "none" { "UNSEEN" } else { a.how },
-                a.function,
-                a.why
-                    .as_deref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default()
-            )
-            .map_err(write_err)?;
-        }
-        for n in &tracer.notes {
-            writeln!(out, "trace: note: {n}").map_err(write_err)?;
-        }
-        if let Some(m) = &opts.mark {
-            writeln!(out, "{m}").map_err(write_err)?;
-        }
-        out.flush().map_err(write_err)?;
+        announce(
+            out,
+            &tracer.attachments,
+            &tracer.notes,
+            opts.mark.as_deref(),
+        )
+        .map_err(write_err)?;
         let request = (clock::rdtsc(), clock::monotonic_ns());
         tracer.seal(Some(request), opts.damage)?;
-        let err = match exec::exec(opts.force) {
-            // systemd accepted `systemctl kexec`: the shutdown is under way.
-            Ok(()) => return Ok(summary(&tracer, report)),
-            Err(e) => e,
-        };
-        // The loaded kernel points at pages that die with this process.
-        let _ = exec::unload();
-        unpin(Path::new(PIN_DIR));
-        return Err(err);
+        exec::exec(opts.force)?;
+        // systemd accepted `systemctl kexec`: the shutdown is under way.
+        loaded.disarm();
+        return Ok(summary(&tracer, report));
     }
 
     // Follow mode.
     unpin(Path::new(PIN_DIR));
-    if let Err(e) = tracer.pin(Path::new(PIN_DIR)) {
-        let _ = exec::unload();
-        return Err(e);
-    }
+    tracer.pin(Path::new(PIN_DIR))?;
     tracer.seal(None, opts.damage)?;
     install_signal_handlers();
     writeln!(
@@ -1352,11 +1392,21 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     loop {
         tracer.flush_log();
         let (_, events) = tracer.events();
-        for e in events.iter().skip(shown) {
-            writeln!(out, "{}", format_event(e, base)).map_err(write_err)?;
-        }
+        let printed = events
+            .iter()
+            .skip(shown)
+            .try_for_each(|e| writeln!(out, "{}", format_event(e, base)))
+            .and_then(|()| out.flush());
         shown = events.len();
-        out.flush().map_err(write_err)?;
+        if let Err(e) = printed {
+            if tracer.state() != 0 {
+                // The reboot is under way (a shutdown closing our terminal): the kernel must
+                // stay loaded, the pins keep the pages.
+                loaded.disarm();
+                return Ok(summary(&tracer, report));
+            }
+            return Err(write_err(e));
+        }
         // Refresh the calibration while nothing happens (NTP slews
         // CLOCK_MONOTONIC); once the reboot runs, leave the header alone.
         if tracer.state() & state::KEXEC == 0 && last_seal.elapsed() > Duration::from_secs(1) {
@@ -1367,17 +1417,16 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             0 => {}
             libc::SIGTERM if tracer.state() != 0 || exec::ensure_loaded(Path::new("/")).is_ok() => {
                 // Most likely the shutdown that ends in the kexec: the pins
-                // keep everything alive.
-                writeln!(
+                // keep everything alive. Disarmed first: a closed terminal must not unload.
+                loaded.disarm();
+                let _ = writeln!(
                     out,
                     "trace: terminated; the probes stay pinned for the reboot"
-                )
-                .map_err(write_err)?;
+                );
                 return Ok(summary(&tracer, report));
             }
             _ => {
-                unpin(Path::new(PIN_DIR));
-                let _ = exec::unload();
+                drop(loaded);
                 writeln!(
                     out,
                     "trace: detached; the loaded kernel was unloaded (its boot_params \
@@ -1435,6 +1484,46 @@ mod tests {
         let l = format_event(&e, 1_000_000);
         assert!(l.contains("2.500 ms"), "{l}");
         assert!(l.contains("device_enter") && l.contains("vda1"), "{l}");
+    }
+
+    /// A writer whose every write fails, like stdout after the terminal closed (EPIPE).
+    struct ClosedStdout;
+
+    impl Write for ClosedStdout {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    /// Issue 13, defect 4: `run`'s steps after the load, in its order, with an injected
+    /// unload: an early `?` (stdout closed) must unload; a reboot under way must not.
+    #[test]
+    fn every_failure_after_the_load_unloads_and_a_reboot_under_way_does_not() {
+        let unloads = std::cell::Cell::new(0);
+        let after_load = |out: &mut dyn Write, reboot_ok: bool| -> Result<()> {
+            let loaded = LoadedGuard::new(|| unloads.set(unloads.get() + 1));
+            announce(out, &[], &["a note".into()], Some("FKLAB: exec"))
+                .map_err(|e| Error::io("stdout", e))?;
+            if !reboot_ok {
+                return Err(Error::Systemctl {
+                    outcome: "failed".into(),
+                });
+            }
+            loaded.disarm();
+            Ok(())
+        };
+        assert!(after_load(&mut ClosedStdout, true).is_err());
+        assert_eq!(unloads.get(), 1, "stdout closed: unloaded once");
+        assert!(after_load(&mut Vec::new(), false).is_err());
+        assert_eq!(unloads.get(), 2, "the reboot failed: unloaded once");
+        after_load(&mut Vec::new(), true).unwrap();
+        assert_eq!(unloads.get(), 2, "the reboot is under way: still loaded");
+        let mut out = Vec::new();
+        announce(&mut out, &[], &["n".into()], Some("m")).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "trace: note: n\nm\n");
     }
 
     #[test]
