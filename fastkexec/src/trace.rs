@@ -58,6 +58,7 @@ use crate::e820::{self, E820Entry, PhysRange};
 use crate::ebpf::{self, ProbePoint};
 use crate::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
 use crate::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode};
+use crate::lock::KexecLock;
 use crate::segments::PlanExtras;
 use crate::{exec, hostinfo, preflight, Error, Result};
 
@@ -1312,7 +1313,17 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
                     .into(),
             })?;
     }
-    let report = load::load_with(&lopts, &extras)?;
+    // One lock from the load to the reboot (or the unload): nothing else changes kexec state
+    // in between. Follow mode lets go once loaded (see below).
+    let lock = if lopts.dry_run {
+        None
+    } else {
+        Some(KexecLock::acquire(&lopts.root, "trace")?)
+    };
+    let report = match &lock {
+        Some(l) => load::load_locked(&lopts, &extras, l)?,
+        None => load::load_with(&lopts, &extras)?,
+    };
     tracer.load_flags = handoff::load_mode_flags(report.mode);
     if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
         tracer.notes.push(format!(
@@ -1329,15 +1340,22 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         record_pages: t.phys.len(),
         notes: t.notes.clone(),
     };
-    if lopts.dry_run {
-        // Dropping the tracer detaches every probe; the plan loaded nothing.
+    let Some(lock) = lock else {
+        // A dry run: dropping the tracer detaches every probe; the plan loaded nothing.
         return Ok(summary(&tracer, report));
-    }
+    };
     let write_err = |e: std::io::Error| Error::io("stdout", e);
     // From here on every way out but a reboot under way unloads (issue 13, defect 4).
+    let root = lopts.root.clone();
+    let lock = std::cell::RefCell::new(Some(lock));
     let loaded = LoadedGuard::new(|| {
         unpin(Path::new(PIN_DIR));
-        if let Err(e) = exec::unload() {
+        // Follow mode has let go of the lock while it waited: take it again.
+        let held = match lock.borrow_mut().take() {
+            Some(l) => Ok(l),
+            None => KexecLock::acquire(&root, "trace (unloading)"),
+        };
+        if let Err(e) = held.and_then(|l| exec::unload_locked(&l)) {
             log::warn!(
                 "could not unload the kernel trace loaded ({e}); run `fastkexec unload` before \
                  any `systemctl kexec`: its boot_params point at freed trace pages"
@@ -1362,7 +1380,10 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         .map_err(write_err)?;
         let request = (clock::rdtsc(), clock::monotonic_ns());
         tracer.seal(Some(request), opts.damage)?;
-        exec::exec(opts.force)?;
+        match lock.borrow().as_ref() {
+            Some(l) => exec::exec_locked(opts.force, l)?,
+            None => exec::exec(opts.force)?,
+        }
         // systemd accepted `systemctl kexec`: the shutdown is under way.
         loaded.disarm();
         return Ok(summary(&tracer, report));
@@ -1372,6 +1393,9 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     unpin(Path::new(PIN_DIR));
     tracer.pin(Path::new(PIN_DIR))?;
     tracer.seal(None, opts.damage)?;
+    // Waiting may take hours, and the reboot may be started by `fastkexec exec`, which takes
+    // the lock: let go of it now (the guard takes it again to unload).
+    drop(lock.borrow_mut().take());
     install_signal_handlers();
     writeln!(
         out,
