@@ -181,8 +181,16 @@ pub fn build_cmdline(source: &CmdlineSource, root: &Path) -> Result<(String, Vec
         .chars()
         .find(|c| *c == '\0' || *c == '\n' || *c == '\r')
     {
+        let from = match source {
+            CmdlineSource::ReuseCmdline { .. } => format!(
+                "drop --reuse-cmdline or fix {}",
+                root.join("proc/cmdline").display()
+            ),
+            CmdlineSource::Append(_) => "remove it from --append".to_string(),
+        };
         return Err(Error::InvalidCmdline(format!(
-            "it contains the control character {c:?}, which ends or breaks a kernel command line"
+            "it contains the control character {c:?}, which ends or breaks a kernel command \
+             line; {from}"
         )));
     }
     Ok((line, dropped))
