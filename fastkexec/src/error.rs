@@ -194,6 +194,10 @@ pub enum Error {
         problem: String,
     },
     /// The embedded trampoline blob or its parameters are unusable.
+    /// The staged-mode record cannot be used; `problem` says what to do.
+    #[error("{path}: {problem}")]
+    StagedState { path: PathBuf, problem: String },
+
     #[error("trampoline: {problem}")]
     Trampoline { problem: String },
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::kexec::{self, Call};
+use crate::lock::KexecLock;
 use crate::staged::{self, PreExec};
 use crate::status;
 use crate::{Error, Result};
@@ -101,8 +102,14 @@ pub fn ignore_hangup() {
 }
 
 /// Executes the loaded kernel. Returns only on failure (or, for `systemctl kexec`, once systemd
-/// has accepted the request and the shutdown is under way).
+/// has accepted the request and the shutdown is under way). Holds the kexec lock throughout.
 pub fn exec(force: bool) -> Result<()> {
+    let lock = KexecLock::acquire(Path::new("/"), "exec")?;
+    exec_locked(force, &lock)
+}
+
+/// [`exec`] for a caller that already holds the kexec lock (`trace`).
+pub fn exec_locked(force: bool, _lock: &KexecLock) -> Result<()> {
     let root = Path::new("/");
     ensure_loaded(root)?;
     check_staged(root)?;
@@ -138,12 +145,12 @@ pub fn exec(force: bool) -> Result<()> {
 /// Refuses when `load --mode staged` recorded a staged kernel that is no longer the crash
 /// image (see [`staged::check_before_exec`]).
 pub fn check_staged(root: &Path) -> Result<PreExec> {
-    let found = staged::check_before_exec(root)?;
+    let found = staged::check_before_exec(root, staged::Depth::Complete)?;
     match &found {
         PreExec::NotStaged => {}
-        PreExec::Intact { blocks, ms } => log::info!(
-            "the staged kernel is intact ({blocks} blocks sampled and the small pieces summed \
-             in {ms:.1} ms)"
+        PreExec::Intact { bytes, ms } => log::info!(
+            "the staged kernel is intact (all {bytes} bytes of it read back and summed in \
+             {ms:.1} ms)"
         ),
         PreExec::Unverified { why } => log::warn!(
             "cannot check the staged kernel beforehand: {why}; the trampoline still checks it \
@@ -155,7 +162,14 @@ pub fn check_staged(root: &Path) -> Result<PreExec> {
 
 /// Unloads the loaded (normal) image — a no-op for the kernel when none is loaded — and, after
 /// `load --mode staged`, the staged crash image while it is still ours. Says what was done.
+/// Holds the kexec lock throughout.
 pub fn unload() -> Result<String> {
+    let lock = KexecLock::acquire(Path::new("/"), "unload")?;
+    unload_locked(&lock)
+}
+
+/// [`unload`] for a caller that already holds the kexec lock (`trace`).
+pub fn unload_locked(_lock: &KexecLock) -> Result<String> {
     let root = Path::new("/");
     kexec::unload().map_err(|e| {
         let st = status::status(root).unwrap_or_default();

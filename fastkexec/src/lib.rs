@@ -23,6 +23,7 @@ pub mod hostinfo;
 pub mod input;
 pub mod kexec;
 pub mod load;
+pub mod lock;
 pub mod phases;
 pub mod preflight;
 pub mod prepare;

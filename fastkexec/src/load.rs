@@ -21,7 +21,7 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::fs::File;
+use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::input::{self, Input};
 use crate::kexec::{self, Call, SegmentSpec};
+use crate::lock::KexecLock;
 use crate::status::{self, Status};
 use crate::{bzimage, hostinfo, prepare, segments, staged, vmlinux};
 use crate::{Error, Result};
@@ -180,8 +181,16 @@ pub fn build_cmdline(source: &CmdlineSource, root: &Path) -> Result<(String, Vec
         .chars()
         .find(|c| *c == '\0' || *c == '\n' || *c == '\r')
     {
+        let from = match source {
+            CmdlineSource::ReuseCmdline { .. } => format!(
+                "drop --reuse-cmdline or fix {}",
+                root.join("proc/cmdline").display()
+            ),
+            CmdlineSource::Append(_) => "remove it from --append".to_string(),
+        };
         return Err(Error::InvalidCmdline(format!(
-            "it contains the control character {c:?}, which ends or breaks a kernel command line"
+            "it contains the control character {c:?}, which ends or breaks a kernel command \
+             line; {from}"
         )));
     }
     Ok((line, dropped))
@@ -399,11 +408,49 @@ pub struct LoadExtras {
     pub phys_delta: i64,
 }
 
-/// [`load`] with the tracer's [`LoadExtras`].
+/// [`load`] with the tracer's [`LoadExtras`]. A real load holds the kexec lock
+/// ([`KexecLock`]) from before it looks at what is loaded until the record is written; a dry
+/// run changes nothing and takes none.
 pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
+    if opts.dry_run {
+        return load_inner(opts, extras);
+    }
+    let lock = KexecLock::acquire(&opts.root, "load")?;
+    load_locked(opts, extras, &lock)
+}
+
+/// [`load_with`] for a caller that already holds the kexec lock (`trace`).
+pub fn load_locked(
+    opts: &LoadOptions,
+    extras: &LoadExtras,
+    _lock: &KexecLock,
+) -> Result<LoadReport> {
+    load_inner(opts, extras)
+}
+
+/// Whether this process may not even look at `path` (a dry run as a user, with root's 0700
+/// /run/fastkexec).
+fn permission_denied(path: &Path) -> bool {
+    matches!(fs::File::open(path), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
     let t0 = Instant::now();
     let mut timings = Vec::new();
     let status = status::status(&opts.root)?;
+    // What an earlier staged load left: this load replaces or reconciles it, so it must be
+    // readable (an unusable record stops the load, naming the file).
+    let staged_path = opts.root.join(staged::STATE_FILE);
+    let mut early_notes = Vec::new();
+    let staged_before = if opts.dry_run && permission_denied(&staged_path) {
+        early_notes.push(format!(
+            "dry run: {} is not readable by this user; a real load (as root) checks it",
+            staged_path.display()
+        ));
+        None
+    } else {
+        staged::read_state(&opts.root)?
+    };
 
     // One descriptor for the kernel: the header parsed here, the payload extracted and (file
     // mode) what the kernel reads all come from the same file.
@@ -440,6 +487,7 @@ pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> 
         cmdline.push_str(extra);
     }
     let (mode, mode_reason, mut notes) = choose_mode(opts.mode, &status, is_bz, opts.dry_run)?;
+    notes.extend(early_notes);
     let caveats = match mode {
         LoadMode::File => &status.modes.file.caveats,
         LoadMode::Uncompressed => &status.modes.uncompressed.caveats,
@@ -522,8 +570,27 @@ pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> 
             header.as_ref(),
             staging,
             extras,
+            staged_before.is_some(),
             &mut report,
         )?,
+    }
+    if report.loaded && report.mode != LoadMode::Staged && staged_before.is_some() {
+        // The new image replaced the staged trampoline: the staged crash image is left
+        // without a way in and keeps kdump out (issue 13, defect 5).
+        match staged::reconcile_after_load(&opts.root, &status) {
+            Ok(Some(msg)) => report.notes.push(msg),
+            Ok(None) => {}
+            Err(e) => report.notes.push(format!(
+                "the kernel is loaded, but the earlier staged load could not be cleared up \
+                 ({e}); run `fastkexec unload` and load again"
+            )),
+        }
+    } else if report.mode != LoadMode::Staged && staged_before.is_some() {
+        report.notes.push(format!(
+            "a kernel is staged in the crashkernel reservation ({}): a real load of this mode \
+             unloads it and removes its record",
+            staged_path.display()
+        ));
     }
     report.lap("total", t0);
     Ok(report)
@@ -583,6 +650,8 @@ enum Staging {
     Auto(String),
 }
 
+// Each argument is a distinct input of one step; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn load_uncompressed(
     opts: &LoadOptions,
     status: &Status,
@@ -590,6 +659,7 @@ fn load_uncompressed(
     header: Option<&bzimage::SetupHeader>,
     staging: Staging,
     extras: &LoadExtras,
+    staged_before: bool,
     report: &mut LoadReport,
 ) -> Result<()> {
     let t = Instant::now();
@@ -647,7 +717,7 @@ fn load_uncompressed(
         Staging::No => {}
         Staging::Asked => {
             let plan = plan_staged(status, &input, extras)?;
-            return load_staged(opts, status, &plan, report);
+            return load_staged(opts, status, &plan, staged_before, report);
         }
         Staging::Auto(why) => match plan_staged(status, &input, extras) {
             Ok(plan) if plan.free_after >= staged::MIN_PANIC_FREE => {
@@ -656,7 +726,7 @@ fn load_uncompressed(
                     "auto: {why} and large enough, so the kernel is staged in it (the relocation \
                      at exec copies one page)"
                 );
-                return load_staged(opts, status, &plan, report);
+                return load_staged(opts, status, &plan, staged_before, report);
             }
             Ok(plan) => report.notes.push(format!(
                 "auto: not staged: only {} MiB of the crashkernel reservation would stay free \
@@ -719,10 +789,10 @@ fn load_staged(
     opts: &LoadOptions,
     status: &Status,
     plan: &staged::StagedPlan,
+    ours_before: bool,
     report: &mut LoadReport,
 ) -> Result<()> {
     let t = Instant::now();
-    let ours_before = staged::read_state(&opts.root).0.is_some();
     let displaced = status.crash_loaded == Some(true) && !ours_before;
     report.notes.extend(plan.notes.iter().cloned());
     if displaced {

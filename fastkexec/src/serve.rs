@@ -1,21 +1,35 @@
 //! `fastkexec serve`: the reboot histograms on `/metrics` over HTTP, for a Prometheus that
 //! scrapes the machine directly instead of through node_exporter's textfile collector.
 //!
-//! A deliberately small HTTP/1.1 server on a current-thread tokio runtime: one request per
-//! connection (`Connection: close`), GET and HEAD of `/metrics` only, 404 elsewhere. Each scrape
+//! HTTP/1.1 by hyper (server side only, no keep-alive: one request per connection) on a
+//! current-thread tokio runtime; GET and HEAD of `/metrics` only, 404 elsewhere. Each scrape
 //! reads the state afresh (under its lock, off the runtime thread), so a `fastkexec report`
 //! that folds a boot shows on the next scrape. Loopback only unless `allow_remote`: the reboot
 //! history of a machine is not for everyone who can reach its port.
+//!
+//! Idle clients cannot starve a scrape (issue 13, defect 6): every connection is accepted at
+//! once, must send its whole request head within [`HEADER_TIMEOUT`] and is closed after
+//! [`CONNECTION_TIMEOUT`] whatever it does; a client address holds at most
+//! [`MAX_PER_CLIENT`] connections and all clients together [`MAX_CONNECTIONS`]: one more
+//! closes the oldest (of that client, or overall), which is the one most likely idle, since a
+//! real scrape is answered in milliseconds.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::export::{self, Format};
 use crate::histogram::State;
@@ -26,12 +40,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9731";
 /// The path Prometheus scrapes by default.
 pub const METRICS_PATH: &str = "/metrics";
 
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 32;
-/// Request line + headers; a scraper sends a few hundred bytes.
+/// Connections open at once, all clients together; one more closes the oldest.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once from one client address; one more closes that client's oldest.
+pub const MAX_PER_CLIENT: usize = 16;
+/// The whole request head (request line + headers) must arrive within this; a scraper sends
+/// a few hundred bytes at once.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer, however slowly it reads or writes.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request line + headers; hyper's smallest read buffer limit, and far more than a scraper
+/// sends.
 const MAX_REQUEST_HEAD: usize = 8192;
-/// A client that has not sent its request (or taken the answer) by then is dropped.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The body of a failed scrape: no path, no errno.
 const SCRAPE_FAILED: &str =
@@ -108,15 +128,9 @@ impl Server {
         let std_listener = self.listener;
         rt.block_on(async move {
             let listener = TcpListener::from_std(std_listener).map_err(|e| err(e.to_string()))?;
-            let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let clients = Arc::new(Mutex::new(Clients::default()));
             tokio::pin!(shutdown);
             loop {
-                let permit = tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    p = slots.clone().acquire_owned() => {
-                        p.map_err(|e| err(format!("connection limit: {e}")))?
-                    }
-                };
                 let (stream, peer) = tokio::select! {
                     () = &mut shutdown => return Ok(()),
                     r = listener.accept() => match r {
@@ -129,11 +143,28 @@ impl Server {
                         }
                     },
                 };
+                let slot = Slot::open(&clients, peer.ip());
                 let dir = state_dir.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = handle(stream, &dir).await {
-                        log::debug!("{peer}: {e}");
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .keep_alive(false)
+                        .title_case_headers(true)
+                        .max_buf_size(MAX_REQUEST_HEAD)
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            service_fn(move |req| respond(req, dir.clone())),
+                        );
+                    tokio::select! {
+                        r = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => log::debug!("{peer}: {e}"),
+                            Err(_) => log::debug!("{peer}: closed after {CONNECTION_TIMEOUT:?}"),
+                        },
+                        () = slot.evicted.notified() => {
+                            log::debug!("{peer}: closed to make room for a newer connection");
+                        }
                     }
                 });
             }
@@ -141,207 +172,172 @@ impl Server {
     }
 }
 
-async fn handle(mut stream: TcpStream, state_dir: &Path) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
-    };
-    let response = match head {
-        Head::Closed => return Ok(()),
-        Head::Invalid => Response::status(400, "Bad Request"),
-        Head::Complete(bytes) => match route(&bytes) {
-            Route::Metrics { format, head_only } => {
-                let dir = state_dir.to_path_buf();
-                let rendered = tokio::task::spawn_blocking(move || {
-                    State::open(&dir).and_then(|s| export::render(format, &s))
-                })
-                .await;
-                let mut r = match rendered {
-                    Ok(Ok(body)) => Response {
-                        code: 200,
-                        reason: "OK",
-                        content_type: format.content_type(),
-                        allow: None,
-                        body: body.into_bytes(),
-                        content_length_override: None,
-                    },
-                    // The detail (file names, errno) goes to the log, for the machine's
-                    // owner; a scraper learns only that the read failed.
-                    Ok(Err(e)) => {
-                        log::warn!("/metrics: {e}");
-                        Response::text(500, "Internal Server Error", SCRAPE_FAILED.into())
-                    }
-                    Err(e) => {
-                        log::warn!("/metrics: {e}");
-                        Response::text(500, "Internal Server Error", SCRAPE_FAILED.into())
-                    }
-                };
-                if head_only {
-                    r.head_only();
-                }
-                r
+/// The open connections, by accept order, for the per-client and overall bounds.
+#[derive(Default)]
+struct Clients {
+    next: u64,
+    open: BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+}
+
+impl Clients {
+    /// Registers a connection and returns its id and the connections to close now: the
+    /// client's oldest beyond `per_client`, then the oldest overall beyond `total`.
+    fn admit(&mut self, ip: IpAddr, per_client: usize, total: usize) -> (u64, Arc<Notify>) {
+        let id = self.next;
+        self.next += 1;
+        let notify = Arc::new(Notify::new());
+        self.open.insert(id, (ip, notify.clone()));
+        let mine: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, (i, _))| *i == ip)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in mine.iter().take(mine.len().saturating_sub(per_client)) {
+            self.evict(*k);
+        }
+        while self.open.len() > total {
+            match self.open.keys().next().copied() {
+                Some(k) => self.evict(k),
+                None => break,
             }
-            Route::MethodNotAllowed => {
-                let mut r = Response::status(405, "Method Not Allowed");
-                r.allow = Some("GET, HEAD");
-                r
-            }
-            Route::NotFound => Response::status(404, "Not Found"),
-            Route::BadRequest => Response::status(400, "Bad Request"),
+        }
+        (id, notify)
+    }
+
+    fn evict(&mut self, id: u64) {
+        if let Some((_, n)) = self.open.remove(&id) {
+            // Stores a permit if the task is not waiting yet: it still closes.
+            n.notify_one();
+        }
+    }
+}
+
+/// One accepted connection's place in [`Clients`]; leaves it when the connection ends.
+struct Slot {
+    clients: Arc<Mutex<Clients>>,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl Slot {
+    fn open(clients: &Arc<Mutex<Clients>>, ip: IpAddr) -> Slot {
+        // A panic elsewhere while holding the lock leaves a consistent map: keep using it.
+        let mut c = clients.lock().unwrap_or_else(|p| p.into_inner());
+        let (id, evicted) = c.admit(ip, MAX_PER_CLIENT, MAX_CONNECTIONS);
+        Slot {
+            clients: clients.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        c.open.remove(&self.id);
+    }
+}
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    state_dir: Arc<PathBuf>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let accept = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(match route(req.method(), req.uri().path(), &accept) {
+        // HEAD gets the GET answer; hyper sends its headers (Content-Length included) only.
+        Route::Metrics { format } => match render(&state_dir, format).await {
+            Ok(body) => text(StatusCode::OK, format.content_type(), body),
+            Err(()) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                PLAIN,
+                SCRAPE_FAILED.into(),
+            ),
         },
-    };
-    let bytes = response.into_bytes();
-    if tokio::time::timeout(IO_TIMEOUT, stream.write_all(&bytes))
-        .await
-        .is_err()
+        Route::MethodNotAllowed => {
+            let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        Route::NotFound => status(StatusCode::NOT_FOUND),
+    })
+}
+
+/// Reads the state and renders it; the detail of a failure (file names, errno) goes to the
+/// log, for the machine's owner; a scraper learns only that the read failed.
+async fn render(state_dir: &Path, format: Format) -> std::result::Result<String, ()> {
+    let dir = state_dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || {
+        State::open(&dir).and_then(|s| export::render(format, &s))
+    })
+    .await
     {
-        return Ok(());
-    }
-    stream.shutdown().await
-}
-
-enum Head {
-    /// Closed before sending anything.
-    Closed,
-    /// Too long, or closed half way.
-    Invalid,
-    Complete(Vec<u8>),
-}
-
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        let Some(read) = chunk.get(..n) else {
-            return Ok(Head::Invalid);
-        };
-        if read.is_empty() {
-            return Ok(if buf.is_empty() {
-                Head::Closed
-            } else {
-                Head::Invalid
-            });
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => {
+            log::warn!("/metrics: {e}");
+            Err(())
         }
-        buf.extend_from_slice(read);
-        if head_end(&buf).is_some() {
-            return Ok(Head::Complete(buf));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Ok(Head::Invalid);
+        Err(e) => {
+            log::warn!("/metrics: {e}");
+            Err(())
         }
     }
 }
 
-/// Where the request head ends (a blank line; bare LF tolerated as RFC 9112 allows).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+fn text(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let reason = code.canonical_reason().unwrap_or("");
+    let body = if code == StatusCode::NOT_FOUND {
+        format!(
+            "{} {reason}: the metrics are at {METRICS_PATH}\n",
+            code.as_u16()
+        )
+    } else {
+        format!("{} {reason}\n", code.as_u16())
+    };
+    text(code, PLAIN, body)
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
-    Metrics { format: Format, head_only: bool },
+    Metrics { format: Format },
     MethodNotAllowed,
     NotFound,
-    BadRequest,
 }
 
-/// Decides the answer from the request head alone.
-fn route(head: &[u8]) -> Route {
-    let Ok(text) = std::str::from_utf8(head) else {
-        return Route::BadRequest;
-    };
-    let mut lines = text.lines();
-    let Some(request_line) = lines.next() else {
-        return Route::BadRequest;
-    };
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() {
-        return Route::BadRequest;
-    }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
+/// Decides the answer from the method, the path (hyper has split off the query) and the
+/// Accept header(s).
+fn route(method: &Method, path: &str, accept: &str) -> Route {
     if path != METRICS_PATH {
         return Route::NotFound;
     }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Route::MethodNotAllowed,
-    };
+    if method != Method::GET && method != Method::HEAD {
+        return Route::MethodNotAllowed;
+    }
     // Prometheus asks for OpenMetrics first when it can parse it.
-    let openmetrics = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .any(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
-        });
     Route::Metrics {
-        format: if openmetrics {
+        format: if accept.contains("application/openmetrics-text") {
             Format::OpenMetrics
         } else {
             Format::Prometheus
         },
-        head_only,
-    }
-}
-
-struct Response {
-    code: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    allow: Option<&'static str>,
-    body: Vec<u8>,
-    /// HEAD: the length the GET body would have.
-    content_length_override: Option<usize>,
-}
-
-impl Response {
-    fn text(code: u16, reason: &'static str, body: String) -> Response {
-        Response {
-            code,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            allow: None,
-            body: body.into_bytes(),
-            content_length_override: None,
-        }
-    }
-
-    fn status(code: u16, reason: &'static str) -> Response {
-        let body = if code == 404 {
-            format!("{code} {reason}: the metrics are at {METRICS_PATH}\n")
-        } else {
-            format!("{code} {reason}\n")
-        };
-        Response::text(code, reason, body)
-    }
-
-    /// HEAD: the headers of the GET answer (Content-Length included), no body.
-    fn head_only(&mut self) {
-        self.content_length_override = Some(self.body.len());
-        self.body.clear();
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        let len = self.content_length_override.unwrap_or(self.body.len());
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {len}\r\nConnection: close\r\n",
-            self.code, self.reason, self.content_type
-        );
-        if let Some(allow) = self.allow {
-            out.push_str(&format!("Allow: {allow}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
     }
 }
 
@@ -353,36 +349,59 @@ mod tests {
 
     #[test]
     fn routes() {
-        let m = |h: &str| route(h.as_bytes());
+        let m = |method: Method, path: &str, accept: &str| route(&method, path, accept);
+        let prom = Route::Metrics {
+            format: Format::Prometheus,
+        };
+        assert_eq!(m(Method::GET, "/metrics", ""), prom);
+        assert_eq!(m(Method::HEAD, "/metrics", "*/*"), prom);
         assert_eq!(
-            m("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            m(
+                Method::GET,
+                "/metrics",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            ),
             Route::Metrics {
-                format: Format::Prometheus,
-                head_only: false
+                format: Format::OpenMetrics
             }
         );
-        assert_eq!(
-            m("HEAD /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Route::Metrics {
-                format: Format::Prometheus,
-                head_only: true
-            }
-        );
-        assert_eq!(
-            m("GET /metrics HTTP/1.1\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"),
-            Route::Metrics {
-                format: Format::OpenMetrics,
-                head_only: false
-            }
-        );
-        assert_eq!(m("POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
-        assert_eq!(m("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(m("GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(m("GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(m("GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
-        assert_eq!(m("GET  /metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"GET /\xff HTTP/1.1\r\n\r\n"), Route::BadRequest);
-        assert_eq!(m(""), Route::BadRequest);
+        assert_eq!(m(Method::POST, "/metrics", ""), Route::MethodNotAllowed);
+        assert_eq!(m(Method::GET, "/", ""), Route::NotFound);
+        assert_eq!(m(Method::GET, "/metricsx", ""), Route::NotFound);
+    }
+
+    #[test]
+    fn a_client_beyond_its_bound_closes_its_own_oldest_then_the_oldest_overall() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut c = Clients::default();
+        let (_, a0) = c.admit(a, 2, 3);
+        let (_, b0) = c.admit(b, 2, 3);
+        let (_, _a1) = c.admit(a, 2, 3);
+        assert_eq!(c.open.len(), 3);
+        // A third from a: a's oldest goes, b's stays.
+        let (_, _a2) = c.admit(a, 2, 3);
+        assert_eq!(c.open.len(), 3);
+        assert!(c.open.values().filter(|(i, _)| *i == a).count() == 2);
+        // The eviction is a stored permit: the task sees it even if it waits later.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), a0.notified())
+                .await
+                .expect("a0 was told to close");
+        });
+        // A new client over the total: the oldest overall (b0) goes.
+        let c_ip: IpAddr = "10.0.0.3".parse().unwrap();
+        c.admit(c_ip, 2, 3);
+        assert_eq!(c.open.len(), 3);
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), b0.notified())
+                .await
+                .expect("b0 was told to close");
+        });
     }
 
     #[test]
@@ -477,7 +496,11 @@ mod tests {
         s.write_all(long.as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        // hyper answers 431 Request Header Fields Too Large.
+        assert!(
+            out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.1 431"),
+            "{out}"
+        );
 
         // A corrupt state is a 200 with the evidence counted, not a failed scrape.
         std::fs::write(d.path().join(crate::histogram::STATE_FILE), "junk").unwrap();
@@ -485,6 +508,73 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(body.contains("fastkexec_state_corrupt_files 1\n"), "{body}");
 
+        stop.send(()).unwrap();
+        t.join().unwrap().unwrap();
+    }
+
+    /// Issue 13, defect 6: idle connections (a scanner, a stuck client) must not delay a scrape.
+    /// The old server held one of 32 slots per connection for up to 10 s waiting for the
+    /// request head, so 32 idle connections made the scrape wait 9.7-10 s. The bound here
+    /// (3 s) is far above a scrape's real latency even on a loaded CI machine, and below the
+    /// shortest timeout that frees a slot (the 5 s header timeout), so an answer within it
+    /// cannot have come from idle connections timing out.
+    #[test]
+    fn idle_connections_do_not_delay_a_scrape() {
+        let d = tempfile::tempdir().unwrap();
+        let server = Server::bind(&ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allow_remote: false,
+            state_dir: d.path().to_path_buf(),
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let t = std::thread::spawn(move || {
+            server.run_until(async {
+                let _ = stopped.await;
+            })
+        });
+        let scrape = || {
+            let started = std::time::Instant::now();
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            (out, started.elapsed())
+        };
+        // Idle: connected, nothing sent; one with half a request head.
+        let connect = |n: usize| -> Vec<std::net::TcpStream> {
+            let mut v: Vec<_> = (0..n)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            v[0].write_all(b"GET /metrics HTTP/1.1\r\nHo").unwrap();
+            // Let the server accept them all before the scrape connects.
+            std::thread::sleep(Duration::from_millis(200));
+            v
+        };
+        // The issue's 32 (more than one client may hold: the oldest make room), then 15 (as
+        // many as one client may hold besides the scrape: nothing is closed).
+        for n in [32, 15] {
+            let idle = connect(n);
+            let (out, took) = scrape();
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            assert!(out.contains("fastkexec_reboots_total 0\n"), "{out}");
+            assert!(
+                took < Duration::from_secs(3),
+                "the scrape took {took:?} behind {n} idle connections"
+            );
+            if n < MAX_PER_CLIENT {
+                // The server has not closed them: a read would block, not see EOF.
+                for s in &idle {
+                    s.set_nonblocking(true).unwrap();
+                    let e = (&*s).read(&mut [0u8; 1]).unwrap_err();
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+                }
+            }
+            drop(idle);
+        }
         stop.send(()).unwrap();
         t.join().unwrap().unwrap();
     }

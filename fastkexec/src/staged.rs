@@ -35,12 +35,12 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::e820::{self, E820Entry, E820Type, HoleRequest, PhysRange};
 use crate::error::{Error, Result};
 use crate::hostinfo::HostBootInfo;
@@ -57,7 +57,8 @@ pub const PANIC_MARKER: &str = "fastkexec.staged=panic";
 /// Where `load` records what it staged (under the root; /run is a tmpfs, so
 /// the record dies with the boot it describes).
 pub const STATE_FILE: &str = "run/fastkexec/staged.json";
-pub const STATE_VERSION: u32 = 1;
+/// 2: with [`StagedState::segments`], the complete checksums `exec` checks.
+pub const STATE_VERSION: u32 = 2;
 /// Segments bigger than this are checked by sampling one word per page; the
 /// others are summed in full.
 pub const SAMPLE_THRESHOLD: u64 = 64 << 10;
@@ -72,11 +73,8 @@ pub const SMALL_PIECES: u64 = 2 << 20;
 /// panic path would probably not come up; `auto` does not stage then, and an
 /// explicit `--mode staged` says so.
 pub const MIN_PANIC_FREE: u64 = 64 << 20;
-/// `exec` reads every this-many sampled blocks (512 KiB) of the big ranges, and their last
-/// one, before the jump: each read of /proc/kcore costs tens of microseconds under emulation.
-/// Crash loaders place their segments top-down, over our header, boot blocks and purgatories
-/// (summed in full), and write megabytes. The trampoline still checks every block.
-pub const EXEC_CHECK_STRIDE: u64 = 8;
+/// `exec` reads the staged image back through /proc/kcore in chunks of this size to sum it.
+const EXEC_CHECK_CHUNK: usize = 1 << 20;
 const PAGE: u64 = 4096;
 const TWO_MIB: u64 = 2 << 20;
 const ONE_MIB: u64 = 1 << 20;
@@ -803,6 +801,74 @@ pub struct StagedState {
     /// 32 hex digits.
     pub nonce: String,
     pub sampled_blocks: u64,
+    /// Every segment of the crash image, summed over its whole destination (the zero fill
+    /// included): what `exec` checks, completely, before the reboot.
+    pub segments: Vec<SegmentSum>,
+}
+
+/// One staged segment's complete checksum ([`purgatory::checksum`] over `len` bytes at
+/// `addr`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentSum {
+    pub addr: u64,
+    /// A multiple of 8.
+    pub len: u64,
+    pub sum: u64,
+}
+
+impl SegmentSum {
+    fn of(s: &Segment) -> SegmentSum {
+        let len = s.memsz.max(s.data.len() as u64).div_ceil(8) * 8;
+        let mut c = Checksum::new();
+        c.update(&s.data);
+        c.zeros(len - s.data.len() as u64);
+        SegmentSum {
+            addr: s.mem,
+            len,
+            sum: c.finish(),
+        }
+    }
+}
+
+/// [`purgatory::checksum`] fed in pieces: every piece but the last a multiple of 8 bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Checksum {
+    a: u64,
+    b: u64,
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Checksum {
+    pub fn new() -> Self {
+        Self {
+            a: purgatory::CHECKSUM_SEED,
+            b: 0,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        for chunk in data.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.a = self.a.wrapping_add(u64::from_le_bytes(word));
+            self.b = self.b.wrapping_add(self.a);
+        }
+    }
+
+    /// `bytes` (a multiple of 8) of zeros, without touching memory: `a` stays, `b` grows by
+    /// `a` per word.
+    pub fn zeros(&mut self, bytes: u64) {
+        self.b = self.b.wrapping_add(self.a.wrapping_mul(bytes / 8));
+    }
+
+    pub fn finish(self) -> u64 {
+        self.a ^ self.b.rotate_left(32)
+    }
 }
 
 impl StagedState {
@@ -832,6 +898,7 @@ impl StagedState {
             header_sum: plan.header.sum,
             nonce: hex(&plan.header.nonce),
             sampled_blocks: plan.sampled_blocks,
+            segments: plan.crash.segments.iter().map(SegmentSum::of).collect(),
         }
     }
 
@@ -881,63 +948,67 @@ pub fn boot_id(root: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Writes the record atomically (temporary file, then rename).
+/// Writes the record atomically (an exclusive temporary file, then rename), 0600 in a 0700
+/// directory: it is root's account of what kexec holds.
 pub fn write_state(root: &Path, state: &StagedState) -> Result<()> {
     let path = root.join(STATE_FILE);
     let dir = path.parent().unwrap_or(root);
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(".staged.json.tmp");
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+    }
     let text = serde_json::to_string_pretty(state).map_err(|e| Error::HostInfo {
         path: path.clone(),
         problem: format!("cannot encode: {e}"),
     })?;
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    atomic_file::write(&path, text.as_bytes(), 0o600)
 }
 
-/// The record, if there is one for this boot. A record from another boot (a
-/// /run that is not a tmpfs) or one that cannot be parsed describes nothing
-/// loaded now: `None`, with the reason in the returned note.
-pub fn read_state(root: &Path) -> (Option<StagedState>, Option<String>) {
+/// What to do about a record `exec`, `load` and `unload` cannot use.
+const STATE_FIX: &str = "check what is loaded with `fastkexec status`, then run `fastkexec \
+                         unload` (it clears both images and removes this record) and load again";
+
+/// The record of what `load --mode staged` staged during this boot: `None` when there is
+/// none, or when it is from an earlier boot (a /run that is not a tmpfs; the kernel has
+/// forgotten that load). A record that cannot be read or parsed, or of another version, is
+/// an error naming the file: guessing "nothing staged" would let `exec` skip its check and
+/// `load` leave a staged crash image behind (issue 13, defect 5).
+pub fn read_state(root: &Path) -> Result<Option<StagedState>> {
     let path = root.join(STATE_FILE);
+    let bad = |problem: String| Error::StagedState {
+        path: path.clone(),
+        problem: format!("{problem}; {STATE_FIX}"),
+    };
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (None, None),
-        Err(e) => return (None, Some(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(format!("cannot read the staged-mode record ({e})"))),
     };
-    let state: StagedState = match serde_json::from_str(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            return (
-                None,
-                Some(format!("{}: not a staged-mode record: {e}", path.display())),
-            )
-        }
-    };
-    if state.version != STATE_VERSION {
-        return (
-            None,
-            Some(format!(
-                "{}: record version {} (this fastkexec writes {STATE_VERSION})",
-                path.display(),
-                state.version
-            )),
-        );
+    // The version first, so a newer record says so rather than "missing field".
+    let version = serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| bad(format!("not a staged-mode record ({e})")))?
+        .get("version")
+        .and_then(serde_json::Value::as_u64);
+    if version != Some(u64::from(STATE_VERSION)) {
+        return Err(bad(format!(
+            "staged-mode record version {} (this fastkexec reads version {STATE_VERSION})",
+            version.map_or_else(|| "missing".into(), |v| v.to_string())
+        )));
     }
+    let state: StagedState =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a staged-mode record ({e})")))?;
     let now = boot_id(root);
     if state.boot_id.is_some() && now.is_some() && state.boot_id != now {
-        return (
-            None,
-            Some(format!(
-                "{}: left over from an earlier boot; ignored",
-                path.display()
-            )),
+        log::info!(
+            "{}: left over from an earlier boot; ignored",
+            path.display()
         );
+        return Ok(None);
     }
-    (Some(state), None)
+    Ok(Some(state))
 }
 
 pub fn remove_state(root: &Path) -> Result<()> {
@@ -1043,10 +1114,22 @@ impl PhysRead for Kcore {
 pub enum PreExec {
     /// No staged load recorded for this boot: a plain exec.
     NotStaged,
-    /// Everything staged is still in place.
-    Intact { blocks: u64, ms: f64 },
+    /// Everything staged is still in place: `bytes` read back and summed (0 when only the
+    /// header and samples were checked).
+    Intact { bytes: u64, ms: f64 },
     /// Could not look (no /proc/kcore, ...); the trampoline still checks.
     Unverified { why: String },
+}
+
+/// How much of the staged image [`check_before_exec`] reads back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// The trampoline's check: the header, the small pieces summed, one word per 64 KiB of
+    /// the rest. Enough to tell whose crash image it is (`unload`, `auto`).
+    Sampled,
+    /// Then every byte of every staged segment, summed and compared with the record: what
+    /// `exec` does before the reboot (off the blackout: nothing has shut down yet).
+    Complete,
 }
 
 fn crash_loaded(root: &Path) -> Option<bool> {
@@ -1056,12 +1139,40 @@ fn crash_loaded(root: &Path) -> Option<bool> {
         .map(|v| v != 0)
 }
 
-/// Checks, before `exec`, that the kernel staged by `fastkexec load` is still
-/// the crash image; `Err(StagedReplaced)` when it is not.
-pub fn check_before_exec(root: &Path) -> Result<PreExec> {
+/// Every staged segment read back and summed; the first that differs, as a message.
+pub fn check_segments(
+    segments: &[SegmentSum],
+    mem: &mut dyn PhysRead,
+) -> Result<std::result::Result<u64, String>> {
+    let mut buf = vec![0u8; EXEC_CHECK_CHUNK];
+    let mut bytes = 0u64;
+    for (i, seg) in segments.iter().enumerate() {
+        let mut c = Checksum::new();
+        let mut off = 0u64;
+        while off < seg.len {
+            let n = (seg.len - off).min(EXEC_CHECK_CHUNK as u64);
+            let chunk = &mut buf[..n as usize];
+            mem.read_phys(seg.addr + off, chunk)?;
+            c.update(chunk);
+            off += n;
+        }
+        bytes += seg.len;
+        if c.finish() != seg.sum {
+            return Ok(Err(format!(
+                "staged segment {i} ({:#x}, {} bytes) differs from what was staged",
+                seg.addr, seg.len
+            )));
+        }
+    }
+    Ok(Ok(bytes))
+}
+
+/// Checks, before `exec`, that the kernel staged by `fastkexec load` is still the crash
+/// image; `Err(StagedReplaced)` when it is not, `Err(StagedState)` when the record cannot be
+/// read.
+pub fn check_before_exec(root: &Path, depth: Depth) -> Result<PreExec> {
     let t = std::time::Instant::now();
-    let (state, _) = read_state(root);
-    let Some(state) = state else {
+    let Some(state) = read_state(root)? else {
         return Ok(PreExec::NotStaged);
     };
     let reservation = state.reservation().to_string();
@@ -1072,32 +1183,45 @@ pub fn check_before_exec(root: &Path) -> Result<PreExec> {
         });
     }
     let Some(header) = state.header() else {
-        return Err(Error::StagedReplaced {
-            reservation,
-            problem: format!("the record {STATE_FILE} has an unreadable nonce"),
+        return Err(Error::StagedState {
+            path: root.join(STATE_FILE),
+            problem: format!("its nonce is not 32 hex digits; {STATE_FIX}"),
         });
+    };
+    let unverified = |e: Error| PreExec::Unverified {
+        why: format!("cannot read the reservation ({e})"),
     };
     let mut kcore = match Kcore::open(&root.join("proc/kcore")) {
         Ok(k) => k,
-        Err(e) => {
-            return Ok(PreExec::Unverified {
-                why: format!("cannot read the reservation ({e})"),
+        Err(e) => return Ok(unverified(e)),
+    };
+    match check_staged(&header, &mut kcore, 1) {
+        Ok(0) => {}
+        Ok(code) => {
+            return Err(Error::StagedReplaced {
+                reservation,
+                problem: tramp::describe_result(code),
             })
         }
-    };
-    match check_staged(&header, &mut kcore, EXEC_CHECK_STRIDE) {
-        Ok(0) => Ok(PreExec::Intact {
-            blocks: state.sampled_blocks.div_ceil(EXEC_CHECK_STRIDE),
-            ms: t.elapsed().as_secs_f64() * 1e3,
-        }),
-        Ok(code) => Err(Error::StagedReplaced {
-            reservation,
-            problem: tramp::describe_result(code),
-        }),
-        Err(e) => Ok(PreExec::Unverified {
-            why: format!("cannot read the reservation ({e})"),
-        }),
+        Err(e) => return Ok(unverified(e)),
     }
+    let bytes = match depth {
+        Depth::Sampled => 0,
+        Depth::Complete => match check_segments(&state.segments, &mut kcore) {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(problem)) => {
+                return Err(Error::StagedReplaced {
+                    reservation,
+                    problem,
+                })
+            }
+            Err(e) => return Ok(unverified(e)),
+        },
+    };
+    Ok(PreExec::Intact {
+        bytes,
+        ms: t.elapsed().as_secs_f64() * 1e3,
+    })
 }
 
 /// Unloads the crash image (`kexec_load` with no segments and
@@ -1107,21 +1231,72 @@ pub fn unload_crash(status: &Status) -> Result<()> {
         .map_err(|e| kexec::explain(Call::Unload, e, status))
 }
 
-/// `unload` for a staged load: the crash image goes too when it is still
-/// ours (or cannot be checked), and the record is removed. Returns what was
-/// done, or `None` when nothing was staged.
+/// `unload` for a staged load: the crash image goes too when it is still ours (or cannot be
+/// checked), and the record is removed. Returns what was done, or `None` when nothing was
+/// staged. An unreadable record is removed (that is what `unload` is for), and the crash
+/// image, whose owner it cannot tell, is left loaded with a word on how to unload it.
 pub fn unload_staged(root: &Path) -> Result<Option<String>> {
-    let (state, _) = read_state(root);
-    if state.is_none() {
-        return Ok(None);
+    match read_state(root) {
+        Ok(None) => return Ok(None),
+        Ok(Some(_)) => {}
+        Err(e @ Error::StagedState { .. }) => {
+            remove_state(root)?;
+            let crash = match crash_loaded(root) {
+                Some(false) => "no crash image is loaded".to_string(),
+                _ => "the crash image (whose owner it cannot tell) was left loaded: `kexec -p \
+                      -u` unloads it if it is the staged kernel"
+                    .to_string(),
+            };
+            return Ok(Some(format!(
+                "the staged-mode record could not be used ({e}); removed it; {crash}"
+            )));
+        }
+        Err(e) => return Err(e),
     }
-    let (unload, msg) = unload_decision(crash_loaded(root), check_before_exec(root))?;
+    let (unload, msg) =
+        unload_decision(crash_loaded(root), check_before_exec(root, Depth::Sampled))?;
     if unload {
         let st = status::status(root).unwrap_or_default();
         unload_crash(&st)?;
     }
     remove_state(root)?;
     Ok(Some(msg))
+}
+
+/// After a load of another mode replaced the staged trampoline, the staged crash image has
+/// no way in any more but a panic, and it keeps kdump out: unload it (when it is still ours)
+/// and remove the record, so kdump can load again and `exec` checks nothing stale. Returns
+/// what was done, or `None` when nothing was staged.
+pub fn reconcile_after_load(root: &Path, status: &Status) -> Result<Option<String>> {
+    if read_state(root)?.is_none() {
+        return Ok(None);
+    }
+    let (unload, msg) =
+        displaced_decision(crash_loaded(root), check_before_exec(root, Depth::Sampled))?;
+    if unload {
+        unload_crash(status)?;
+    }
+    remove_state(root)?;
+    Ok(Some(msg))
+}
+
+/// What a load of another mode does with the staged crash image it displaced (see
+/// [`reconcile_after_load`]): whether to unload it, and what to tell the user.
+pub fn displaced_decision(
+    crash_loaded: Option<bool>,
+    check: Result<PreExec>,
+) -> Result<(bool, String)> {
+    let (unload, what) = unload_decision(crash_loaded, check)?;
+    Ok((
+        unload,
+        if unload {
+            "the kernel staged earlier in the crashkernel reservation had no way in any more: \
+             unloaded it and removed its record (the reservation is free for kdump again)"
+                .to_string()
+        } else {
+            format!("the earlier staged load is over: {what}")
+        },
+    ))
 }
 
 /// What `unload` does with the staged crash image, from whether a crash image is loaded
@@ -1168,7 +1343,7 @@ pub fn auto_eligible(status: &Status, root: &Path) -> Option<String> {
     }
     match status.crash_loaded {
         Some(false) => Some("the crashkernel reservation is idle (no crash kernel loaded)".into()),
-        Some(true) => match check_before_exec(root) {
+        Some(true) => match check_before_exec(root, Depth::Sampled) {
             Ok(PreExec::Intact { .. }) => {
                 Some("the crashkernel reservation holds fastkexec's own staged kernel".into())
             }
@@ -1610,13 +1785,6 @@ mod tests {
         let code = check_staged(&p.header, &mut mem, 1).unwrap();
         assert_eq!(code, FAIL_SAMPLE | (ri as u64) << 8 | 7 << 16);
         assert!(tramp::describe_result(code).contains("block 7"));
-        // exec's strided check reads block 7 only when it is on the stride.
-        let strided = check_staged(&p.header, &mut mem, EXEC_CHECK_STRIDE).unwrap();
-        assert_eq!(strided, 0, "block 7 is off the stride");
-        let (off, _) = r.samples[EXEC_CHECK_STRIDE as usize];
-        mem.poke(r.addr + EXEC_CHECK_STRIDE * block + off, 0xee);
-        let strided = check_staged(&p.header, &mut mem, EXEC_CHECK_STRIDE).unwrap();
-        assert_eq!(strided >> 16, EXEC_CHECK_STRIDE);
         // A summed range (the panic boot block) changes anywhere: caught.
         let mut mem = Mem::of(&p.crash.segments);
         mem.poke(p.panic.boot_params_addr + 0x100, 0x5a);
@@ -1869,29 +2037,37 @@ mod tests {
             boot_id(root.path()),
         );
         write_state(root.path(), &st).unwrap();
-        let (back, note) = read_state(root.path());
+        let back = read_state(root.path()).unwrap();
         assert_eq!(back.as_ref(), Some(&st));
-        assert!(note.is_none());
         assert_eq!(back.unwrap().header(), Some(p.header));
-        // Next boot: the record is stale.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |rel: &str| {
+            fs::metadata(root.path().join(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(STATE_FILE), 0o600);
+        assert_eq!(mode("run/fastkexec"), 0o700);
+        // Next boot: the record is stale, so nothing is staged now.
         fs::write(&id_path, "bbbb\n").unwrap();
-        let (back, note) = read_state(root.path());
-        assert!(back.is_none());
-        assert!(note.unwrap().contains("earlier boot"));
+        assert_eq!(read_state(root.path()).unwrap(), None);
         remove_state(root.path()).unwrap();
-        assert_eq!(read_state(root.path()), (None, None));
-        // Garbage is reported, not trusted.
+        assert_eq!(read_state(root.path()).unwrap(), None);
+        // Garbage is an error, not "nothing staged".
         fs::write(root.path().join(STATE_FILE), "{").unwrap();
-        assert!(read_state(root.path())
-            .1
-            .unwrap()
-            .contains("not a staged-mode record"));
+        let e = read_state(root.path()).unwrap_err().to_string();
+        assert!(e.contains("not a staged-mode record"), "{e}");
     }
 
     #[test]
     fn pre_exec_check_without_a_record_is_a_plain_exec_and_unloaded_crash_refuses() {
         let root = tempfile::tempdir().unwrap();
-        assert_eq!(check_before_exec(root.path()).unwrap(), PreExec::NotStaged);
+        assert_eq!(
+            check_before_exec(root.path(), Depth::Complete).unwrap(),
+            PreExec::NotStaged
+        );
         let h = host();
         let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
         write_state(
@@ -1901,16 +2077,151 @@ mod tests {
         .unwrap();
         // No kcore in this tree: unverified (the trampoline still checks).
         assert!(matches!(
-            check_before_exec(root.path()).unwrap(),
+            check_before_exec(root.path(), Depth::Complete).unwrap(),
             PreExec::Unverified { .. }
         ));
         // The crash image was unloaded behind our back.
         let f = root.path().join("sys/kernel/kexec_crash_loaded");
         fs::create_dir_all(f.parent().unwrap()).unwrap();
         fs::write(&f, "0\n").unwrap();
-        let e = check_before_exec(root.path()).unwrap_err();
+        let e = check_before_exec(root.path(), Depth::Complete).unwrap_err();
         assert!(matches!(e, Error::StagedReplaced { .. }), "{e}");
         assert!(e.to_string().contains("exec refused"), "{e}");
+    }
+
+    /// Issue 13, defect 11: a loader that writes a few pages of the staged kernel without
+    /// touching the header or the sampled words passes the trampoline's (and the old `exec`'s)
+    /// sampled check; `exec`'s complete check reads every byte back and catches it.
+    #[test]
+    fn exec_check_is_complete_where_the_trampoline_samples() {
+        let h = host();
+        let initrd = vec![5u8; 1 << 20];
+        let p = plan_staged(&input(&h, Some(&initrd)), &PlanExtras::default(), &opts()).unwrap();
+        let st = StagedState::new(&p, Path::new("k"), None, "", None);
+        assert_eq!(st.segments.len(), p.crash.segments.len());
+        let mut mem = Mem::of(&p.crash.segments);
+        let total: u64 = st.segments.iter().map(|s| s.len).sum();
+        assert_eq!(check_segments(&st.segments, &mut mem).unwrap(), Ok(total));
+        // The streamed sum is the purgatory's.
+        for (seg, sum) in p.crash.segments.iter().zip(&st.segments) {
+            let mut padded = seg.data.clone();
+            padded.resize(sum.len as usize, 0);
+            assert_eq!(purgatory::checksum(&padded), sum.sum);
+        }
+        // A page of the kernel, rewritten everywhere but at its block's sampled word.
+        let hdr = StagedHeader::decode(
+            &p.crash
+                .read_phys(p.header.addr, p.header.len as usize)
+                .unwrap(),
+        )
+        .unwrap();
+        let r = &hdr.sampled[0];
+        let (sample_off, _) = r.samples[0];
+        for at in (0..PAGE).step_by(8).filter(|&o| o != sample_off) {
+            mem.poke(r.addr + at, 0xcc);
+        }
+        assert_eq!(
+            check_staged(&p.header, &mut mem, 1).unwrap(),
+            0,
+            "the sampled check cannot see it"
+        );
+        let found = check_segments(&st.segments, &mut mem).unwrap();
+        assert!(
+            found.as_ref().is_err_and(|m| m.contains("differs")),
+            "{found:?}"
+        );
+        // One byte in the zero fill past a segment's data counts too.
+        let mut mem = Mem::of(&p.crash.segments);
+        let seg = p
+            .crash
+            .segments
+            .iter()
+            .find(|s| s.memsz > s.data.len() as u64 + 8)
+            .expect("a segment with zero fill");
+        mem.poke(seg.mem + seg.memsz - 1, 1);
+        assert!(check_segments(&st.segments, &mut mem).unwrap().is_err());
+    }
+
+    /// Issue 13, defect 5 (c): a record that cannot be read, or of another version, is not
+    /// "nothing staged": `exec` (and `load`, `unload`) stop and name the file.
+    #[test]
+    fn an_unreadable_or_other_version_record_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join(STATE_FILE);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let h = host();
+        let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
+        let good =
+            serde_json::to_value(StagedState::new(&p, Path::new("k"), None, "", None)).unwrap();
+        let mut newer = good.clone();
+        newer["version"] = serde_json::json!(STATE_VERSION + 1);
+        let mut wrong_type = good.clone();
+        wrong_type["header_addr"] = serde_json::json!("high");
+        for (what, bytes) in [
+            ("garbage", b"{".to_vec()),
+            ("empty", Vec::new()),
+            ("newer", serde_json::to_vec(&newer).unwrap()),
+            ("wrong type", serde_json::to_vec(&wrong_type).unwrap()),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let e = check_before_exec(root.path(), Depth::Complete)
+                .map(|found| format!("{found:?}"))
+                .expect_err(what)
+                .to_string();
+            assert!(e.contains(&path.display().to_string()), "{what}: {e}");
+            assert!(e.contains("fastkexec unload"), "{what}: {e}");
+            assert_eq!(fs::read(&path).unwrap(), bytes, "{what}: left as it was");
+        }
+        // Unreadable (a directory in its place).
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        let e = check_before_exec(root.path(), Depth::Complete)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+
+    /// Issue 13, defect 5 (a): a load of another mode over a staged load unloads the staged
+    /// crash image it displaced (when still ours) and removes the record, and says so; a
+    /// crash kernel of someone else's is left alone.
+    #[test]
+    fn a_load_of_another_mode_clears_the_staged_load_it_displaced() {
+        let (unload, msg) =
+            displaced_decision(Some(true), Ok(PreExec::Intact { bytes: 0, ms: 0.1 })).unwrap();
+        assert!(unload);
+        assert!(msg.contains("unloaded it and removed its record"), "{msg}");
+        assert!(msg.contains("free for kdump"), "{msg}");
+        let (unload, msg) = displaced_decision(
+            Some(true),
+            Err(Error::StagedReplaced {
+                reservation: "r".into(),
+                problem: "nonce differs".into(),
+            }),
+        )
+        .unwrap();
+        assert!(!unload, "someone else's crash kernel stays");
+        assert!(msg.contains("someone else's"), "{msg}");
+        let (unload, _) = displaced_decision(Some(false), Ok(PreExec::NotStaged)).unwrap();
+        assert!(!unload, "nothing loaded: nothing to unload");
+        // On a machine: a record and a crash image that can be checked (no kcore here:
+        // unverified, i.e. unloaded as ours). The unload itself needs kexec; the record goes.
+        let root = tempfile::tempdir().unwrap();
+        let h = host();
+        let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
+        write_state(
+            root.path(),
+            &StagedState::new(&p, Path::new("k"), None, "", None),
+        )
+        .unwrap();
+        let f = root.path().join("sys/kernel/kexec_crash_loaded");
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, "0\n").unwrap();
+        let msg = reconcile_after_load(root.path(), &Status::default())
+            .unwrap()
+            .unwrap();
+        assert!(msg.contains("earlier staged load is over"), "{msg}");
+        assert_eq!(read_state(root.path()).unwrap(), None);
+        assert!(!root.path().join(STATE_FILE).exists());
     }
 
     /// `unload` after the staged crash image was unloaded elsewhere (`kexec -p -u`, a kdump
@@ -1941,7 +2252,7 @@ mod tests {
         assert!(msg.contains("checksum differs"), "{msg}");
 
         let (unload, msg) =
-            unload_decision(Some(true), Ok(PreExec::Intact { blocks: 3, ms: 1.0 })).unwrap();
+            unload_decision(Some(true), Ok(PreExec::Intact { bytes: 3, ms: 1.0 })).unwrap();
         assert!(unload, "{msg}");
         assert!(msg.contains("also unloaded"), "{msg}");
         // A failure to read the state is passed on, not turned into a message.

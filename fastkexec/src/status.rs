@@ -293,9 +293,13 @@ pub fn status(root: &Path) -> Result<Status> {
         }
     };
     st.modes = modes(&st);
-    let (staged, staged_note) = crate::staged::read_state(root);
-    st.staged = staged;
-    notes.extend(staged_note);
+    st.staged = match crate::staged::read_state(root) {
+        Ok(s) => s,
+        Err(e) => {
+            notes.push(e.to_string());
+            None
+        }
+    };
     let meminfo = fs::read_to_string(p("proc/meminfo")).unwrap_or_default();
     let cma_total_kb = meminfo.lines().find_map(|l| {
         l.strip_prefix("CmaTotal:")?
@@ -954,15 +958,25 @@ mod tests {
     fn a_staged_record_shows_in_status_and_kernel_native_route_is_reported() {
         let t = tree_from("crashkernel");
         let root = t.path();
-        let state = r#"{"version":1,"boot_id":null,"loaded_at_unix":1,
+        let state = r#"{"version":2,"boot_id":null,"loaded_at_unix":1,
             "kernel":"/boot/vmlinuz-next","initrd":null,"cmdline":"quiet",
             "panic_cmdline":"quiet reset_devices fastkexec.staged=panic",
             "reservation_start":1694498816,"reservation_end":1962934272,
             "crash_entry":1962000000,"trampoline":2147000000,"header_addr":1961000000,
             "header_len":4096,"header_sum":7,"nonce":"00112233445566778899aabbccddeeff",
-            "sampled_blocks":800}"#;
+            "sampled_blocks":800,"segments":[{"addr":1694498816,"len":4096,"sum":1}]}"#;
         fs::create_dir_all(root.join("run/fastkexec")).unwrap();
-        fs::write(root.join(crate::staged::STATE_FILE), state).unwrap();
+        let path = root.join(crate::staged::STATE_FILE);
+        // A version-1 record (before the complete sums): status says what is wrong with it.
+        fs::write(&path, state.replace("\"version\":2", "\"version\":1")).unwrap();
+        let st = status(root).unwrap();
+        assert!(st.staged.is_none());
+        assert!(
+            st.notes.iter().any(|n| n.contains("record version 1")),
+            "{:?}",
+            st.notes
+        );
+        fs::write(&path, state).unwrap();
         let st = status(root).unwrap();
         let rec = st.staged.as_ref().unwrap();
         assert_eq!(rec.kernel, PathBuf::from("/boot/vmlinuz-next"));

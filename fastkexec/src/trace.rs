@@ -58,6 +58,7 @@ use crate::e820::{self, E820Entry, PhysRange};
 use crate::ebpf::{self, ProbePoint};
 use crate::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
 use crate::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode};
+use crate::lock::KexecLock;
 use crate::segments::PlanExtras;
 use crate::{exec, hostinfo, preflight, Error, Result};
 
@@ -1221,6 +1222,57 @@ fn install_signal_handlers() {
     }
 }
 
+/// Undoes a load of `trace` when dropped armed: the loaded kernel's boot_params point at the
+/// trace pages, which die with this process (or with the pins), so a later `systemctl kexec`
+/// must not find it. Every way out of [`run`] after the load (an error from `?`, a failed
+/// reboot, Ctrl-C) drops it; only a reboot that is under way disarms it.
+pub struct LoadedGuard<F: FnMut()> {
+    undo: Option<F>,
+}
+
+impl<F: FnMut()> LoadedGuard<F> {
+    pub fn new(undo: F) -> Self {
+        Self { undo: Some(undo) }
+    }
+
+    /// The reboot is under way: the kernel must stay loaded.
+    pub fn disarm(mut self) {
+        self.undo = None;
+    }
+}
+
+impl<F: FnMut()> Drop for LoadedGuard<F> {
+    fn drop(&mut self) {
+        if let Some(mut undo) = self.undo.take() {
+            undo();
+        }
+    }
+}
+
+/// What the probes are, printed before this process disappears into reboot(2).
+fn announce(out: &mut dyn Write, attachments: &[Attachment], notes: &[String], mark: Option<&str>) {
+    for a in attachments {
+        say(
+            out,
+            format_args!(
+                "trace: {:<10} {}{}",
+                if a.how == "none" { "UNSEEN" } else { a.how },
+                a.function,
+                a.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    for n in notes {
+        say(out, format_args!("trace: note: {n}"));
+    }
+    if let Some(m) = mark {
+        say(out, format_args!("{m}"));
+    }
+}
+
 /// What `run` did, for the caller to print.
 #[derive(Debug, Serialize)]
 pub struct TraceSummary {
@@ -1267,7 +1319,17 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
                     .into(),
             })?;
     }
-    let report = load::load_with(&lopts, &extras)?;
+    // One lock from the load to the reboot (or the unload): nothing else changes kexec state
+    // in between. Follow mode lets go once loaded (see below).
+    let lock = if lopts.dry_run {
+        None
+    } else {
+        Some(KexecLock::acquire(&lopts.root, "trace")?)
+    };
+    let report = match &lock {
+        Some(l) => load::load_locked(&lopts, &extras, l)?,
+        None => load::load_with(&lopts, &extras)?,
+    };
     tracer.load_flags = handoff::load_mode_flags(report.mode);
     if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
         tracer.notes.push(format!(
@@ -1284,10 +1346,27 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         record_pages: t.phys.len(),
         notes: t.notes.clone(),
     };
-    if lopts.dry_run {
-        // Dropping the tracer detaches every probe; the plan loaded nothing.
+    let Some(lock) = lock else {
+        // A dry run: dropping the tracer detaches every probe; the plan loaded nothing.
         return Ok(summary(&tracer, report));
-    }
+    };
+    // From here on every way out but a reboot under way unloads (issue 13, defect 4).
+    let root = lopts.root.clone();
+    let lock = std::cell::RefCell::new(Some(lock));
+    let loaded = LoadedGuard::new(|| {
+        unpin(Path::new(PIN_DIR));
+        // Follow mode has let go of the lock while it waited: take it again.
+        let held = match lock.borrow_mut().take() {
+            Some(l) => Ok(l),
+            None => KexecLock::acquire(&root, "trace (unloading)"),
+        };
+        if let Err(e) = held.and_then(|l| exec::unload_locked(&l)) {
+            log::warn!(
+                "could not unload the kernel trace loaded ({e}); run `fastkexec unload` before \
+                 any `systemctl kexec`: its boot_params point at freed trace pages"
+            );
+        }
+    });
 
     if opts.exec {
         let path = exec::choose_path(Path::new("/"), opts.force);
@@ -1295,52 +1374,33 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             // systemd kills every process before the reboot: keep the probes
             // and pages alive in bpffs.
             unpin(Path::new(PIN_DIR));
-            if let Err(e) = tracer.pin(Path::new(PIN_DIR)) {
-                let _ = exec::unload();
-                return Err(e);
-            }
+            tracer.pin(Path::new(PIN_DIR))?;
         }
-        // What the probes are, before this process disappears into reboot(2).
-        for a in &tracer.attachments {
-            say(
-                out,
-                format_args!(
-                    "trace: {:<10} {}{}",
-                    if a.how == "none" { "UNSEEN" } else { a.how },
-                    a.function,
-                    a.why
-                        .as_deref()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default()
-                ),
-            );
-        }
-        for n in &tracer.notes {
-            say(out, format_args!("trace: note: {n}"));
-        }
-        if let Some(m) = &opts.mark {
-            say(out, format_args!("{m}"));
-        }
+        // Best effort: a terminal gone now must not stop the reboot (issue 17).
+        announce(
+            out,
+            &tracer.attachments,
+            &tracer.notes,
+            opts.mark.as_deref(),
+        );
         let request = (clock::rdtsc(), clock::monotonic_ns());
         tracer.seal(Some(request), opts.damage)?;
-        let err = match exec::exec(opts.force) {
-            // systemd accepted `systemctl kexec`: the shutdown is under way.
-            Ok(()) => return Ok(summary(&tracer, report)),
-            Err(e) => e,
-        };
-        // The loaded kernel points at pages that die with this process.
-        let _ = exec::unload();
-        unpin(Path::new(PIN_DIR));
-        return Err(err);
+        match lock.borrow().as_ref() {
+            Some(l) => exec::exec_locked(opts.force, l)?,
+            None => exec::exec(opts.force)?,
+        }
+        // systemd accepted `systemctl kexec`: the shutdown is under way.
+        loaded.disarm();
+        return Ok(summary(&tracer, report));
     }
 
     // Follow mode.
     unpin(Path::new(PIN_DIR));
-    if let Err(e) = tracer.pin(Path::new(PIN_DIR)) {
-        let _ = exec::unload();
-        return Err(e);
-    }
+    tracer.pin(Path::new(PIN_DIR))?;
     tracer.seal(None, opts.damage)?;
+    // Waiting may take hours, and the reboot may be started by `fastkexec exec`, which takes
+    // the lock: let go of it now (the guard takes it again to unload).
+    drop(lock.borrow_mut().take());
     install_signal_handlers();
     say(
         out,
@@ -1375,7 +1435,8 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             0 => {}
             libc::SIGTERM if tracer.state() != 0 || exec::ensure_loaded(Path::new("/")).is_ok() => {
                 // Most likely the shutdown that ends in the kexec: the pins
-                // keep everything alive.
+                // keep everything alive. Disarmed first: only Ctrl-C unloads.
+                loaded.disarm();
                 say(
                     out,
                     format_args!("trace: terminated; the probes stay pinned for the reboot"),
@@ -1383,8 +1444,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
                 return Ok(summary(&tracer, report));
             }
             _ => {
-                unpin(Path::new(PIN_DIR));
-                let _ = exec::unload();
+                drop(loaded);
                 say(
                     out,
                     format_args!(
@@ -1443,6 +1503,58 @@ mod tests {
         let l = format_event(&e, 1_000_000);
         assert!(l.contains("2.500 ms"), "{l}");
         assert!(l.contains("device_enter") && l.contains("vda1"), "{l}");
+    }
+
+    /// A writer whose every write fails, like stdout after the terminal closed (EPIPE).
+    struct ClosedStdout;
+
+    impl Write for ClosedStdout {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    /// Issue 13, defect 4: `run`'s steps after the load, in its order, with an injected
+    /// unload: an early `?` (stdout closed) must unload; a reboot under way must not.
+    #[test]
+    fn every_failure_after_the_load_unloads_and_a_reboot_under_way_does_not() {
+        let unloads = std::cell::Cell::new(0);
+        // `run`'s steps after the load: announce (best effort), seal, exec.
+        let after_load = |out: &mut dyn Write, seal_ok: bool, reboot_ok: bool| -> Result<()> {
+            let loaded = LoadedGuard::new(|| unloads.set(unloads.get() + 1));
+            announce(out, &[], &["a note".into()], Some("FKLAB: exec"));
+            if !seal_ok {
+                return Err(Error::Tracer {
+                    problem: "sealing failed".into(),
+                });
+            }
+            if !reboot_ok {
+                return Err(Error::Systemctl {
+                    outcome: "failed".into(),
+                });
+            }
+            loaded.disarm();
+            Ok(())
+        };
+        assert!(after_load(&mut Vec::new(), false, true).is_err());
+        assert_eq!(unloads.get(), 1, "sealing failed: unloaded once");
+        assert!(after_load(&mut Vec::new(), true, false).is_err());
+        assert_eq!(unloads.get(), 2, "the reboot failed: unloaded once");
+        // A closed stdout is no failure (issue 17): the reboot goes ahead, still loaded.
+        after_load(&mut ClosedStdout, true, true).unwrap();
+        assert_eq!(
+            unloads.get(),
+            2,
+            "stdout closed, reboot under way: still loaded"
+        );
+        after_load(&mut Vec::new(), true, true).unwrap();
+        assert_eq!(unloads.get(), 2, "the reboot is under way: still loaded");
+        let mut out = Vec::new();
+        announce(&mut out, &[], &["n".into()], Some("m"));
+        assert_eq!(String::from_utf8(out).unwrap(), "trace: note: n\nm\n");
     }
 
     #[test]

@@ -94,7 +94,8 @@ fastkexec-uncompressed)
 	;;
 fastkexec-staged)
 	staged_load
-	EXEC="fastkexec exec --force"
+	# exec's complete check of the staged image, timed in its log line.
+	EXEC="env RUST_LOG=info RUST_LOG_STYLE=never fastkexec exec --force"
 	;;
 fastkexec-staged-panic)
 	# auto stages when the reservation is idle; unload removes both images.
@@ -105,6 +106,15 @@ fastkexec-staged-panic)
 	[ "$(cat /sys/kernel/kexec_loaded)$(cat /sys/kernel/kexec_crash_loaded)" = 00 ] ||
 		fail "fastkexec unload left an image loaded"
 	echo "FKLAB: unloaded both images"
+	# A load of another mode over a staged one clears the staged crash image and its record.
+	staged_load
+	fastkexec load --mode uncompressed --kernel /lab/vmlinuz --cache-dir /lab/cache \
+		--initrd "$INITRD" --append "$NEXT" | grep -E 'staged earlier|earlier staged load' ||
+		fail "an uncompressed load over a staged one did not say it cleared it"
+	[ "$(cat /sys/kernel/kexec_loaded)$(cat /sys/kernel/kexec_crash_loaded)" = 10 ] ||
+		fail "an uncompressed load over a staged one left the staged crash image loaded"
+	[ -e /run/fastkexec/staged.json ] && fail "an uncompressed load left staged.json"
+	echo "FKLAB: staged load reconciled"
 	staged_load
 	EXEC=lab_panic
 	;;
