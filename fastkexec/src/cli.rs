@@ -16,11 +16,20 @@ Typical use, as root: `fastkexec status` shows what this kernel allows; `fastkex
 syncs and reboots into it through a clean `systemctl kexec`.";
 
 const MAIN_AFTER_HELP: &str = "\
-Exit status: 0 when the command did its work; 1 when it failed (standard error says why); 2 for
-a usage error, and from `report` when there is no valid record; 74 (EX_IOERR) when the command
-did its work but its product on standard output could not be written: --json, `export`
-without --output or --textfile-dir, `completions`, `man` without --dir. A failure's status
-wins over 74.
+Exit status (the same table for every command; README \"Exit status\"):
+  0   the command did its work (`status`: an image is loaded, or staged by fastkexec)
+  1   it failed for another reason (a syscall, the machine's state); standard error says why
+  2   a usage error (the command line could not be parsed)
+  3   nothing to act on: `report` found no usable trace record (a cold boot, a kexec-tools or
+      file-mode reboot), `exec` found no loaded image, `status`: no image is loaded
+  4   bad input: an image, initrd, command line, state or cache file was refused (the message
+      names the file and the field)
+  5   not possible here: this kernel or machine cannot do it (no kexec, the mode is blocked by
+      lockdown or kexec_load_disabled, no usable crashkernel reservation; `status`: no load
+      mode works here)
+  74  (EX_IOERR) the command did its work but its product on standard output could not be
+      written: --json, `export` without --output or --textfile-dir, `completions`, `man`
+      without --dir. Any other non-zero status wins over 74.
 
 Output: text for a human on standard output is best effort. When standard output or standard
 error fails (a terminal that hung up, a reader that went away), every command still does all

@@ -1,6 +1,7 @@
 //! The `fastkexec` command: a thin clap layer over the library.
 
 mod cli;
+mod exit;
 mod out;
 
 use std::fs;
@@ -18,13 +19,20 @@ use fastkexec::{exec, prepare, report, status, trace};
 use out::{say, ExitStatus};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; anything else is a usage error.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
     init_logging(cli.verbose);
     let code = match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             print_error(&e);
-            ExitCode::from(e.downcast_ref::<ExitStatus>().map_or(1, |s| s.0))
+            ExitCode::from(exit::of_error(&e))
         }
     };
     out::warn_if_lost();
@@ -60,8 +68,9 @@ fn print_error(e: &anyhow::Error) {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+/// Runs the command; `Ok` carries its exit status (0, or `status`'s answer for scripts).
+fn run(cli: Cli) -> Result<u8> {
+    let done = match cli.command {
         Command::Load(args) => run_load(args, &cli.root),
         Command::Exec(args) => {
             exec::ignore_hangup();
@@ -78,12 +87,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Status(args) => {
             let st = status::status(&cli.root)?;
-            if args.json {
+            let printed = if args.json {
                 out::json(&st)
             } else {
                 out::text(format_args!("{st}"));
                 Ok(())
-            }
+            };
+            // Its answer wins over a lost product, as a failure's status does.
+            return match exit::of_status(&st) {
+                0 => printed.map(|()| 0),
+                answer => Ok(answer),
+            };
         }
         Command::Prepare(args) => run_prepare(args),
         Command::Trace(args) => run_trace(args, cli.verbose, &cli.root),
@@ -105,7 +119,8 @@ fn run(cli: Cli) -> Result<()> {
                 out::product(&buf)
             }
         },
-    }
+    };
+    done.map(|()| 0)
 }
 
 fn run_load(args: LoadArgs, root: &Path) -> Result<()> {
@@ -227,7 +242,7 @@ fn run_report(args: ReportArgs, root: &Path) -> Result<()> {
     };
     if !rep.has_record() {
         let detail = rep.record.detail.clone().unwrap_or_default();
-        return Err(ExitStatus(2, detail).into());
+        return Err(ExitStatus(exit::NOTHING, detail).into());
     }
     if !args.no_fold {
         if let Err(e) = fastkexec::fold::fold_report(&rep, root, &args.state_dir) {

@@ -9,7 +9,7 @@
 //!   change;
 //! - a command's *product* on standard output (`--json`, `export` without `--output`,
 //!   `completions`, `man` without `--dir`) is written with [`product`] or [`json`]: the
-//!   command still does all its work, and then exits with [`EXIT_OUTPUT_LOST`] if the product
+//!   command still does all its work, and then exits with [`crate::exit::OUTPUT_LOST`] if the product
 //!   could not be written, so a caller never mistakes a lost answer for a delivered one.
 //!
 //! A closed standard output needs nothing special: Rust's runtime reopens a closed descriptor
@@ -18,10 +18,6 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::Mutex;
-
-/// Exit status when a command did its work but its product (JSON, an export, completions, a
-/// man page) could not be written to standard output: 74 is `EX_IOERR` of sysexits(3).
-pub const EXIT_OUTPUT_LOST: u8 = 74;
 
 /// The first failed write to standard output, for the warning at exit.
 static STDOUT_LOST: Mutex<Option<String>> = Mutex::new(None);
@@ -66,7 +62,7 @@ pub fn product(bytes: &[u8]) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .map_err(|e| {
             ExitStatus(
-                EXIT_OUTPUT_LOST,
+                crate::exit::OUTPUT_LOST,
                 format!("the output could not be written to standard output: {e}"),
             )
             .into()

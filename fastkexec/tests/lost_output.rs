@@ -25,7 +25,7 @@ use fastkexec::clock::{self, Fit};
 use fastkexec::handoff::{self, HeaderInfo};
 use fastkexec::histogram::{fold_boot, Boot, Phase};
 
-/// `out::EXIT_OUTPUT_LOST` in the binary (sysexits' EX_IOERR).
+/// `exit::OUTPUT_LOST` in the binary (sysexits' EX_IOERR).
 const EXIT_OUTPUT_LOST: i32 = 74;
 const TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -140,8 +140,8 @@ impl TraceCheck {
         let rc_ok = if self.expected_status == "ok" {
             self.report_rc == Some(0)
         } else {
-            // No usable record: report still shows what it can, and exits 2.
-            self.report_rc == Some(2)
+            // No usable record: report still shows what it can, and exits 3 (README: "nothing to report").
+            self.report_rc == Some(3)
         };
         status_ok && rc_ok && self.phases_sum_to_total && self.missing_phases.is_empty()
     }
@@ -370,12 +370,12 @@ mod tests {
         assert!(!c.phases_sum_to_total);
         assert!(c.missing_phases.contains(&"relocation".to_string()));
         assert!(!c.ok());
-        // A damaged record must be refused with exit status 2.
+        // A damaged record must be refused with exit status 3.
         let json = report_json(10, &[("kernel_boot", 10)], "torn");
         let v = [
             "FKLAB: report-begin",
             json.as_str(),
-            "FKLAB: report-end rc=2",
+            "FKLAB: report-end rc=3",
         ];
         let (r, rc) = extract(&lines(&v));
         assert!(check(
@@ -407,7 +407,7 @@ mod tests {
         let v = [
             "FKLAB: report-begin",
             json.as_str(),
-            "FKLAB: report-end rc=2",
+            "FKLAB: report-end rc=3",
         ];
         let (r, rc) = extract(&lines(&v));
         assert!(check(r.as_ref(), rc, Some(1.0), None, Loaded::File).ok());
