@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "file",
     // promtool, which the export tests run on our Prometheus output.
     "prometheus",
+    // systemd-analyze, which checks the shipped unit (fastkexec/tests/unit_file.rs).
+    "systemd",
     // `python3 -m venv` for the Python checkers when python3 is Debian's.
     "python3-venv",
 ];
