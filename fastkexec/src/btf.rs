@@ -197,7 +197,7 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a BTF blob type by type.
@@ -249,6 +249,16 @@ mod tests {
             b.extend_from_slice(&self.strings);
             b
         }
+    }
+
+    /// A BTF blob that has a FUNC entry for each name (fixtures for other modules' tests).
+    pub(crate) fn with_funcs(names: &[&str]) -> Vec<u8> {
+        let mut b = Builder::default();
+        b.ty("int", KIND_INT, 0, 4, &[32]);
+        for n in names {
+            b.ty(n, KIND_FUNC, 0, 1, &[]);
+        }
+        b.bytes()
     }
 
     fn sample() -> Vec<u8> {

@@ -35,6 +35,7 @@ pub mod staged;
 pub mod status;
 pub mod timeline_svg;
 pub mod trace;
+pub mod tracing_support;
 pub mod trampoline;
 pub mod vmlinux;
 

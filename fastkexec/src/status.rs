@@ -57,6 +57,9 @@ pub struct Status {
     pub staged: Option<crate::staged::StagedState>,
     /// Whether this kernel's own kexec_file_load avoids the relocation copy.
     pub kernel_native: KernelNative,
+    /// What the tracer needs (BPF, BTF, kprobes, tracefs, bpffs) and how each probe point
+    /// would attach here.
+    pub tracing: crate::tracing_support::TracingSupport,
     /// Files that could not be read, and other remarks.
     pub notes: Vec<String>,
 }
@@ -317,6 +320,7 @@ pub fn status(root: &Path) -> Result<Status> {
         cma_total_kb,
         default_cma_area,
     );
+    st.tracing = crate::tracing_support::read(root);
     st.notes = notes;
     Ok(st)
 }
@@ -711,6 +715,33 @@ impl fmt::Display for Status {
             },
             self.kernel_native.detail
         )?;
+        let t = &self.tracing;
+        for (name, fac) in [
+            ("BPF", &t.bpf),
+            ("BTF", &t.btf),
+            ("kprobes", &t.kprobes),
+            ("tracefs", &t.tracefs),
+            ("bpffs", &t.bpffs),
+        ] {
+            writeln!(
+                f,
+                "tracer {name:<8}      {}: {}",
+                if fac.available { "yes" } else { "NO" },
+                fac.detail
+            )?;
+        }
+        for p in &t.probes {
+            writeln!(
+                f,
+                "  probe {:<22} {}{}",
+                p.function,
+                p.how,
+                p.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            )?;
+        }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }

@@ -60,7 +60,7 @@ use crate::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
 use crate::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode};
 use crate::lock::KexecLock;
 use crate::segments::PlanExtras;
-use crate::{exec, hostinfo, preflight, Error, Result};
+use crate::{exec, hostinfo, preflight, tracing_support, Error, Result};
 
 /// Where follow mode pins the links (bpffs).
 pub const PIN_DIR: &str = "/sys/fs/bpf/fastkexec";
@@ -794,27 +794,12 @@ impl Tracer {
         aya_btf: Option<&aya::Btf>,
         ftrace: Option<&HashSet<String>>,
     ) {
-        let mut why = None;
-        let fentry_ok = match (btf, aya_btf) {
-            (Some(b), Some(_)) if !b.has_func(p.function) => {
-                why = Some(format!("{} has no BTF FUNC entry", p.function));
-                false
-            }
-            (Some(_), Some(_)) => match ftrace {
-                Some(set) if !set.contains(p.function) => {
-                    why = Some(format!(
-                        "{} is not in available_filter_functions",
-                        p.function
-                    ));
-                    false
-                }
-                _ => true,
-            },
-            _ => {
-                why = Some("no kernel BTF".into());
-                false
-            }
+        // The same rule `status` states (tracing_support), applied for real here.
+        let mut why = match aya_btf {
+            Some(_) => tracing_support::fentry_blocker(btf, ftrace, p.function),
+            None => Some("no kernel BTF".into()),
         };
+        let fentry_ok = why.is_none();
         if let (true, Some(aya_btf)) = (fentry_ok, aya_btf) {
             match self.attach_fentry(p, aya_btf) {
                 Ok(link) => {
