@@ -31,6 +31,11 @@ Exit status (the same table for every command; README \"Exit status\"):
       written: --json, `export` without --output or --textfile-dir, `completions`, `man`
       without --dir. Any other non-zero status wins over 74.
 
+JSON (--json): one document on standard output and nothing else (progress and errors go to
+standard error). Its first field is schema_version (1 now; bumped only when a field changes
+meaning or goes away). Durations are integer nanoseconds (fields ending in _ns, and `ns`),
+sizes bytes, shares fractions of 1; each command's fields are listed under its --json.
+
 Output: text for a human on standard output is best effort. When standard output or standard
 error fails (a terminal that hung up, a reader that went away), every command still does all
 its work and its exit status does not change; a warning goes to standard error if that still
@@ -228,7 +233,10 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
 
-    /// Print the report as JSON.
+    /// Print the report as JSON: schema_version, mode, mode_reason, kernel, kernel_format,
+    /// vmlinux, compression, cache_hit, initrd, initrd_size, cmdline, cmdline_dropped, syscall,
+    /// plan, staged, dry_run, loaded, notes, timings [{phase, ns}] (`trace --json` adds
+    /// attachments, phases [{phase, label, start, end, timed}], notifiers, record_pages).
     #[arg(long)]
     pub json: bool,
 }
@@ -242,7 +250,11 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print JSON instead of text.
+    /// Print JSON instead of text: schema_version, kernel_release, kexec_core, loaded,
+    /// crash_loaded, crash_size (bytes), crash_kernel, lockdown, kexec_load_disabled, the load
+    /// limits, config, confidential_guest, efi, privilege, modes {file, uncompressed, staged:
+    /// {allowed, blockers, caveats}}, staged, kernel_native, tracing {bpf, btf, kprobes,
+    /// tracefs, bpffs: {available, detail}, probes [{function, how, why}]}, notes.
     #[arg(long)]
     pub json: bool,
 }
@@ -309,7 +321,7 @@ pub struct TraceArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Print JSON instead of the table.
+    /// Print JSON instead of the table (fields: see below).
     #[arg(long)]
     pub json: bool,
 
@@ -354,7 +366,8 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
     pub cache_dir: PathBuf,
 
-    /// Print JSON instead of text.
+    /// Print JSON instead of text: schema_version, kernel, vmlinux, setup_header, compression,
+    /// key, cache_hit, vmlinux_bytes, elapsed_ns.
     #[arg(long)]
     pub json: bool,
 }

@@ -186,7 +186,13 @@ fn run_trace(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
             DamageArg::OtherBoot => trace::Damage::OtherBoot,
         }),
     };
-    let summary = trace::run(&opts, &mut out::Stdout).with_context(|| {
+    // With --json, standard output carries the JSON alone: progress goes to standard error.
+    let mut progress: Box<dyn std::io::Write> = if args.load.json {
+        Box::new(out::Stderr)
+    } else {
+        Box::new(out::Stdout)
+    };
+    let summary = trace::run(&opts, &mut progress).with_context(|| {
         format!(
             "cannot trace the reboot into {}",
             opts.load.kernel.display()
@@ -260,7 +266,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     let kernel = args.kernel();
     let p = prepare::prepare(&kernel, &args.cache_dir)
         .with_context(|| format!("cannot prepare {}", kernel.display()))?;
-    let elapsed_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = t.elapsed();
     if args.json {
         return out::json(&serde_json::json!({
             "kernel": kernel,
@@ -270,7 +276,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
             "key": p.key,
             "cache_hit": p.cached,
             "vmlinux_bytes": p.vmlinux_len,
-            "elapsed_ms": elapsed_ms,
+            "elapsed_ns": u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
         }));
     }
     say!("vmlinux:      {}", p.vmlinux.display());
@@ -285,7 +291,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
             "miss (extracted now)"
         }
     );
-    say!("time:         {elapsed_ms:.1} ms");
+    say!("time:         {:.1} ms", elapsed.as_secs_f64() * 1e3);
     Ok(())
 }
 

@@ -69,9 +69,22 @@ pub fn product(bytes: &[u8]) -> anyhow::Result<()> {
         })
 }
 
-/// A value as pretty JSON (and a newline): a product.
+/// The version of every `--json` document's layout (`schema_version`, its first field):
+/// bumped when a field changes meaning or goes away; new fields do not bump it.
+pub const JSON_SCHEMA_VERSION: u64 = 1;
+
+/// A value as pretty JSON (and a newline): a product. An object gets `schema_version` first.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut buf = serde_json::to_vec_pretty(value)?;
+    let value = match serde_json::to_value(value)? {
+        serde_json::Value::Object(fields) => {
+            let mut doc = serde_json::Map::new();
+            doc.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
+            doc.extend(fields);
+            serde_json::Value::Object(doc)
+        }
+        other => other,
+    };
+    let mut buf = serde_json::to_vec_pretty(&value)?;
     buf.push(b'\n');
     product(&buf)
 }
@@ -108,7 +121,23 @@ impl Write for Stdout {
     }
 }
 
-/// An error that asks for a specific exit status (e.g. `report` without a record: 2).
+/// Standard error as an `io::Write` for progress when standard output carries JSON: best
+/// effort, every write succeeds.
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().lock().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().lock().flush();
+        Ok(())
+    }
+}
+
+/// An error that asks for a specific exit status (`report` without a record: 3).
 #[derive(Debug)]
 pub struct ExitStatus(pub u8, pub String);
 
