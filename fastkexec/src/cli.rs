@@ -246,6 +246,11 @@ pub struct ExecArgs {
     /// Skip the clean shutdown: sync, then reboot(LINUX_REBOOT_CMD_KEXEC) immediately.
     #[arg(long, short)]
     pub force: bool,
+
+    /// Print TEXT on stdout once every check has passed, right before the reboot request (a
+    /// stopwatch mark for the lab).
+    #[arg(long, hide = true, value_name = "TEXT")]
+    pub mark: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -628,7 +633,10 @@ mod tests {
         let cli = parse(&["fastkexec", "exec", "--force"]);
         assert!(matches!(
             cli.command,
-            Command::Exec(ExecArgs { force: true })
+            Command::Exec(ExecArgs {
+                force: true,
+                mark: None
+            })
         ));
         let cli = parse(&["fastkexec", "status", "--json"]);
         assert!(matches!(

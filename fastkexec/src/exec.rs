@@ -103,16 +103,25 @@ pub fn ignore_hangup() {
 
 /// Executes the loaded kernel. Returns only on failure (or, for `systemctl kexec`, once systemd
 /// has accepted the request and the shutdown is under way). Holds the kexec lock throughout.
-pub fn exec(force: bool) -> Result<()> {
+pub fn exec(force: bool, go: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let lock = KexecLock::acquire(Path::new("/"), "exec")?;
-    exec_locked(force, &lock)
+    exec_locked(force, &lock, go)
 }
 
 /// [`exec`] for a caller that already holds the kexec lock (`trace`).
-pub fn exec_locked(force: bool, _lock: &KexecLock) -> Result<()> {
+///
+/// `go` runs once every check has passed, right before `sync` and the reboot request: the
+/// moment the blackout starts (the machine is still serving while the staged image is
+/// checked, however long that takes), so that is where a tracer stamps the request.
+pub fn exec_locked(
+    force: bool,
+    _lock: &KexecLock,
+    go: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let root = Path::new("/");
     ensure_loaded(root)?;
     check_staged(root)?;
+    go()?;
     // Sync first on both paths: if the clean shutdown stalls or the new kernel hangs, written
     // data is already on disk.
     kexec::sync();

@@ -74,7 +74,14 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Load(args) => run_load(args, &cli.root),
         Command::Exec(args) => {
             exec::ignore_hangup();
-            exec::exec(args.force).context("cannot boot the loaded kernel")?;
+            // The mark (a stopwatch for the lab) goes out once the checks have passed.
+            let mut go = || {
+                if let Some(m) = &args.mark {
+                    say!("{m}");
+                }
+                Ok(())
+            };
+            exec::exec(args.force, &mut go).context("cannot boot the loaded kernel")?;
             // Only the `systemctl kexec` path returns: systemd now shuts down into the kernel.
             say!("systemd accepted `systemctl kexec`: shutting down into the loaded kernel");
             Ok(())

@@ -1362,17 +1362,18 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             tracer.pin(Path::new(PIN_DIR))?;
         }
         // Best effort: a terminal gone now must not stop the reboot (issue 17).
-        announce(
-            out,
-            &tracer.attachments,
-            &tracer.notes,
-            opts.mark.as_deref(),
-        );
-        let request = (clock::rdtsc(), clock::monotonic_ns());
-        tracer.seal(Some(request), opts.damage)?;
+        announce(out, &tracer.attachments, &tracer.notes, None);
+        // The request is stamped once exec's checks have passed: the blackout starts there.
+        let mut go = || {
+            if let Some(m) = opts.mark.as_deref() {
+                say(out, format_args!("{m}"));
+            }
+            let request = (clock::rdtsc(), clock::monotonic_ns());
+            tracer.seal(Some(request), opts.damage)
+        };
         match lock.borrow().as_ref() {
-            Some(l) => exec::exec_locked(opts.force, l)?,
-            None => exec::exec(opts.force)?,
+            Some(l) => exec::exec_locked(opts.force, l, &mut go)?,
+            None => exec::exec(opts.force, &mut go)?,
         }
         // systemd accepted `systemctl kexec`: the shutdown is under way.
         loaded.disarm();

@@ -142,6 +142,15 @@ fastkexec-staged-replaced)
 esac
 echo "FKLAB: loaded"
 sync
-echo "FKLAB: exec"
-$EXEC
+case "$EXEC" in
+"fastkexec exec"*)
+	# fastkexec prints the mark itself once its checks have passed (a staged image is read
+	# back in full first): the blackout starts there, as it does on a server.
+	$EXEC --mark "FKLAB: exec"
+	;;
+*)
+	echo "FKLAB: exec"
+	$EXEC
+	;;
+esac
 fail "$EXEC returned rc=$?"

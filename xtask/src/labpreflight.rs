@@ -83,6 +83,8 @@ pub fn parse(lines: &[(f64, String)], report: Option<&Value>) -> Option<Prefligh
             p.image_loaded = Some(v.trim().to_string());
         } else if let Some(v) = rest.strip_prefix("crash-image-loaded=") {
             p.crash_image_loaded = Some(v.trim().to_string());
+            // A chained run preflights every round: the first round's block is this run's.
+            break;
         }
     }
     let measured: Vec<&str> = report
@@ -146,6 +148,13 @@ FKLAB: preflight crash-image-loaded=no
         let report = serde_json::json!({"phases": [{"name": "trampoline", "duration_ns": 5}]});
         let p = parse(&lines(RUN), Some(&report)).expect("preflight seen");
         assert_eq!(p.contradicted, ["trampoline"]);
+    }
+
+    #[test]
+    fn a_chained_run_is_judged_by_its_first_preflight() {
+        let twice = format!("{RUN}{RUN}");
+        let p = parse(&lines(&twice), None).expect("preflight seen");
+        assert_eq!(p.phases.len(), 2);
     }
 
     #[test]
