@@ -59,8 +59,7 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 		done
 		ls /sys/fs/bpf/fastkexec | wc -l | sed 's/^/FKLAB: pinned links=/'
 		sync
-		echo "FKLAB: exec"
-		fastkexec exec --force
+		fastkexec exec --force --mark "FKLAB: exec"
 		fail "fastkexec exec returned rc=$?"
 	fi
 	sync
@@ -143,7 +142,7 @@ esac
 echo "FKLAB: loaded"
 sync
 case "$EXEC" in
-"fastkexec exec"*)
+*"fastkexec exec"*)
 	# fastkexec prints the mark itself once its checks have passed (a staged image is read
 	# back in full first): the blackout starts there, as it does on a server.
 	$EXEC --mark "FKLAB: exec"
