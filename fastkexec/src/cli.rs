@@ -186,19 +186,8 @@ pub enum ModeArg {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// The kernel: a bzImage (e.g. /boot/vmlinuz-VERSION), or a vmlinux ELF in uncompressed
-    /// mode; as kexec-tools takes it (`fastkexec load /boot/vmlinuz-X`) or with --kernel.
-    #[arg(value_name = "KERNEL", required_unless_present = "kernel_opt")]
-    kernel_pos: Option<PathBuf>,
-
-    /// The kernel, as an option (the same as the positional KERNEL).
-    #[arg(
-        long = "kernel",
-        id = "kernel_opt",
-        value_name = "PATH",
-        conflicts_with = "kernel_pos"
-    )]
-    kernel_opt: Option<PathBuf>,
+    #[command(flatten)]
+    kernel: KernelArg,
 
     /// The initramfs to hand to the new kernel.
     #[arg(long, visible_alias = "ramdisk", value_name = "PATH")]
@@ -273,13 +262,39 @@ pub enum DamageArg {
     OtherBoot,
 }
 
-impl LoadArgs {
+/// The kernel image, as kexec-tools takes it (`fastkexec load /boot/vmlinuz-X`) or with
+/// --kernel: `load`, `trace` and `prepare` share it.
+#[derive(Debug, Args)]
+pub struct KernelArg {
+    /// The kernel: a bzImage (e.g. /boot/vmlinuz-VERSION), or a vmlinux ELF in uncompressed
+    /// mode (`prepare`: a bzImage); positional as in kexec-tools, or with --kernel.
+    #[arg(value_name = "KERNEL", required_unless_present = "kernel_opt")]
+    kernel_pos: Option<PathBuf>,
+
+    /// The kernel, as an option (the same as the positional KERNEL).
+    #[arg(
+        long = "kernel",
+        id = "kernel_opt",
+        value_name = "PATH",
+        conflicts_with = "kernel_pos"
+    )]
+    kernel_opt: Option<PathBuf>,
+}
+
+impl KernelArg {
     /// The kernel, given positionally or with --kernel (clap requires exactly one).
-    pub fn kernel(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         self.kernel_pos
             .clone()
             .or_else(|| self.kernel_opt.clone())
             .unwrap_or_default()
+    }
+}
+
+impl LoadArgs {
+    /// The kernel, given positionally or with --kernel.
+    pub fn kernel(&self) -> PathBuf {
+        self.kernel.path()
     }
 
     /// Every --append/--command-line, joined in order; `None` when none was given.
@@ -289,12 +304,9 @@ impl LoadArgs {
 }
 
 impl PrepareArgs {
-    /// The bzImage, given positionally or with --kernel (clap requires exactly one).
+    /// The bzImage, given positionally or with --kernel.
     pub fn kernel(&self) -> PathBuf {
-        self.kernel_pos
-            .clone()
-            .or_else(|| self.kernel_opt.clone())
-            .unwrap_or_default()
+        self.kernel.path()
     }
 }
 
@@ -354,18 +366,8 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
-    /// The bzImage whose vmlinux to extract (positional, or with --kernel).
-    #[arg(value_name = "BZIMAGE", required_unless_present = "kernel_opt")]
-    kernel_pos: Option<PathBuf>,
-
-    /// The bzImage, as an option (the same as the positional BZIMAGE).
-    #[arg(
-        long = "kernel",
-        id = "kernel_opt",
-        value_name = "BZIMAGE",
-        conflicts_with = "kernel_pos"
-    )]
-    kernel_opt: Option<PathBuf>,
+    #[command(flatten)]
+    kernel: KernelArg,
 
     /// Cache directory; must be writable by its owner (root, or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]

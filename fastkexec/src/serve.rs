@@ -422,6 +422,31 @@ mod tests {
         assert!(Server::bind(&opts).is_ok());
     }
 
+    /// A server on a free loopback port over `state_dir`, running on its own thread until
+    /// `stop` is sent.
+    fn start(
+        state_dir: &std::path::Path,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<Result<()>>,
+    ) {
+        let server = Server::bind(&ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            allow_remote: false,
+            state_dir: state_dir.to_path_buf(),
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let t = std::thread::spawn(move || {
+            server.run_until(async {
+                let _ = stopped.await;
+            })
+        });
+        (addr, stop, t)
+    }
+
     fn request(addr: SocketAddr, req: &str) -> (String, String) {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.write_all(req.as_bytes()).unwrap();
@@ -434,19 +459,7 @@ mod tests {
     #[test]
     fn serves_fresh_metrics_on_each_scrape_and_404_elsewhere() {
         let d = tempfile::tempdir().unwrap();
-        let server = Server::bind(&ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            allow_remote: false,
-            state_dir: d.path().to_path_buf(),
-        })
-        .unwrap();
-        let addr = server.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let t = std::thread::spawn(move || {
-            server.run_until(async {
-                let _ = stopped.await;
-            })
-        });
+        let (addr, stop, t) = start(d.path());
         let (head, body) = request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(
@@ -521,19 +534,7 @@ mod tests {
     #[test]
     fn idle_connections_do_not_delay_a_scrape() {
         let d = tempfile::tempdir().unwrap();
-        let server = Server::bind(&ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            allow_remote: false,
-            state_dir: d.path().to_path_buf(),
-        })
-        .unwrap();
-        let addr = server.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let t = std::thread::spawn(move || {
-            server.run_until(async {
-                let _ = stopped.await;
-            })
-        });
+        let (addr, stop, t) = start(d.path());
         let scrape = || {
             let started = std::time::Instant::now();
             let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -585,19 +586,7 @@ mod tests {
     fn scrapes_never_move_files_or_show_paths() {
         let d = tempfile::tempdir().unwrap();
         let state = d.path().join(crate::histogram::STATE_FILE);
-        let server = Server::bind(&ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            allow_remote: false,
-            state_dir: d.path().to_path_buf(),
-        })
-        .unwrap();
-        let addr = server.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let t = std::thread::spawn(move || {
-            server.run_until(async {
-                let _ = stopped.await;
-            })
-        });
+        let (addr, stop, t) = start(d.path());
         std::fs::write(&state, "junk").unwrap();
         let (head, body) = request(addr, "GET /metrics HTTP/1.1\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -52,17 +52,23 @@ pub fn xtask_builds_without_bpf_linker() -> Result<()> {
         );
     }
     let target = scratch.join("target");
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(workspace_root())
-        .args(["build", "--locked", "--package", "xtask"])
-        .env("CARGO_HOME", &cargo_home)
-        .env("CARGO_TARGET_DIR", &target)
-        .env("PATH", &path);
-    for var in SCRUBBED {
-        build.env_remove(var);
-    }
-    output("fresh-machine guard: cargo build -p xtask", &mut build)?;
+    // `cargo build -p PACKAGE` as a fresh clone on a fresh machine would run it.
+    let fresh_build = |package: &str| {
+        let mut c = Command::new(&cargo);
+        c.current_dir(workspace_root())
+            .args(["build", "--locked", "--package", package])
+            .env("CARGO_HOME", &cargo_home)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("PATH", &path);
+        for var in SCRUBBED {
+            c.env_remove(var);
+        }
+        c
+    };
+    output(
+        "fresh-machine guard: cargo build -p xtask",
+        &mut fresh_build("xtask"),
+    )?;
     let xtask = target.join("debug").join("xtask");
     let help = output(
         "fresh-machine guard: xtask --help",
@@ -73,17 +79,7 @@ pub fn xtask_builds_without_bpf_linker() -> Result<()> {
     }
     // The other half of the shape: the user-facing build still needs the probes,
     // and says how to get bpf-linker when it is missing.
-    let mut user_build = Command::new(&cargo);
-    user_build
-        .current_dir(workspace_root())
-        .args(["build", "--locked", "--package", "fastkexec"])
-        .env("CARGO_HOME", &cargo_home)
-        .env("CARGO_TARGET_DIR", &target)
-        .env("PATH", &path);
-    for var in SCRUBBED {
-        user_build.env_remove(var);
-    }
-    let refused = user_build
+    let refused = fresh_build("fastkexec")
         .output()
         .context("fresh-machine guard: cannot start cargo build -p fastkexec")?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
