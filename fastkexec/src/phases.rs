@@ -266,13 +266,17 @@ fn at(marks: &BTreeMap<MarkId, Mark>, id: MarkId) -> Option<i128> {
     }
 }
 
-/// Tiles the timeline from the first seen phase start to [`MarkId::End`].
-/// `None` when no phase start was seen, or the end was not.
+/// Tiles the timeline from the first phase start seen before [`MarkId::End`] to the end.
+/// `None` when no phase start was seen before the end, or the end was not seen.
 pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
-    let (origin_id, origin) = PHASES
-        .iter()
-        .find_map(|d| at(marks, d.start).map(|t| (d.start, t)))?;
     let end = at(marks, MarkId::End)?;
+    // The first phase start *before the end*: a start at or after it is unseen (below), and
+    // the cursor, which begins at the origin, must never pass the end.
+    let (origin_id, origin) = PHASES.iter().find_map(|d| {
+        at(marks, d.start)
+            .filter(|&t| t < end)
+            .map(|t| (d.start, t))
+    })?;
     let mut phases: Vec<Phase> = Vec::new();
     let mut unseen = Vec::new();
     let mut cursor = origin;
@@ -596,6 +600,31 @@ mod tests {
         let mut m = full();
         m.remove(&MarkId::End);
         assert_eq!(tile(&m), None);
+    }
+
+    /// Found by the `handoff_report` fuzz target: a record whose request stamp lies after the
+    /// end of the timeline made the request the origin, the cursor started past the end, and
+    /// the next phase with its own end panicked in `clamp(start, end)` (start > end).
+    #[test]
+    fn an_origin_after_the_end_is_not_the_origin() {
+        let mut m = full();
+        m.insert(MarkId::Request, Mark::At(500_000));
+        m.insert(MarkId::End, Mark::At(450_000));
+        let t = tile(&m).unwrap();
+        check_tiles(&t);
+        assert_eq!(t.origin, MarkId::RebootEnter);
+        assert_eq!(t.total_ns, 450_000 - 3_000);
+        assert!(t.unseen.iter().any(|u| u.phase == "userspace_shutdown"));
+        // Every start after the end: no timeline, not a panic.
+        let late: BTreeMap<MarkId, Mark> = full()
+            .into_iter()
+            .map(|(id, m)| match (id, m) {
+                (MarkId::End, m) => (id, m),
+                (_, Mark::At(t)) => (id, Mark::At(t + 10_000_000)),
+                (_, m) => (id, m),
+            })
+            .collect();
+        assert_eq!(tile(&late), None);
     }
 
     #[test]
