@@ -1,9 +1,10 @@
-//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test | bench`.
+//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test | bench | fuzz`.
 
 mod apt;
 mod bench;
 mod chart;
 mod fresh;
+mod fuzz;
 mod initramfs;
 mod kernels;
 mod lab;
@@ -75,7 +76,13 @@ enum Cmd {
         #[arg(long, conflicts_with = "json")]
         from_json: Option<PathBuf>,
     },
-    /// Run every test: setup, fmt, clippy, unit tests, lab round trips
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time each; fails on a crash
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = fuzz::TEST_SECONDS_PER_TARGET)]
+        seconds: u64,
+    },
+    /// Run every test: setup, fmt, clippy, unit tests, fuzzers, lab round trips
     Test {
         /// Skip the lab boots (unit tests only)
         #[arg(long)]
@@ -204,6 +211,7 @@ fn main() -> Result<()> {
             refresh_kernels,
         }),
         Cmd::Test { no_lab, kernels } => test::run_all(&kernels, !no_lab),
+        Cmd::Fuzz { seconds } => fuzz::run_all(Duration::from_secs(seconds)).map(drop),
         Cmd::Bench {
             k,
             runs,

@@ -4,7 +4,7 @@
 use crate::lab::{self, Mode};
 use crate::labtrace::Damage;
 use crate::util::{run, step, workspace_root};
-use crate::{fresh, initramfs, kernels, setup};
+use crate::{fresh, fuzz, initramfs, kernels, setup};
 use anyhow::{bail, Result};
 use std::process::Command;
 use std::time::Duration;
@@ -111,6 +111,12 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
     )?;
     step("cargo test (unit tests)");
     run("cargo test", &mut cargo(&["test"]))?;
+    step(format!(
+        "fuzzers: {} targets, {} s each",
+        fuzz::TARGETS.len(),
+        fuzz::TEST_SECONDS_PER_TARGET
+    ));
+    fuzz::run_all(Duration::from_secs(fuzz::TEST_SECONDS_PER_TARGET))?;
     if !with_lab {
         return Ok(());
     }
