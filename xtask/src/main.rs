@@ -315,9 +315,22 @@ fn main() -> Result<()> {
                             report.error.as_deref().unwrap_or("unknown")
                         );
                     }
-                    if report.expect != lab::Expect::RefuseThenReset && !report.booted {
+                    if report.expect == lab::Expect::VerifyHalt && !report.ok {
+                        bail!(
+                            "the purgatory did not stop on the wrong checksum: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    let no_boot = [lab::Expect::RefuseThenReset, lab::Expect::VerifyHalt];
+                    if !no_boot.contains(&report.expect) && !report.booted {
                         bail!(
                             "the new kernel did not boot: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    if report.trace.as_ref().is_some_and(|t| !t.ok()) {
+                        bail!(
+                            "the traced run failed its check: {}",
                             report.error.as_deref().unwrap_or("unknown")
                         );
                     }
