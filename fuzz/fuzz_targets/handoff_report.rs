@@ -228,8 +228,15 @@ fuzz_target!(|data: &[u8]| {
     // The timeline's own promise: phases tile it, in order.
     let mut at = 0u64;
     for p in &rep.phases {
-        assert_eq!(p.start_ns, at, "phase {} does not start where the last ended", p.name);
-        at = p.start_ns.checked_add(p.duration_ns).expect("phase end overflows");
+        assert_eq!(
+            p.start_ns, at,
+            "phase {} does not start where the last ended",
+            p.name
+        );
+        at = p
+            .start_ns
+            .checked_add(p.duration_ns)
+            .expect("phase end overflows");
     }
     assert_eq!(at, rep.total_ns);
     let _ = rep.to_string();

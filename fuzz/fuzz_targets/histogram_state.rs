@@ -24,5 +24,9 @@ fuzz_target!(|data: &[u8]| {
     let again = State::parse(&json).expect("what to_json wrote parses");
     assert_eq!(again.boots(), state.boots());
     assert_eq!(again.phases().len(), state.phases().len());
-    assert_eq!(again.to_json().expect("re-encodes"), json, "round trip changed the state");
+    assert_eq!(
+        again.to_json().expect("re-encodes"),
+        json,
+        "round trip changed the state"
+    );
 });

@@ -51,14 +51,18 @@ fn server() -> SocketAddr {
 
 fuzz_target!(|data: &[u8]| {
     let mut s = TcpStream::connect(server()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     // The server may answer (and close) before it has read everything: not our concern.
     let _ = s.write_all(data);
     let _ = s.shutdown(Shutdown::Write);
     let mut answer = Vec::new();
     if let Err(e) = s.read_to_end(&mut answer) {
         assert!(
-            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
             "no answer within 5 s to a request whose sender has closed its side"
         );
         // A reset after the answer (unread request bytes) is the kernel's doing.
@@ -81,13 +85,18 @@ fuzz_target!(|data: &[u8]| {
     assert_ne!(code, 500, "a request made the scrape fail: {status}");
     let length = head.lines().skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>())
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>())
     });
     if let Some(length) = length {
         let length = length.expect("Content-Length is a number");
         let body = answer.len() - head_end - 4;
         if !data.starts_with(b"HEAD ") {
-            assert!(body >= length, "body of {body} bytes, Content-Length {length}");
+            assert!(
+                body >= length,
+                "body of {body} bytes, Content-Length {length}"
+            );
         }
     }
 });

@@ -17,9 +17,15 @@ fuzz_target!(|data: &[u8]| {
     for s in &v.segments {
         // What the loader relies on when it slices the file and places the segment.
         assert!(s.filesz <= s.memsz);
-        let end = s.file_offset.checked_add(s.filesz).expect("file range overflows");
+        let end = s
+            .file_offset
+            .checked_add(s.filesz)
+            .expect("file range overflows");
         assert!(end <= data.len() as u64, "file range past the end");
-        assert!(s.paddr.checked_add(s.memsz).is_some(), "physical range overflows");
+        assert!(
+            s.paddr.checked_add(s.memsz).is_some(),
+            "physical range overflows"
+        );
         assert!(s.phys_end() <= hi);
     }
 });
