@@ -217,6 +217,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub verify: bool,
 
+    /// Test only (the lab's verify-mismatch case): record a wrong checksum for the first
+    /// segment, so that exec must stop in the purgatory with its mismatch message.
+    #[arg(long, hide = true, requires = "verify")]
+    pub test_wrong_verify_sum: bool,
+
     /// Cache of extracted vmlinux files (uncompressed mode); must be writable by its owner (root,
     /// or you) only, else refused.
     #[arg(long, value_name = "DIR", default_value = fastkexec::prepare::DEFAULT_CACHE_DIR)]
@@ -624,7 +629,23 @@ mod tests {
             panic!("not load")
         };
         assert_eq!(a.mode, ModeArg::Uncompressed);
-        assert!(a.dry_run && a.verify);
+        assert!(a.dry_run && a.verify && !a.test_wrong_verify_sum);
+        // The lab's mismatch flag: only with --verify, and not in --help.
+        let spoil = [
+            "fastkexec",
+            "load",
+            "--kernel=/k",
+            "--test-wrong-verify-sum",
+        ];
+        assert!(Cli::try_parse_from(spoil).is_err());
+        let Command::Load(a) = parse(&[spoil.as_slice(), &["--verify"]].concat()).command else {
+            panic!("not load")
+        };
+        assert!(a.verify && a.test_wrong_verify_sum);
+        let help = Cli::try_parse_from(["fastkexec", "load", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("--verify") && !help.contains("wrong-verify"));
         assert!(
             Cli::try_parse_from(["fastkexec", "load", "--kernel", "/k", "--mode", "x"]).is_err()
         );

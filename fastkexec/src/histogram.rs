@@ -325,6 +325,18 @@ impl State {
         Ok(out)
     }
 
+    /// Parses the contents of a `state.json` as [`StateDir::read`] does, without touching any
+    /// file; `Err` says why the bytes are not a state this fastkexec can use. Pure (the fuzz
+    /// target `histogram_state` drives it).
+    pub fn parse(bytes: &[u8]) -> std::result::Result<State, String> {
+        State::from_json(bytes).map_err(|d| match d {
+            Decode::Corrupt(problem) => problem,
+            Decode::Newer(v) => {
+                format!("state format version {v}, this fastkexec reads {VERSION}")
+            }
+        })
+    }
+
     /// Parses what `to_json` wrote; `Err` says why the bytes are not a usable state.
     fn from_json(bytes: &[u8]) -> std::result::Result<State, Decode> {
         #[derive(Deserialize)]

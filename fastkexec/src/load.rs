@@ -103,6 +103,9 @@ pub struct LoadOptions {
     pub dry_run: bool,
     /// Uncompressed mode: have our purgatory verify the segments before jumping.
     pub verify: bool,
+    /// Test only (the lab's `fastkexec-verify-mismatch`): with `verify`, record a wrong
+    /// checksum for the first segment, so the purgatory must stop with its message at exec.
+    pub verify_wrong_sum_for_test: bool,
     /// Where extracted vmlinux files are cached ([`prepare::DEFAULT_CACHE_DIR`]).
     pub cache_dir: PathBuf,
     /// Root of the system to inspect (`/`; fixture trees in tests).
@@ -737,7 +740,19 @@ fn load_uncompressed(
             Err(e) => report.notes.push(format!("auto: not staged: {e}")),
         },
     }
-    let plan = segments::plan_uncompressed_with(&input, &extras.plan)?;
+    let mut plan = segments::plan_uncompressed_with(&input, &extras.plan)?;
+    if opts.verify_wrong_sum_for_test {
+        if !opts.verify {
+            return Err(Error::Plan {
+                problem: "--test-wrong-verify-sum needs --verify".into(),
+            });
+        }
+        let seg = segments::spoil_first_verify_sum(&mut plan)?;
+        report.notes.push(format!(
+            "test: the purgatory holds a wrong checksum for the segment at {seg:#x}; exec must \
+             stop in the purgatory with a checksum mismatch"
+        ));
+    }
     let specs: Vec<SegmentSpec<'_>> = plan
         .segments
         .iter()
@@ -1121,6 +1136,7 @@ mod tests {
             mode,
             dry_run: true,
             verify: false,
+            verify_wrong_sum_for_test: false,
             cache_dir: cache.to_path_buf(),
             root: root.to_path_buf(),
         }

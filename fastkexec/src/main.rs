@@ -169,6 +169,7 @@ fn load_options(args: &LoadArgs, root: &Path) -> LoadOptions {
         },
         dry_run: args.dry_run,
         verify: args.verify,
+        verify_wrong_sum_for_test: args.test_wrong_verify_sum,
         cache_dir: args.cache_dir.clone(),
         root: root.to_path_buf(),
     }

@@ -244,7 +244,7 @@ impl Tiling {
     /// Offset of a mark from the origin, when it was seen.
     pub fn offset(marks: &BTreeMap<MarkId, Mark>, origin: i128, id: MarkId) -> Option<i128> {
         match marks.get(&id) {
-            Some(Mark::At(t)) => Some(t - origin),
+            Some(Mark::At(t)) => Some(t.saturating_sub(origin)),
             _ => None,
         }
     }
@@ -266,13 +266,26 @@ fn at(marks: &BTreeMap<MarkId, Mark>, id: MarkId) -> Option<i128> {
     }
 }
 
-/// Tiles the timeline from the first seen phase start to [`MarkId::End`].
-/// `None` when no phase start was seen, or the end was not.
+/// Tiles the timeline from the first phase start seen before [`MarkId::End`] to the end.
+/// `None` when no phase start was seen before the end, or the end was not seen.
 pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
-    let (origin_id, origin) = PHASES
-        .iter()
-        .find_map(|d| at(marks, d.start).map(|t| (d.start, t)))?;
     let end = at(marks, MarkId::End)?;
+    // The first phase start *before the end*, and at most u64::MAX ns (585 years) before it: a
+    // start at or after the end is unseen (below), the cursor, which begins at the origin,
+    // must never pass the end, and every tile lies in [origin, end], so with this bound no
+    // offset or duration below overflows (marks converted by an absurd fit saturate at the
+    // ends of i128).
+    let fits = |t: i128| {
+        t < end
+            && end
+                .checked_sub(t)
+                .is_some_and(|d| d <= i128::from(u64::MAX))
+    };
+    let (origin_id, origin) = PHASES.iter().find_map(|d| {
+        at(marks, d.start)
+            .filter(|&t| fits(t))
+            .map(|t| (d.start, t))
+    })?;
     let mut phases: Vec<Phase> = Vec::new();
     let mut unseen = Vec::new();
     let mut cursor = origin;
@@ -315,10 +328,11 @@ pub fn tile(marks: &BTreeMap<MarkId, Mark>) -> Option<Tiling> {
         }
         let mut note = None;
         let s = if start < cursor {
-            if cursor - start > CLAMP_NOTE_NS {
+            let early = cursor.saturating_sub(start);
+            if early > CLAMP_NOTE_NS {
                 note = Some(format!(
                     "starts {:.3} ms before the previous phase ends by the clocks; clamped",
-                    (cursor - start) as f64 / 1e6
+                    early as f64 / 1e6
                 ));
             }
             cursor
@@ -596,6 +610,59 @@ mod tests {
         let mut m = full();
         m.remove(&MarkId::End);
         assert_eq!(tile(&m), None);
+    }
+
+    /// Found by the `handoff_report` fuzz target: a record whose request stamp lies after the
+    /// end of the timeline made the request the origin, the cursor started past the end, and
+    /// the next phase with its own end panicked in `clamp(start, end)` (start > end).
+    #[test]
+    fn an_origin_after_the_end_is_not_the_origin() {
+        let mut m = full();
+        m.insert(MarkId::Request, Mark::At(500_000));
+        m.insert(MarkId::End, Mark::At(450_000));
+        let t = tile(&m).unwrap();
+        check_tiles(&t);
+        assert_eq!(t.origin, MarkId::RebootEnter);
+        assert_eq!(t.total_ns, 450_000 - 3_000);
+        assert!(t.unseen.iter().any(|u| u.phase == "userspace_shutdown"));
+        // Every start after the end: no timeline, not a panic.
+        let late: BTreeMap<MarkId, Mark> = full()
+            .into_iter()
+            .map(|(id, m)| match (id, m) {
+                (MarkId::End, m) => (id, m),
+                (_, Mark::At(t)) => (id, Mark::At(t + 10_000_000)),
+                (_, m) => (id, m),
+            })
+            .collect();
+        assert_eq!(tile(&late), None);
+    }
+
+    /// Found by the `handoff_report` fuzz target (with overflow checks): marks converted by an
+    /// absurd clock fit saturate at the ends of i128, and the offsets overflowed.
+    #[test]
+    fn saturated_marks_do_not_overflow() {
+        let mut m = full();
+        m.insert(MarkId::RebootEnter, Mark::At(i128::MIN));
+        let t = tile(&m).unwrap();
+        check_tiles(&t);
+        assert_eq!(t.origin, MarkId::Request);
+        assert!(t.phases[1]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("clamped"));
+        assert_eq!(
+            Tiling::offset(&m, 1_000, MarkId::RebootEnter),
+            Some(i128::MIN)
+        );
+        assert_eq!(Tiling::offset(&m, i128::MIN, MarkId::End), Some(i128::MAX));
+        // An end more than 585 years after every start: no timeline, not an overflow.
+        m.insert(MarkId::End, Mark::At(i128::MAX));
+        assert_eq!(tile(&m), None);
+        m.insert(MarkId::Request, Mark::At(i128::MAX - 5));
+        let t = tile(&m).unwrap();
+        check_tiles(&t);
+        assert_eq!(t.total_ns, 5);
     }
 
     #[test]

@@ -398,7 +398,9 @@ pub fn build(inp: &Inputs) -> Report {
     let printk_tsc_signed = |ns: i128| -> Option<i128> {
         let (fit, _) = fit_for_rate?;
         let a = inp.anchor?;
-        Some(i128::from(a.tsc) - fit.ns_to_ticks(i128::from(a.printk_ns) - ns))
+        // The conversion saturates for a fit no machine makes (`now_fit` is not checked
+        // like a record's): saturate here too rather than overflow.
+        Some(i128::from(a.tsc).saturating_sub(fit.ns_to_ticks(i128::from(a.printk_ns) - ns)))
     };
     let printk_tsc = |ns: u64| printk_tsc_signed(i128::from(ns));
     // The new kernel's clock starts when it calibrates the TSC: raw sched_clock
@@ -487,7 +489,7 @@ pub fn build(inp: &Inputs) -> Report {
     let mut record = record;
     if let Ok(r) = record {
         if let (Some(p), Some(zero)) = (r.purgatory, marks.at.get(&MarkId::KernelClockZero)) {
-            let gap = zero - i128::from(p.exit_tsc);
+            let gap = zero.saturating_sub(i128::from(p.exit_tsc));
             let gap_ns = r.header.calib.ticks_to_ns(gap);
             if gap_ns > MAX_EARLY_BOOT_NS {
                 record = Err(RecordError::Stale(format!(
@@ -634,7 +636,7 @@ pub fn build(inp: &Inputs) -> Report {
     let mut ns_marks: BTreeMap<MarkId, Mark> = marks.other.clone();
     if let Some(fit) = rate {
         for (id, t) in &marks.at {
-            ns_marks.insert(*id, Mark::At(fit.ticks_to_ns(t - base)));
+            ns_marks.insert(*id, Mark::At(fit.ticks_to_ns(t.saturating_sub(base))));
         }
     }
     let tiling = phases::tile(&ns_marks);
@@ -690,7 +692,10 @@ pub fn build(inp: &Inputs) -> Report {
         to_run_init_ns: off(MarkId::RunInit),
         to_end_ns: total_ns,
         to_report_ns: rate.map(|fit| {
-            phases::ns_u64(fit.ticks_to_ns(i128::from(inp.facts.now_tsc) - base) - origin_ns)
+            phases::ns_u64(
+                fit.ticks_to_ns(i128::from(inp.facts.now_tsc).saturating_sub(base))
+                    .saturating_sub(origin_ns),
+            )
         }),
     };
     let clock = ClockInfo {
@@ -747,7 +752,10 @@ type Breakdown = (Vec<DeviceTime>, usize, Option<u64>, Vec<NotifierTime>);
 /// durations need no conversion; offsets go through the fit).
 fn breakdown(r: &Record, fit: Fit, base: i128, origin_ns: i128, top: usize) -> Breakdown {
     let offset = |e: &Event| -> u64 {
-        phases::ns_u64(fit.ticks_to_ns(fit.tsc_at(e.ts_ns) - base) - origin_ns)
+        phases::ns_u64(
+            fit.ticks_to_ns(fit.tsc_at(e.ts_ns).saturating_sub(base))
+                .saturating_sub(origin_ns),
+        )
     };
     let mut evs: Vec<&Event> = r.events.iter().collect();
     evs.sort_by_key(|e| e.ts_ns);
@@ -1114,6 +1122,39 @@ pub(crate) mod tests {
             Some((tsc(13_000_000), tsc(13_500_000))),
         )))
         .unwrap()
+    }
+
+    /// Found by the `handoff_report` fuzz target (with overflow checks): without a record the
+    /// rate comes from the fit taken now, which nothing bounds; a rate of 2^64 ticks per ns
+    /// saturates the printk → TSC conversion at i128::MIN, and `anchor − that` overflowed.
+    #[test]
+    fn an_absurd_fit_taken_now_saturates_instead_of_overflowing() {
+        let mut inp = inputs(Err(RecordError::Missing("none".into())));
+        inp.now_fit = Some(Fit {
+            tsc_a: 0,
+            ns_a: 0,
+            tsc_b: u64::MAX,
+            ns_b: 1,
+            err_ns: 0,
+        });
+        inp.anchor = Some(Anchor {
+            tsc: 5,
+            printk_ns: 0,
+            width: 1,
+        });
+        inp.kmsg.push(KmsgLine {
+            ts_us: u64::MAX,
+            text: "Run /init as init process".into(),
+        });
+        inp.kmsg.retain(|l| l.ts_us != 300_000);
+        let r = build(&inp);
+        assert_eq!(r.record.status, "missing");
+        let mut at = 0u64;
+        for p in &r.phases {
+            assert_eq!(p.start_ns, at);
+            at += p.duration_ns;
+        }
+        assert_eq!(at, r.total_ns);
     }
 
     /// Forged records that pass every checksum (they are unkeyed) with clock figures no machine

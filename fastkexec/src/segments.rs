@@ -706,6 +706,33 @@ fn boot_path(b: &BootPathInput, used: &mut Vec<PhysRange>) -> Result<BootPath> {
     })
 }
 
+/// Test only (`load --test-wrong-verify-sum`, the lab's `fastkexec-verify-mismatch`): records
+/// a wrong checksum for the first segment in the purgatory's verify table, as if that segment
+/// had changed after load, so the purgatory must stop with its mismatch message at exec.
+/// Rewriting the table is cleaner than corrupting a loaded segment: nothing but the expected
+/// sum changes, the segments the kernel copies are exactly the good ones, and no memory is
+/// written behind the kernel's back. Returns the segment's address.
+pub fn spoil_first_verify_sum(plan: &mut Plan) -> Result<u64> {
+    let fail = |problem: &str| Error::Plan {
+        problem: problem.into(),
+    };
+    let seg = plan
+        .segments
+        .iter_mut()
+        .find(|s| s.mem == plan.entry)
+        .ok_or_else(|| fail("no purgatory segment at the entry point"))?;
+    let mut purg = Purgatory::from_bytes(std::mem::take(&mut seg.data))?;
+    let mut entries = purg.verify_entries();
+    let first = entries
+        .first_mut()
+        .ok_or_else(|| fail("the verify table is empty: load with --verify"))?;
+    first.sum ^= 0x5a5a;
+    let addr = first.addr;
+    purg.set_verify(&entries)?;
+    seg.data = purg.into_bytes();
+    Ok(addr)
+}
+
 /// A second way into a planned kernel, as [`add_boot_path`] placed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtraBootPath {
@@ -1169,6 +1196,38 @@ mod tests {
             assert_eq!(e.sum, purgatory::checksum(&s.data));
             assert!(e.len >= s.data.len() as u64 && e.len <= s.memsz);
         }
+    }
+
+    #[test]
+    fn a_spoiled_verify_sum_changes_only_the_first_entry() {
+        let h = host("qemu-seabios");
+        let mut plan = plan_uncompressed(&input(&h, None)).unwrap();
+        let good = plan.clone();
+        let addr = spoil_first_verify_sum(&mut plan).unwrap();
+        let purg = |p: &Plan| {
+            Purgatory::from_bytes(p.segments.last().unwrap().data.clone())
+                .unwrap()
+                .verify_entries()
+        };
+        let (before, after) = (purg(&good), purg(&plan));
+        assert_eq!(addr, before[0].addr);
+        assert_ne!(after[0].sum, before[0].sum);
+        assert_ne!(after[0].sum, purgatory::checksum(&plan.segments[0].data));
+        assert_eq!(
+            (after[0].addr, after[0].len),
+            (before[0].addr, before[0].len)
+        );
+        assert_eq!(after[1..], before[1..]);
+        // The segments the kernel copies are the good ones.
+        assert_eq!(
+            plan.segments[..plan.segments.len() - 1],
+            good.segments[..good.segments.len() - 1]
+        );
+        // Without a verify table there is nothing to spoil.
+        let mut i = input(&h, None);
+        i.verify = false;
+        let mut plain = plan_uncompressed(&i).unwrap();
+        assert!(spoil_first_verify_sum(&mut plain).is_err());
     }
 
     #[test]

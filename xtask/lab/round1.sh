@@ -96,6 +96,20 @@ fastkexec-staged)
 	# exec's complete check of the staged image, timed in its log line.
 	EXEC="env RUST_LOG=info RUST_LOG_STYLE=never fastkexec exec --force"
 	;;
+fastkexec-uncompressed-verify)
+	fastkexec load --mode uncompressed --verify --kernel /lab/vmlinuz --cache-dir /lab/cache \
+		--initrd "$INITRD" --append "$NEXT" ||
+		fail "fastkexec load --mode uncompressed --verify failed rc=$?"
+	EXEC="fastkexec exec --force"
+	;;
+fastkexec-verify-mismatch)
+	# A wrong checksum recorded for one segment: the purgatory must print its mismatch
+	# and halt (the host stops the run at its last line).
+	fastkexec load --mode uncompressed --verify --test-wrong-verify-sum --kernel /lab/vmlinuz \
+		--cache-dir /lab/cache --initrd "$INITRD" --append "$NEXT" ||
+		fail "fastkexec load --verify --test-wrong-verify-sum failed rc=$?"
+	EXEC="fastkexec exec --force"
+	;;
 fastkexec-staged-panic)
 	# auto stages when the reservation is idle; unload removes both images.
 	fastkexec load --dry-run --kernel /lab/vmlinuz --initrd "$INITRD" --append "$NEXT" |

@@ -39,7 +39,11 @@ const TO_NEW_INIT: &str = "first line → new init";
 
 /// Lab modes that exist to test failure paths, not to be benchmarked.
 fn test_only(name: &str) -> bool {
-    name.ends_with("-panic") || name.ends_with("-replaced") || name.ends_with("-hangup")
+    name.ends_with("-panic")
+        || name.ends_with("-replaced")
+        || name.ends_with("-hangup")
+        || name.ends_with("-verify")
+        || name.ends_with("-mismatch")
 }
 
 /// Every benchmarkable lab mode, in the lab's own order.

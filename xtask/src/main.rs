@@ -1,9 +1,10 @@
-//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test | bench`.
+//! Developer tasks for fastkexec: `cargo xtask setup | lab run | lab shell | test | bench | fuzz`.
 
 mod apt;
 mod bench;
 mod chart;
 mod fresh;
+mod fuzz;
 mod initramfs;
 mod kernels;
 mod lab;
@@ -77,7 +78,13 @@ enum Cmd {
         #[arg(long, conflicts_with = "json")]
         from_json: Option<PathBuf>,
     },
-    /// Run every test: setup, fmt, clippy, unit tests, lab round trips
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time each; fails on a crash
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = fuzz::TEST_SECONDS_PER_TARGET)]
+        seconds: u64,
+    },
+    /// Run every test: setup, fmt, clippy, unit tests, fuzzers, lab round trips
     Test {
         /// Skip the lab boots (unit tests only)
         #[arg(long)]
@@ -211,6 +218,7 @@ fn main() -> Result<()> {
             refresh_kernels,
         }),
         Cmd::Test { no_lab, kernels } => test::run_all(&kernels, !no_lab),
+        Cmd::Fuzz { seconds } => fuzz::run_all(Duration::from_secs(seconds)).map(drop),
         Cmd::Bench {
             k,
             runs,
@@ -316,9 +324,22 @@ fn main() -> Result<()> {
                             report.error.as_deref().unwrap_or("unknown")
                         );
                     }
-                    if report.expect != lab::Expect::RefuseThenReset && !report.booted {
+                    if report.expect == lab::Expect::VerifyHalt && !report.ok {
+                        bail!(
+                            "the purgatory did not stop on the wrong checksum: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    let no_boot = [lab::Expect::RefuseThenReset, lab::Expect::VerifyHalt];
+                    if !no_boot.contains(&report.expect) && !report.booted {
                         bail!(
                             "the new kernel did not boot: {}",
+                            report.error.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    if report.trace.as_ref().is_some_and(|t| !t.ok()) {
+                        bail!(
+                            "the traced run failed its check: {}",
                             report.error.as_deref().unwrap_or("unknown")
                         );
                     }

@@ -39,20 +39,25 @@ pub const PYTHON_PACKAGES: &[&str] = &["hdrhistogram==0.10.8", "prometheus-clien
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-fuzz, which builds and runs the fuzz targets in `fuzz/` (libFuzzer) on the nightly
+/// toolchain.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 pub struct SetupOptions {
     pub kernels: Vec<String>,
     pub refresh_kernels: bool,
 }
 
 pub fn setup(opts: &SetupOptions) -> Result<()> {
-    apt_packages().context("setup step 1/5 (Debian packages) failed")?;
-    python_checkers().context("setup step 2/5 (Python checkers) failed")?;
-    rust_toolchains().context("setup step 3/5 (Rust toolchains) failed")?;
-    bpf_linker().context("setup step 4/5 (bpf-linker) failed")?;
+    apt_packages().context("setup step 1/6 (Debian packages) failed")?;
+    python_checkers().context("setup step 2/6 (Python checkers) failed")?;
+    rust_toolchains().context("setup step 3/6 (Rust toolchains) failed")?;
+    bpf_linker().context("setup step 4/6 (bpf-linker) failed")?;
+    cargo_fuzz().context("setup step 5/6 (cargo-fuzz) failed")?;
     // `--kernels ''` (a server that only builds fastkexec) fetches none.
     for k in opts.kernels.iter().filter(|k| !k.is_empty()) {
         let info = kernels::ensure(k, opts.refresh_kernels)
-            .with_context(|| format!("setup step 5/5 (lab kernel {k}) failed"))?;
+            .with_context(|| format!("setup step 6/6 (lab kernel {k}) failed"))?;
         step(format!(
             "kernel {}: {} ({}, {} payload, vmlinux {} MB)",
             info.name,
@@ -245,6 +250,28 @@ fn bpf_linker() -> Result<()> {
             "--no-default-features",
             "--features",
             &format!("llvm-{major}"),
+        ]),
+    )
+}
+
+fn cargo_fuzz() -> Result<()> {
+    let current = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if matches!(&current, Ok(o) if o.status.success()
+        && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
+    {
+        step(format!("cargo-fuzz {CARGO_FUZZ_VERSION}: present"));
+        return Ok(());
+    }
+    step(format!(
+        "cargo-fuzz {CARGO_FUZZ_VERSION}: installing (about a minute)"
+    ));
+    run(
+        "cargo install cargo-fuzz",
+        Command::new("cargo").args([
+            "install",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            "--locked",
+            "--force",
         ]),
     )
 }

@@ -4,7 +4,7 @@
 use crate::lab::{self, Mode};
 use crate::labtrace::Damage;
 use crate::util::{run, step, workspace_root};
-use crate::{fresh, initramfs, kernels, setup};
+use crate::{fresh, fuzz, initramfs, kernels, setup};
 use anyhow::{bail, Result};
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +16,26 @@ struct Case {
     damage: Option<Damage>,
     /// Chained kexec reboots in one VM (1: the classic two rounds).
     reboots: u32,
+    /// On QEMU's instruction clock (`--accel tcg --smp 1 --icount 0`).
+    icount: bool,
 }
+
+impl Case {
+    fn new(mode: Mode) -> Case {
+        Case {
+            mode,
+            trace: false,
+            damage: None,
+            reboots: 1,
+            icount: false,
+        }
+    }
+}
+
+/// The kernel the one-off cases run on (the README's first command boots it too): `--verify`
+/// booting, a wrong verify checksum stopping in the purgatory, and a traced staged run on the
+/// instruction clock (machine_kexec → purgatory under 1 ms).
+pub const ONE_OFF_KERNEL: &str = "6.12";
 
 /// What each kernel is tested with: every mode in LAB_MODES, a traced
 /// uncompressed and a traced staged run, and one damaged handoff record (torn on 6.1, stale
@@ -25,45 +44,37 @@ struct Case {
 /// promtool (issue 6's acceptance), and `load` and `exec` with their terminal hung up
 /// mid-way (issue 17's acceptance; Debian 12's kernel, where it was reported).
 fn cases(kernel: &str) -> Vec<Case> {
-    let mut v: Vec<Case> = LAB_MODES
-        .iter()
-        .map(|&mode| Case {
-            mode,
-            trace: false,
-            damage: None,
-            reboots: 1,
-        })
-        .collect();
+    let mut v: Vec<Case> = LAB_MODES.iter().map(|&mode| Case::new(mode)).collect();
     for mode in [Mode::FastkexecUncompressed, Mode::FastkexecStaged] {
         v.push(Case {
-            mode,
             trace: true,
-            damage: None,
-            reboots: 1,
+            ..Case::new(mode)
         });
     }
     v.push(Case {
-        mode: Mode::FastkexecUncompressed,
         trace: true,
         damage: Some(if kernel == "6.1" {
             Damage::HeaderByte
         } else {
             Damage::OtherBoot
         }),
-        reboots: 1,
+        ..Case::new(Mode::FastkexecUncompressed)
     });
     if kernel == "6.1" {
         v.push(Case {
-            mode: Mode::FastkexecUncompressed,
             trace: true,
-            damage: None,
             reboots: 3,
+            ..Case::new(Mode::FastkexecUncompressed)
         });
+        v.push(Case::new(Mode::FastkexecHangup));
+    }
+    if kernel == ONE_OFF_KERNEL {
+        v.push(Case::new(Mode::FastkexecUncompressedVerify));
+        v.push(Case::new(Mode::FastkexecVerifyMismatch));
         v.push(Case {
-            mode: Mode::FastkexecHangup,
-            trace: false,
-            damage: None,
-            reboots: 1,
+            trace: true,
+            icount: true,
+            ..Case::new(Mode::FastkexecStaged)
         });
     }
     v
@@ -118,6 +129,12 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
     )?;
     step("cargo test (unit tests)");
     run("cargo test", &mut cargo(&["test"]))?;
+    step(format!(
+        "fuzzers: {} targets, {} s each",
+        fuzz::TARGETS.len(),
+        fuzz::TEST_SECONDS_PER_TARGET
+    ));
+    fuzz::run_all(Duration::from_secs(fuzz::TEST_SECONDS_PER_TARGET))?;
     if !with_lab {
         return Ok(());
     }
@@ -126,9 +143,16 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
     let mut lines = Vec::new();
     for name in kernel_names {
         let kernel = kernels::ensure(name, false)?;
-        let accel = lab::resolve_accel(lab::Accel::Auto, &kernel, &tools)?;
+        let auto = lab::resolve_accel(lab::Accel::Auto, &kernel, &tools)?;
         for case in cases(name) {
             let mode = case.mode;
+            // The instruction clock runs on TCG with one vCPU only (lab::RunOptions::check_icount),
+            // and slower: a longer timeout.
+            let (accel, smp, secs) = if case.icount {
+                ("tcg".to_string(), 1, 600)
+            } else {
+                (auto.clone(), 2, 300)
+            };
             let opts = lab::RunOptions {
                 trace: case.trace,
                 trace_damage: case.damage,
@@ -136,11 +160,12 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
                 // A kexec-tools reboot leaves no record: the boot-time unit must still end
                 // well and publish a valid textfile.
                 unit: case.mode == Mode::KexecToolsL,
+                icount: case.icount.then_some(0),
                 ..lab::RunOptions::new(
                     mode,
-                    Duration::from_secs(300 * u64::from(case.reboots)),
+                    Duration::from_secs(secs * u64::from(case.reboots)),
                     "2G",
-                    2,
+                    smp,
                 )
             };
             let initrd = if opts.chained() {
@@ -163,13 +188,9 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
             }
             let line = lab::summary_line(&r);
             println!("{line}");
-            // A traced run must also agree with the host stopwatch (5 % or
-            // 20 ms): two clocks measuring one span, a check of the clock
-            // math, not a speed requirement.
-            let clocks_agree = !case.trace
-                || case.damage.is_some()
-                || r.trace.as_ref().and_then(|t| t.within_tolerance) == Some(true);
-            if r.ok && clocks_agree {
+            // `ok` covers a traced run's agreement with the host stopwatch too (the total
+            // and the phase boundaries the serial log places: labtrace::TraceCheck::ok).
+            if r.ok {
                 passed += 1;
                 lines.push(format!("PASS {line}"));
             } else {
@@ -192,4 +213,28 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
         bail!("{failed} lab run(s) failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_off_cases_run_once_on_one_kernel() {
+        let count = |k: &str, f: &dyn Fn(&Case) -> bool| cases(k).iter().filter(|c| f(c)).count();
+        for k in ["6.1", "6.12", "7.x"] {
+            let one = usize::from(k == ONE_OFF_KERNEL);
+            assert_eq!(
+                count(k, &|c| c.mode == Mode::FastkexecUncompressedVerify),
+                one
+            );
+            assert_eq!(count(k, &|c| c.mode == Mode::FastkexecVerifyMismatch), one);
+            assert_eq!(
+                count(k, &|c| c.icount
+                    && c.trace
+                    && c.mode == Mode::FastkexecStaged),
+                one
+            );
+        }
+    }
 }
