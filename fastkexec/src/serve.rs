@@ -456,6 +456,17 @@ mod tests {
         (head.to_string(), body.to_string())
     }
 
+    /// Found by the serve_http fuzz target: an HTTP/1.0 request is answered in HTTP/1.0.
+    #[test]
+    fn an_http_1_0_request_gets_a_well_formed_1_0_answer() {
+        let d = tempfile::tempdir().unwrap();
+        let (addr, stop, t) = start(d.path());
+        let (head, _) = request(addr, "HEAD /metr;ics?x=1 HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 404 "), "{head}");
+        stop.send(()).unwrap();
+        t.join().unwrap().unwrap();
+    }
+
     #[test]
     fn serves_fresh_metrics_on_each_scrape_and_404_elsewhere() {
         let d = tempfile::tempdir().unwrap();

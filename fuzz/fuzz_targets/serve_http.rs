@@ -2,7 +2,7 @@
 //! connection (then it closes its side), answered by the real server (`serve::Server`, bound
 //! once on 127.0.0.1:0 in this process, so its code is instrumented too) over a state
 //! holding three folded boots. Whatever parses the request (the hand-written parser, or a
-//! library in its place), the answer must be one well-formed HTTP/1.1 response, never a
+//! library in its place), the answer must be one well-formed HTTP/1.x response, never a
 //! 500 (the state is fine: a request cannot make the scrape fail), and it must come.
 //! Seeds: `fuzz/seeds/serve_http` (scrapes, HEAD, other methods and paths, broken heads).
 #![no_main]
@@ -76,8 +76,11 @@ fuzz_target!(|data: &[u8]| {
         .expect("the answer has a complete head");
     let head = std::str::from_utf8(&answer[..head_end]).expect("the head is text");
     let status = head.lines().next().unwrap_or("");
+    // An HTTP/1.0 request gets an HTTP/1.0 answer (RFC 9110 §6.2: a server answers with a
+    // version it supports that the client's major version allows); both are well-formed.
     let code = status
         .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status.strip_prefix("HTTP/1.0 "))
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse::<u16>().ok())
         .unwrap_or_else(|| panic!("bad status line {status:?}"));
