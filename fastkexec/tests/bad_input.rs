@@ -13,23 +13,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            fs::create_dir_all(&dest).unwrap();
-            copy_tree(&entry.path(), &dest);
-        } else {
-            fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Every regular file and symlink under `dir` with its bytes (links: their target), and
 /// every directory: what "nothing changed" compares. FIFOs are listed, never opened.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -66,6 +49,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 use std::os::unix::ffi::OsStringExt;
+
+mod common;
+use common::{copy_tree, fixtures};
 
 fn mkfifo(p: &Path) {
     let st = Command::new("mkfifo").arg(p).status().expect("mkfifo(1)");

@@ -25,13 +25,12 @@ use fastkexec::clock::{self, Fit};
 use fastkexec::handoff::{self, HeaderInfo};
 use fastkexec::histogram::{fold_boot, Boot, Phase};
 
+mod common;
+use common::{copy_tree, fixtures};
+
 /// `exit::OUTPUT_LOST` in the binary (sysexits' EX_IOERR).
 const EXIT_OUTPUT_LOST: i32 = 74;
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -299,19 +298,6 @@ fn fixture_machine(work: &Path) {
     let root = work.join("machine");
     for from in ["status/plain", "host/qemu-seabios"] {
         copy_tree(&fixtures().join(from), &root);
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), dest).unwrap();
-        }
     }
 }
 

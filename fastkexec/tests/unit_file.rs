@@ -2,8 +2,11 @@
 //! binary and systemd's own checker.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+mod common;
+use common::fixtures;
 
 fn unit_text() -> String {
     let unit =
@@ -15,10 +18,6 @@ fn values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines()
         .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .collect()
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// A boot without a record (a cold boot, a kexec-tools reboot) must not put the unit in
