@@ -2061,6 +2061,13 @@ mod tests {
         assert!(e.contains("not a staged-mode record"), "{e}");
     }
 
+    /// Writes the record `load` leaves for a planned staged image of the test host.
+    fn write_planned_record(root: &Path) {
+        let h = host();
+        let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
+        write_state(root, &StagedState::new(&p, Path::new("k"), None, "", None)).unwrap();
+    }
+
     #[test]
     fn pre_exec_check_without_a_record_is_a_plain_exec_and_unloaded_crash_refuses() {
         let root = tempfile::tempdir().unwrap();
@@ -2068,13 +2075,7 @@ mod tests {
             check_before_exec(root.path(), Depth::Complete).unwrap(),
             PreExec::NotStaged
         );
-        let h = host();
-        let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
-        write_state(
-            root.path(),
-            &StagedState::new(&p, Path::new("k"), None, "", None),
-        )
-        .unwrap();
+        write_planned_record(root.path());
         // No kcore in this tree: unverified (the trampoline still checks).
         assert!(matches!(
             check_before_exec(root.path(), Depth::Complete).unwrap(),
@@ -2206,13 +2207,7 @@ mod tests {
         // On a machine: a record and a crash image that can be checked (no kcore here:
         // unverified, i.e. unloaded as ours). The unload itself needs kexec; the record goes.
         let root = tempfile::tempdir().unwrap();
-        let h = host();
-        let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
-        write_state(
-            root.path(),
-            &StagedState::new(&p, Path::new("k"), None, "", None),
-        )
-        .unwrap();
+        write_planned_record(root.path());
         let f = root.path().join("sys/kernel/kexec_crash_loaded");
         fs::create_dir_all(f.parent().unwrap()).unwrap();
         fs::write(&f, "0\n").unwrap();
