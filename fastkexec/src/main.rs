@@ -93,7 +93,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(())
         }
         Command::Status(args) => {
-            let st = status::status(&cli.root)?;
+            let st = status::with_tracer(&cli.root)?;
             let printed = if args.json {
                 out::json(&st)
             } else {

@@ -58,8 +58,10 @@ pub struct Status {
     /// Whether this kernel's own kexec_file_load avoids the relocation copy.
     pub kernel_native: KernelNative,
     /// What the tracer needs (BPF, BTF, kprobes, tracefs, bpffs) and how each probe point
-    /// would attach here.
-    pub tracing: crate::tracing_support::TracingSupport,
+    /// would attach here: only `fastkexec status` asks ([`with_tracer`]), since reading it
+    /// (the kernel's BTF, kallsyms) costs time `load` and `exec` need not spend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::tracing_support::TracingSupport>,
     /// Files that could not be read, and other remarks.
     pub notes: Vec<String>,
 }
@@ -225,6 +227,13 @@ pub struct Modes {
 }
 
 /// Reads the kexec status of the system mounted at `root` (`/` for this machine).
+/// [`status`] and the tracer's half: what `fastkexec status` shows.
+pub fn with_tracer(root: &Path) -> Result<Status> {
+    let mut st = status(root)?;
+    st.tracing = Some(crate::tracing_support::read(root));
+    Ok(st)
+}
+
 pub fn status(root: &Path) -> Result<Status> {
     let mut st = Status::default();
     let mut notes = Vec::new();
@@ -320,7 +329,6 @@ pub fn status(root: &Path) -> Result<Status> {
         cma_total_kb,
         default_cma_area,
     );
-    st.tracing = crate::tracing_support::read(root);
     st.notes = notes;
     Ok(st)
 }
@@ -715,32 +723,33 @@ impl fmt::Display for Status {
             },
             self.kernel_native.detail
         )?;
-        let t = &self.tracing;
-        for (name, fac) in [
-            ("BPF", &t.bpf),
-            ("BTF", &t.btf),
-            ("kprobes", &t.kprobes),
-            ("tracefs", &t.tracefs),
-            ("bpffs", &t.bpffs),
-        ] {
-            writeln!(
-                f,
-                "tracer {name:<8}      {}: {}",
-                if fac.available { "yes" } else { "NO" },
-                fac.detail
-            )?;
-        }
-        for p in &t.probes {
-            writeln!(
-                f,
-                "  probe {:<22} {}{}",
-                p.function,
-                p.how,
-                p.why
-                    .as_deref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default()
-            )?;
+        if let Some(t) = &self.tracing {
+            for (name, fac) in [
+                ("BPF", &t.bpf),
+                ("BTF", &t.btf),
+                ("kprobes", &t.kprobes),
+                ("tracefs", &t.tracefs),
+                ("bpffs", &t.bpffs),
+            ] {
+                writeln!(
+                    f,
+                    "tracer {name:<8}      {}: {}",
+                    if fac.available { "yes" } else { "NO" },
+                    fac.detail
+                )?;
+            }
+            for p in &t.probes {
+                writeln!(
+                    f,
+                    "  probe {:<22} {}{}",
+                    p.function,
+                    p.how,
+                    p.why
+                        .as_deref()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                )?;
+            }
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
