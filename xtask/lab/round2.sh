@@ -19,6 +19,11 @@ if [ "$DISK" = 1 ]; then
 	FOLD=
 fi
 if [ "$TRACE" = 1 ]; then
+	# Kernel messages on the console would land inside the table, the picture or the JSON
+	# (seen: a late "tsc: Refined TSC clocksource" line under --icount); they still reach the
+	# log `report` reads. The console level comes back before anything else runs.
+	CONSOLE_LEVEL=$(cut -f1 /proc/sys/kernel/printk)
+	dmesg -n 1
 	fastkexec report --no-fold --until-kmsg "FKLAB: new-init" --svg /tmp/timeline.svg
 	if [ -s /tmp/timeline.svg ]; then
 		echo "FKLAB: svg-begin"
@@ -32,6 +37,7 @@ if [ "$TRACE" = 1 ]; then
 	echo "FKLAB: report-end rc=$?"
 	# What the JSON run said on stderr (e.g. why a fold failed), after the markers.
 	sed 's/^/FKLAB: report-stderr /' /tmp/report.err
+	dmesg -n "$CONSOLE_LEVEL"
 fi
 if [ "$(arg fklab.unit)" = 1 ]; then
 	# contrib/systemd/fastkexec-report.service's logic, as systemd would run it (labunit.rs).
