@@ -31,10 +31,9 @@ use serde::Serialize;
 use crate::files::input::{self, Input};
 use crate::files::lock::KexecLock;
 use crate::host::status::{self, Status};
+use crate::image::{Extract, KernelImage, Origin};
 use crate::kexec::{self, Call, SegmentSpec};
-use crate::{
-    host::hostinfo, image::bzimage, image::prepare, image::vmlinux, plan::segments, staged,
-};
+use crate::{host::hostinfo, plan::segments, staged};
 use crate::{Error, Result};
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 including the NUL; a vmlinux carries no
@@ -108,7 +107,7 @@ pub struct LoadOptions {
     /// Test only (the lab's `fastkexec-verify-mismatch`): with `verify`, record a wrong
     /// checksum for the first segment, so the purgatory must stop with its message at exec.
     pub verify_wrong_sum_for_test: bool,
-    /// Where extracted vmlinux files are cached ([`prepare::DEFAULT_CACHE_DIR`]).
+    /// Where extracted vmlinux files are cached ([`crate::image::prepare::DEFAULT_CACHE_DIR`]).
     pub cache_dir: PathBuf,
     /// Root of the system to inspect (`/`; fixture trees in tests).
     pub root: PathBuf,
@@ -413,24 +412,28 @@ pub struct LoadExtras {
     pub phys_delta: i64,
 }
 
-/// [`load`] with the tracer's [`LoadExtras`]. A real load holds the kexec lock
-/// ([`KexecLock`]) from before it looks at what is loaded until the record is written; a dry
-/// run changes nothing and takes none.
+/// [`load`] with the tracer's [`LoadExtras`]: opens `opts.kernel` (read once) and loads it.
 pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
-    if opts.dry_run {
-        return load_inner(opts, extras);
-    }
-    let lock = KexecLock::acquire(&opts.root, "load")?;
-    load_locked(opts, extras, &lock)
+    let mut image = KernelImage::open(&opts.kernel)?;
+    load_image(opts, &mut image, extras, None)
 }
 
-/// [`load_with`] for a caller that already holds the kexec lock (`trace`).
-pub fn load_locked(
+/// Loads an already opened kernel image (`opts.kernel` must name it); the vmlinux it may already
+/// carry (`trace` made it to learn the kernel's footprint) is used as is. A real load holds the
+/// kexec lock ([`KexecLock`]) from before it looks at what is loaded until the record is
+/// written: `lock` when the caller holds it already, else taken here; a dry run changes nothing
+/// and takes none.
+pub fn load_image(
     opts: &LoadOptions,
+    image: &mut KernelImage,
     extras: &LoadExtras,
-    _lock: &KexecLock,
+    lock: Option<&KexecLock>,
 ) -> Result<LoadReport> {
-    load_inner(opts, extras)
+    if opts.dry_run || lock.is_some() {
+        return load_inner(opts, image, extras);
+    }
+    let _lock = KexecLock::acquire(&opts.root, "load")?;
+    load_inner(opts, image, extras)
 }
 
 /// Whether this process may not even look at `path` (a dry run as a user, with root's 0700
@@ -439,7 +442,11 @@ fn permission_denied(path: &Path) -> bool {
     matches!(fs::File::open(path), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
-fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
+fn load_inner(
+    opts: &LoadOptions,
+    image: &mut KernelImage,
+    extras: &LoadExtras,
+) -> Result<LoadReport> {
     let t0 = Instant::now();
     let mut timings = Vec::new();
     let status = status::status(&opts.root)?;
@@ -457,32 +464,9 @@ fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
         staged::read_state(&opts.root)?
     };
 
-    // One descriptor for the kernel: the header parsed here, the payload extracted and (file
-    // mode) what the kernel reads all come from the same file.
-    let kernel_in = input::open(
-        &opts.kernel,
-        "the kernel image",
-        input::MAX_KERNEL_SIZE,
-        input::MAX_KERNEL_WHY,
-    )?;
-    let kernel_bytes = kernel_in.read_all(
-        &opts.kernel,
-        "the kernel image",
-        input::MAX_KERNEL_SIZE,
-        input::MAX_KERNEL_WHY,
-    )?;
-    let is_bz = bzimage::is_bzimage(&kernel_bytes);
-    if !is_bz && !vmlinux::is_elf(&kernel_bytes) {
-        return Err(Error::UnsupportedImage {
-            path: opts.kernel.clone(),
-            problem: "neither a bzImage (no \"HdrS\" setup header) nor a vmlinux ELF".into(),
-        });
-    }
-    let header = if is_bz {
-        Some(bzimage::parse_setup_header(&opts.kernel, &kernel_bytes)?)
-    } else {
-        None
-    };
+    // One descriptor for the kernel (opened by the caller): the header parsed there, the
+    // payload extracted and (file mode) what the kernel reads all come from the same file.
+    let is_bz = image.is_bzimage();
 
     let (mut cmdline, cmdline_dropped) = build_cmdline(&opts.cmdline, &opts.root)?;
     if let Some(extra) = extras.cmdline_append.as_deref().filter(|s| !s.is_empty()) {
@@ -499,7 +483,7 @@ fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
         LoadMode::Staged => &status.modes.staged.caveats,
     };
     notes.extend(caveats.iter().cloned());
-    check_cmdline_len(&cmdline, mode, header.as_ref().map(|h| h.cmdline_size))?;
+    check_cmdline_len(&cmdline, mode, image.header().map(|h| h.cmdline_size))?;
     if !opts.dry_run && !status.privilege.can_kexec() {
         return Err(Error::NotPrivileged {
             action: "loading a kernel",
@@ -567,12 +551,11 @@ fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
         ));
     }
     match mode {
-        LoadMode::File => load_file(opts, &kernel_in.file, &status, &mut report)?,
+        LoadMode::File => load_file(opts, image.file(), &status, &mut report)?,
         LoadMode::Uncompressed | LoadMode::Staged => load_uncompressed(
             opts,
             &status,
-            &kernel_bytes,
-            header.as_ref(),
+            image,
             staging,
             extras,
             staged_before.is_some(),
@@ -660,41 +643,37 @@ enum Staging {
 fn load_uncompressed(
     opts: &LoadOptions,
     status: &Status,
-    kernel_bytes: &[u8],
-    header: Option<&bzimage::SetupHeader>,
+    image: &mut KernelImage,
     staging: Staging,
     extras: &LoadExtras,
     staged_before: bool,
     report: &mut LoadReport,
 ) -> Result<()> {
     let t = Instant::now();
-    let (vmlinux_path, vmlinux_bytes) = if header.is_some() {
-        if opts.dry_run {
-            // A dry run writes nothing, so the cache is neither filled nor trusted blindly:
-            // extract in memory (what `prepare` would cache).
-            let extracted = bzimage::extract_vmlinux(&opts.kernel, kernel_bytes)?;
-            report.compression = Some(extracted.compression.to_string());
+    // A dry run writes nothing, so the cache is neither filled nor trusted blindly: it
+    // extracts in memory (what `prepare` would cache).
+    let how = if opts.dry_run {
+        Extract::InMemory
+    } else {
+        Extract::Cache(&opts.cache_dir)
+    };
+    let kernel = image.loadable(how)?.clone();
+    match kernel.origin {
+        Origin::File => report.vmlinux = Some(kernel.path.clone()),
+        Origin::Cache { hit, compression } => {
+            report.vmlinux = Some(kernel.path.clone());
+            report.compression = Some(compression.to_string());
+            report.cache_hit = Some(hit);
+        }
+        Origin::Memory { compression } => {
+            report.compression = Some(compression.to_string());
             report.notes.push(
                 "dry run: the vmlinux was extracted in memory; a real load caches it (see \
                  `fastkexec prepare`)"
                     .into(),
             );
-            (opts.kernel.clone(), extracted.vmlinux)
-        } else {
-            // The bytes already read (not the path again), and the vmlinux `prepare` verified
-            // (not a second read of the cache file).
-            let prepared = prepare::prepare_image(&opts.kernel, kernel_bytes, &opts.cache_dir)?;
-            report.compression = Some(prepared.compression.to_string());
-            report.cache_hit = Some(prepared.cached);
-            (prepared.vmlinux, prepared.vmlinux_bytes)
         }
-    } else {
-        (opts.kernel.clone(), kernel_bytes.to_vec())
-    };
-    if !(opts.dry_run && header.is_some()) {
-        report.vmlinux = Some(vmlinux_path.clone());
     }
-    vmlinux::parse_vmlinux(&vmlinux_path, &vmlinux_bytes)?;
     report.lap("prepare", t);
 
     let t = Instant::now();
@@ -702,16 +681,16 @@ fn load_uncompressed(
         Some(p) => {
             let (f, max, why) = open_initrd(p, &opts.root)?;
             report.initrd_size = Some(f.len);
-            Some((p.as_path(), f.read_all(p, "the initrd", max, &why)?))
+            let bytes = bytes::Bytes::from(f.read_all(p, "the initrd", max, &why)?);
+            Some((p.as_path(), bytes))
         }
         None => None,
     };
     let host = hostinfo::read(&opts.root)?;
     let input = segments::UncompressedInput {
-        vmlinux_path: &vmlinux_path,
-        vmlinux: &vmlinux_bytes,
-        setup_header: header,
-        initrd: initrd.as_ref().map(|(p, b)| (*p, b.as_slice())),
+        kernel: &kernel,
+        setup_header: image.header(),
+        initrd: initrd.as_ref().map(|(p, b)| (*p, b)),
         cmdline: &report.cmdline,
         host: &host,
         reserved: extras.reserved.clone(),
@@ -1360,6 +1339,51 @@ mod tests {
         assert!(text.contains("trampoline"), "{text}");
         assert_eq!(serde_json::to_value(&r).unwrap()["mode"], "staged");
         assert_eq!(files_under(cache.path()), 0);
+    }
+
+    /// Issue 12: one load reads the bzImage once, parses its setup header once and the vmlinux
+    /// ELF once, in uncompressed and staged mode, dry run (extracted in memory) or through the
+    /// cache (a miss, then a hit), and when the caller (`trace`) made the vmlinux first.
+    #[test]
+    fn one_load_reads_and_parses_the_kernel_once() {
+        use crate::image::{count, Extract, KernelImage};
+        let counted = |f: &mut dyn FnMut()| {
+            let before = count::get();
+            f();
+            let after = count::get();
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let plain = machine("plain");
+        let staged = machine_with_reservation(false);
+        for (root, mode) in [
+            (&plain, Mode::Uncompressed),
+            (&staged, Mode::Staged),
+            (&staged, Mode::Auto),
+        ] {
+            let o = opts(root.path(), "bzImage-tiny.zstd", mode, cache.path());
+            let n = counted(&mut || {
+                load(&o).unwrap();
+            });
+            assert_eq!(n, (1, 1, 1), "dry run, {mode:?}: (reads, headers, ELFs)");
+            // As `trace` does: the vmlinux made from the cache first (a miss, then a hit),
+            // the load then uses it.
+            for hit in [false, true] {
+                let n = counted(&mut || {
+                    let mut image = KernelImage::open(&o.kernel).unwrap();
+                    let k = image.loadable(Extract::Cache(cache.path())).unwrap();
+                    assert_eq!(
+                        k.origin,
+                        crate::image::Origin::Cache {
+                            hit: hit || mode != Mode::Uncompressed,
+                            compression: crate::image::decompress::Compression::Zstd
+                        }
+                    );
+                    load_image(&o, &mut image, &LoadExtras::default(), None).unwrap();
+                });
+                assert_eq!(n, (1, 1, 1), "cache, {mode:?}: (reads, headers, ELFs)");
+            }
+        }
     }
 
     #[test]

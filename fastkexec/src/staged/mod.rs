@@ -47,7 +47,6 @@ use crate::files::atomic_file;
 use crate::host::e820::{self, E820Entry, E820Type, HoleRequest, PhysRange};
 use crate::host::hostinfo::HostBootInfo;
 use crate::host::status::{self, CrashRange, Status};
-use crate::image::vmlinux;
 use crate::kexec::{self, Call, SegmentSpec};
 use crate::plan::segments::{self, ExtraBootPath, Plan, PlanExtras, Segment, UncompressedInput};
 
@@ -245,7 +244,7 @@ impl StagedHeader {
         let mut sampled = Vec::new();
         for s in segments {
             if s.memsz <= SAMPLE_THRESHOLD {
-                let mut padded = s.data.clone();
+                let mut padded = s.data.to_vec();
                 padded.resize(usize::try_from(s.memsz).unwrap_or(0).max(s.data.len()), 0);
                 full.push(VerifyEntry::for_data(s.mem, &padded));
             } else {
@@ -537,7 +536,7 @@ pub fn plan_staged(
             problem: format!("the reservation {res} is not RAM in the firmware memory map"),
         });
     }
-    let vm = vmlinux::parse_vmlinux(input.vmlinux_path, input.vmlinux)?;
+    let vm = &input.kernel.elf;
     let initrd = match input.initrd {
         Some((_, b)) => page_up(b.len() as u64)?,
         None => 0,
@@ -583,7 +582,7 @@ pub fn plan_staged(
         suggest_mib: (res.len() >> 20) + 64,
     })?;
     crash.segments.push(Segment {
-        data: bytes,
+        data: bytes.into(),
         mem: header_addr,
         memsz: header_memsz,
         what: "staged header (nonce, checks)".into(),
@@ -646,7 +645,7 @@ pub fn plan_staged(
     let t_memsz = page_up(t_bytes.len() as u64)?;
     let t_addr = place_outside(host, res, &reserved, t_memsz)?;
     let trampoline = Segment {
-        data: t_bytes,
+        data: t_bytes.into(),
         mem: t_addr,
         memsz: t_memsz,
         what: "trampoline (checks the staged image, then enters it)".into(),
@@ -1399,6 +1398,8 @@ mod tests {
         FAIL_HEADER, FAIL_HEADER_SUM, FAIL_NONCE, FAIL_RANGE_SUM, FAIL_SAMPLE,
     };
     use crate::host::hostinfo;
+    use crate::image::Loadable;
+    use bytes::Bytes;
     use std::collections::BTreeMap;
 
     const TINY: &[u8] = include_bytes!(concat!(
@@ -1418,12 +1419,21 @@ mod tests {
         h
     }
 
+    /// A test's vmlinux or initrd, kept for the whole test run (plans borrow them).
+    fn leak_kernel(bytes: &[u8]) -> &'static Loadable {
+        let k = Loadable::from_elf(Path::new("vmlinux-tiny.elf"), Bytes::copy_from_slice(bytes));
+        Box::leak(Box::new(k.unwrap()))
+    }
+
+    fn leak_bytes(bytes: &[u8]) -> &'static Bytes {
+        Box::leak(Box::new(Bytes::copy_from_slice(bytes)))
+    }
+
     fn input<'a>(h: &'a HostBootInfo, initrd: Option<&'a [u8]>) -> UncompressedInput<'a> {
         UncompressedInput {
-            vmlinux_path: Path::new("vmlinux-tiny.elf"),
-            vmlinux: TINY,
+            kernel: leak_kernel(TINY),
             setup_header: None,
-            initrd: initrd.map(|b| (Path::new("initrd.img"), b)),
+            initrd: initrd.map(|b| (Path::new("initrd.img"), leak_bytes(b))),
             cmdline: "console=ttyS0 crashkernel=256M root=/dev/vda",
             host: h,
             reserved: Vec::new(),
@@ -1447,7 +1457,7 @@ mod tests {
         fn of(segments: &[Segment]) -> Self {
             let mut m = BTreeMap::new();
             for s in segments {
-                let mut d = s.data.clone();
+                let mut d = s.data.to_vec();
                 d.resize(s.memsz as usize, 0);
                 m.insert(s.mem, d);
             }
@@ -1571,13 +1581,13 @@ mod tests {
     fn header_round_trips_and_lays_out_as_documented() {
         let segs = vec![
             Segment {
-                data: vec![0x11; 5000],
+                data: vec![0x11; 5000].into(),
                 mem: 0x6500_0000,
                 memsz: 0x2_0000,
                 what: "big".into(),
             },
             Segment {
-                data: vec![0x22; 100],
+                data: vec![0x22; 100].into(),
                 mem: 0x7400_0000,
                 memsz: 0x1000,
                 what: "small".into(),
@@ -1634,7 +1644,7 @@ mod tests {
         // Entries: crash image → panic purgatory; trampoline → normal purgatory.
         assert_eq!(p.crash_entry, p.panic.purgatory_addr);
         assert_ne!(p.crash_entry, p.crash.entry);
-        let t = Trampoline::from_bytes(p.trampoline.data.clone()).unwrap();
+        let t = Trampoline::from_bytes(p.trampoline.data.to_vec()).unwrap();
         assert_eq!(t.target(), p.crash.entry);
         assert_eq!(t.header(), (p.header.addr, p.header.len, p.header.sum));
         assert_eq!(t.nonce(), opts().nonce);
@@ -1655,7 +1665,7 @@ mod tests {
             .iter()
             .find(|s| s.mem == purgatory_addr)
             .unwrap();
-        let purg = purgatory::Purgatory::from_bytes(seg.data.clone()).unwrap();
+        let purg = purgatory::Purgatory::from_bytes(seg.data.to_vec()).unwrap();
         assert_eq!(purg.entry(), p.crash.summary.kernel_entry);
         p.crash.read_phys(purg.boot_params(), 4096).unwrap()
     }
@@ -1748,7 +1758,7 @@ mod tests {
         let mut o = opts();
         o.trampoline_tsc_out = page + 1296;
         let p = plan_staged(&inp, &extras, &o).unwrap();
-        let t = Trampoline::from_bytes(p.trampoline.data.clone()).unwrap();
+        let t = Trampoline::from_bytes(p.trampoline.data.to_vec()).unwrap();
         assert_eq!(t.tsc_out(), page + 1296);
         assert!(!PhysRange::from_len(p.trampoline.mem, p.trampoline.memsz)
             .overlaps(&PhysRange::from_len(page, 4096)));
@@ -2108,7 +2118,7 @@ mod tests {
         assert_eq!(check_segments(&st.segments, &mut mem).unwrap(), Ok(total));
         // The streamed sum is the purgatory's.
         for (seg, sum) in p.crash.segments.iter().zip(&st.segments) {
-            let mut padded = seg.data.clone();
+            let mut padded = seg.data.to_vec();
             padded.resize(sum.len as usize, 0);
             assert_eq!(purgatory::checksum(&padded), sum.sum);
         }
