@@ -648,15 +648,7 @@ fn load_uncompressed(
              stop in the purgatory with a checksum mismatch"
         ));
     }
-    let specs: Vec<SegmentSpec<'_>> = plan
-        .segments
-        .iter()
-        .map(|s| SegmentSpec {
-            data: &s.data,
-            mem: s.mem,
-            memsz: s.memsz,
-        })
-        .collect();
+    let specs: Vec<SegmentSpec<'_>> = plan.segments.iter().map(segments::Segment::spec).collect();
     kexec::validate_segments(plan.entry, &specs)?;
     report.plan = Some(plan.to_string());
     report.syscall = format!(

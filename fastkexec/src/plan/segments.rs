@@ -32,6 +32,8 @@ use crate::plan::bootparams::{
     self, EfiHandoff, SetupData, ZeroPageInput, E820_MAX_ZERO_PAGE, SETUP_DATA_HEADER_SIZE,
 };
 
+use crate::kexec::validate::check_list;
+use crate::kexec::SegmentSpec;
 pub use crate::kexec::{KEXEC_SEGMENT_MAX, PAGE_SIZE};
 use crate::plan::page_up;
 /// Lowest address for anything we place ourselves.
@@ -56,6 +58,15 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// What `kexec_load` is given for it.
+    pub fn spec(&self) -> SegmentSpec<'_> {
+        SegmentSpec {
+            data: &self.data,
+            mem: self.mem,
+            memsz: self.memsz,
+        }
+    }
+
     pub fn range(&self) -> PhysRange {
         PhysRange::from_len(self.mem, self.memsz)
     }
@@ -583,37 +594,25 @@ fn largest(free: &[PhysRange]) -> String {
         .map_or("none".to_string(), |r| format!("{r} ({})", human(r.len())))
 }
 
-/// The rules the kernel's `sanity_check_segment_list` applies, plus ours:
-/// page alignment, data within memsz, no overlaps, inside RAM, clear of the
-/// reserved ranges, at most 16 segments.
+/// The kernel's rules for the list ([`crate::kexec::validate::check_list`], the one place they
+/// live) plus ours: no empty segment, every segment inside RAM and clear of the reserved
+/// ranges.
 pub fn validate(
     segments: &[Segment],
     map: &[e820::E820Entry],
     reserved: &[PhysRange],
 ) -> Result<()> {
-    if segments.len() > KEXEC_SEGMENT_MAX {
-        return Err(Error::TooManySegments {
-            count: segments.len(),
-            max: KEXEC_SEGMENT_MAX,
-        });
-    }
+    let specs: Vec<SegmentSpec<'_>> = segments.iter().map(Segment::spec).collect();
+    check_list(&specs, &|i| {
+        format!(
+            "{} at {:#x}+{:#x}",
+            segments[i].what, segments[i].mem, segments[i].memsz
+        )
+    })?;
     for s in segments {
-        if s.mem % PAGE_SIZE != 0 || s.memsz % PAGE_SIZE != 0 || s.memsz == 0 {
+        if s.memsz == 0 {
             return Err(Error::Plan {
-                problem: format!(
-                    "{} at {:#x} size {:#x} is not page aligned",
-                    s.what, s.mem, s.memsz
-                ),
-            });
-        }
-        if s.data.len() as u64 > s.memsz || s.mem.checked_add(s.memsz).is_none() {
-            return Err(Error::Plan {
-                problem: format!(
-                    "{} carries {} bytes in a {:#x}-byte segment",
-                    s.what,
-                    s.data.len(),
-                    s.memsz
-                ),
+                problem: format!("{} at {:#x} is empty", s.what, s.mem),
             });
         }
         if !e820::is_ram(map, &s.range()) {
@@ -625,16 +624,6 @@ pub fn validate(
             return Err(Error::SegmentOverlap {
                 first: format!("{} {}", s.what, s.range()),
                 second: format!("reserved range {r}"),
-            });
-        }
-    }
-    let mut sorted: Vec<&Segment> = segments.iter().collect();
-    sorted.sort_by_key(|s| s.mem);
-    for w in sorted.windows(2) {
-        if w[0].range().overlaps(&w[1].range()) {
-            return Err(Error::SegmentOverlap {
-                first: format!("{} {}", w[0].what, w[0].range()),
-                second: format!("{} {}", w[1].what, w[1].range()),
             });
         }
     }

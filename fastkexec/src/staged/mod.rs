@@ -234,14 +234,7 @@ impl StagedPlan {
 }
 
 fn specs(segments: &[Segment]) -> Vec<SegmentSpec<'_>> {
-    segments
-        .iter()
-        .map(|s| SegmentSpec {
-            data: &s.data,
-            mem: s.mem,
-            memsz: s.memsz,
-        })
-        .collect()
+    segments.iter().map(Segment::spec).collect()
 }
 
 /// Plans a staged load. `input.phys_delta` is ignored: the kernel goes to
