@@ -161,41 +161,17 @@ pub fn phys_delta_clear_of(
 }
 
 /// The next kernel's fixed physical range `[start, end)` in uncompressed
-/// mode (its PT_LOADs, bss included), `None` in file mode.
-pub fn kernel_footprint(opts: &LoadOptions) -> Result<Option<(u64, u64)>> {
+/// mode (its PT_LOADs, bss included), `None` in file mode. A bzImage is
+/// extracted into the cache now (the load then uses the same vmlinux).
+pub fn kernel_footprint(
+    opts: &LoadOptions,
+    image: &mut crate::image::KernelImage,
+) -> Result<Option<(u64, u64)>> {
     if opts.mode == Mode::File {
         return Ok(None);
     }
-    let mut head = [0u8; 4096];
-    {
-        use std::io::Read;
-        // A regular file under the size limit, opened without blocking (a FIFO would hang).
-        let mut f = crate::files::input::open(
-            &opts.kernel,
-            "the kernel image",
-            crate::files::input::MAX_KERNEL_SIZE,
-            crate::files::input::MAX_KERNEL_WHY,
-        )?
-        .file;
-        let n = f.read(&mut head).map_err(|e| Error::io(&opts.kernel, e))?;
-        head[n..].fill(0);
-    }
-    if crate::image::bzimage::is_bzimage(&head) {
-        // Extracts into the cache now (the load then hits it) unless cached.
-        let p = crate::image::prepare::prepare(&opts.kernel, &opts.cache_dir)?;
-        return Ok(Some(p.elf.phys_span()));
-    }
-    if crate::image::vmlinux::is_elf(&head) {
-        let bytes = crate::files::input::read(
-            &opts.kernel,
-            "the kernel image",
-            crate::files::input::MAX_KERNEL_SIZE,
-            crate::files::input::MAX_KERNEL_WHY,
-        )?;
-        let v = crate::image::vmlinux::parse_vmlinux(&opts.kernel, &bytes)?;
-        return Ok(Some(v.phys_span()));
-    }
-    Ok(None)
+    let kernel = image.loadable(crate::image::Extract::Cache(&opts.cache_dir))?;
+    Ok(Some(kernel.elf.phys_span()))
 }
 
 /// A loaded, attached tracer with its record pages.

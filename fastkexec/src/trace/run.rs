@@ -125,7 +125,8 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     }
     // Every mode but file carries the record; auto decides as `load` does.
     let lopts = opts.load.clone();
-    let footprint = kernel_footprint(&lopts)?;
+    let mut image = crate::image::KernelImage::open(&lopts.kernel)?;
+    let footprint = kernel_footprint(&lopts, &mut image)?;
     let mut tracer = Tracer::start(opts.verbose, opts.lean)?;
     let mut extras = tracer.load_extras();
     if let Some(fp) = footprint {
@@ -146,10 +147,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     } else {
         Some(KexecLock::acquire(&lopts.root, "trace")?)
     };
-    let report = match &lock {
-        Some(l) => load::load_locked(&lopts, &extras, l)?,
-        None => load::load_with(&lopts, &extras)?,
-    };
+    let report = load::load_image(&lopts, &mut image, &extras, lock.as_ref())?;
     tracer.load_flags = handoff::load_mode_flags(report.mode);
     if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
         tracer.notes.push(format!(

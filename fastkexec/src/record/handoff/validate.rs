@@ -129,7 +129,7 @@ pub fn format_uuid(b: &[u8; 16]) -> String {
 
 /// The value of `fastkexec.boot_id=` on a command line (the last one).
 pub fn cmdline_boot_id(cmdline: &str) -> Option<String> {
-    crate::ops::load::split_params(cmdline)
+    crate::plan::cmdline::split_params(cmdline)
         .into_iter()
         .filter_map(|p| p.split_once('='))
         .filter(|(k, _)| *k == CMDLINE_BOOT_ID)
