@@ -3,15 +3,21 @@
 
 use super::*;
 
+/// The program `name` of `ebpf` as a `T` (a kprobe, a tracepoint, ...), or why not.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> std::result::Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("missing program {name}"))?;
+    <&mut T>::try_from(p).map_err(|e| render(&e))
+}
+
 impl Tracer {
     pub(super) fn attach_tracepoint(&mut self) -> std::result::Result<(), String> {
         let r = (|| -> std::result::Result<TracePointLinkId, String> {
-            let p: &mut TracePoint = self
-                .ebpf
-                .program_mut(ebpf::PROG_TP_REBOOT)
-                .ok_or("missing program")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| render(&e))?;
+            let p: &mut TracePoint = program(&mut self.ebpf, ebpf::PROG_TP_REBOOT)?;
             p.load().map_err(|e| render(&e))?;
             p.attach("syscalls", "sys_enter_reboot")
                 .map_err(|e| render(&e))
@@ -107,23 +113,16 @@ impl Tracer {
         p: &ProbePoint,
         btf: &aya::Btf,
     ) -> std::result::Result<FdLink, String> {
-        let prog = self.ebpf.program_mut(p.fentry).ok_or("missing program")?;
         if p.exit {
-            let f: &mut FExit = prog
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| render(&e))?;
+            let f: &mut FExit = program(&mut self.ebpf, p.fentry)?;
             f.load(p.function, btf).map_err(|e| render(&e))?;
             let id = f.attach().map_err(|e| render(&e))?;
-            let link = f.take_link(id).map_err(|e| render(&e))?;
-            Ok(link.into())
+            Ok(f.take_link(id).map_err(|e| render(&e))?.into())
         } else {
-            let f: &mut FEntry = prog
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| render(&e))?;
+            let f: &mut FEntry = program(&mut self.ebpf, p.fentry)?;
             f.load(p.function, btf).map_err(|e| render(&e))?;
             let id = f.attach().map_err(|e| render(&e))?;
-            let link = f.take_link(id).map_err(|e| render(&e))?;
-            Ok(link.into())
+            Ok(f.take_link(id).map_err(|e| render(&e))?.into())
         }
     }
 
@@ -134,12 +133,7 @@ impl Tracer {
         prog: &str,
         function: &str,
     ) -> std::result::Result<KProbeLinkId, String> {
-        let p: &mut KProbe = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or("missing program")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| render(&e))?;
+        let p: &mut KProbe = program(&mut self.ebpf, prog)?;
         if p.fd().is_err() {
             p.load().map_err(|e| render(&e))?;
         }
@@ -149,12 +143,7 @@ impl Tracer {
     /// Walks `reboot_notifier_list` and probes every callback on it.
     pub(super) fn attach_notifiers(&mut self) -> std::result::Result<(), String> {
         let fd = {
-            let p: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(ebpf::PROG_WALK_NOTIFIERS)
-                .ok_or("missing program")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| render(&e))?;
+            let p: &mut RawTracePoint = program(&mut self.ebpf, ebpf::PROG_WALK_NOTIFIERS)?;
             p.load().map_err(|e| render(&e))?;
             p.fd().map_err(|e| render(&e))?.as_fd().as_raw_fd()
         };

@@ -94,30 +94,20 @@ pub(super) fn ensure_tracefs(notes: &mut Vec<String>) {
     if target.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
         return;
     }
-    let (Ok(src), Ok(dst), Ok(fs_type)) = (
-        std::ffi::CString::new("tracefs"),
-        std::ffi::CString::new("/sys/kernel/tracing"),
-        std::ffi::CString::new("tracefs"),
-    ) else {
-        return;
-    };
-    // SAFETY: mount(2) with NUL-terminated strings that outlive the call and no data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            fs_type.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        notes.push("mounted tracefs at /sys/kernel/tracing (for the syscall tracepoint)".into());
-    } else {
-        notes.push(format!(
-            "tracefs is not mounted and mounting it failed ({}): reboot(2) is probed by kprobe",
-            std::io::Error::last_os_error()
-        ));
+    let mounted = nix::mount::mount(
+        Some("tracefs"),
+        target,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    match mounted {
+        Ok(()) => {
+            notes.push("mounted tracefs at /sys/kernel/tracing (for the syscall tracepoint)".into())
+        }
+        Err(e) => notes.push(format!(
+            "tracefs is not mounted and mounting it failed ({e}): reboot(2) is probed by kprobe"
+        )),
     }
 }
 

@@ -1,6 +1,11 @@
 //! The trace record's pages: the `EVENTS` map mapped into this process, and the physical
 //! address of each page (from /proc/self/pagemap) that the next kernel is told about.
 
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+
 use super::*;
 
 /// The pages of the `EVENTS` map, mapped into this process.
@@ -12,29 +17,28 @@ pub(super) struct MappedPages {
 impl MappedPages {
     pub(super) fn map(fd: std::os::fd::BorrowedFd<'_>, pages: usize) -> Result<Self> {
         let len = pages * PAGE_SIZE;
-        // SAFETY: mapping a BPF array map fd (BPF_F_MMAPABLE) shared, at a
-        // kernel-chosen address, for exactly its value area; the result is
-        // checked against MAP_FAILED.
+        let failed = |why: String| Error::Tracer {
+            problem: format!(
+                "mmap of the EVENTS map failed: {why} (needs a kernel with BPF_F_MMAPABLE, 5.5+)"
+            ),
+        };
+        let size = NonZeroUsize::new(len).ok_or_else(|| failed("no pages".into()))?;
+        // SAFETY: a shared mapping of a BPF array map fd (BPF_F_MMAPABLE) at a kernel-chosen
+        // address, for exactly its value area: it aliases no Rust object, and every access
+        // below stays inside `len` bytes.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+            mman::mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
                 0,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Tracer {
-                problem: format!(
-                    "mmap of the EVENTS map failed: {} (needs a kernel with BPF_F_MMAPABLE, 5.5+)",
-                    std::io::Error::last_os_error()
-                ),
-            });
         }
+        .map_err(|e| failed(e.to_string()))?;
         Ok(Self {
-            ptr: ptr.cast(),
+            ptr: ptr.as_ptr().cast(),
             len,
         })
     }
@@ -80,8 +84,10 @@ impl MappedPages {
 
 impl Drop for MappedPages {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        if let Some(ptr) = NonNull::new(self.ptr.cast()) {
+            // SAFETY: unmapping exactly what `map` mapped; nothing refers to it afterwards.
+            let _ = unsafe { mman::munmap(ptr, self.len) };
+        }
     }
 }
 

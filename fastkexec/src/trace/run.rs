@@ -1,5 +1,8 @@
 //! `fastkexec trace` end to end: start, load with the record, seal, reboot or follow.
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
 use super::*;
 
 /// One event as a line, relative to `base_ns` (CLOCK_MONOTONIC).
@@ -19,21 +22,20 @@ pub fn format_event(e: &Event, base_ns: u64) -> String {
     format!("{t:>10.3} ms  {kind:<28} {what}")
 }
 
-/// Set by the signal handler: the signal that asked follow mode to stop.
-pub(super) static STOP: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    STOP.store(sig, Ordering::SeqCst);
-}
-
-/// SIGHUP is not among them: a terminal that hangs up (an SSH session dropped by the very
-/// shutdown being followed) must not detach the probes or unload the kernel. The CLI ignores
-/// it (see [`exec::ignore_hangup`]).
-pub(super) fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing an async-signal-safe handler (one atomic store).
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
+/// SIGINT and SIGTERM, blocked and read from a signalfd, so follow mode notices them between
+/// polls without a handler. SIGHUP is not among them: a terminal that hangs up (an SSH session
+/// dropped by the very shutdown being followed) must not detach the probes or unload the
+/// kernel. The CLI ignores it (see [`exec::ignore_hangup`]). `trace` runs on one thread, so
+/// blocking them on it blocks them for the process.
+pub(super) fn stop_signals() -> Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    let fail = |e: nix::Error| Error::Tracer {
+        problem: format!("cannot watch for SIGINT/SIGTERM: {e}"),
+    };
+    mask.thread_block().map_err(fail)?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(fail)
 }
 
 /// Undoes a load of `trace` when dropped armed: the loaded kernel's boot_params point at the
@@ -115,8 +117,7 @@ pub(super) fn say(out: &mut dyn Write, line: std::fmt::Arguments<'_>) {
 /// With `opts.load.dry_run` (a preflight): every probe is attached for real and
 /// the load is planned, then everything is detached and nothing is loaded.
 pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotPrivileged {
             action: "tracing the reboot",
             detail: "the probes, /proc/self/pagemap and kexec all need root".into(),
@@ -219,7 +220,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     // Waiting may take hours, and the reboot may be started by `fastkexec exec`, which takes
     // the lock: let go of it now (the guard takes it again to unload).
     drop(lock.borrow_mut().take());
-    install_signal_handlers();
+    let stop = stop_signals()?;
     say(
         out,
         format_args!(
@@ -249,9 +250,13 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             tracer.seal(None, opts.damage)?;
             last_seal = Instant::now();
         }
-        match STOP.load(Ordering::SeqCst) {
-            0 => {}
-            libc::SIGTERM if tracer.state() != 0 || exec::ensure_loaded(Path::new("/")).is_ok() => {
+        // A failed read counts as no signal: the next poll tries again.
+        let signo = stop.read_signal().ok().flatten().map(|si| si.ssi_signo);
+        match signo.and_then(|n| Signal::try_from(n as i32).ok()) {
+            None => {}
+            Some(Signal::SIGTERM)
+                if tracer.state() != 0 || exec::ensure_loaded(Path::new("/")).is_ok() =>
+            {
                 // Most likely the shutdown that ends in the kexec: the pins
                 // keep everything alive. Disarmed first: only Ctrl-C unloads.
                 loaded.disarm();

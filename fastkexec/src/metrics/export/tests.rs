@@ -102,68 +102,46 @@ fn buckets_are_cumulative_and_inf_equals_count() {
         assert_eq!(count, p.count().to_string());
         assert!(prev <= p.count());
     }
-    // Exact bucket counts for values far from every bound.
-    assert_eq!(
-        value(
-            &text,
+    // Exact figures for values far from every bucket bound.
+    for (name, labels, want) in [
+        (
             "fastkexec_phase_duration_seconds_bucket",
-            "phase=\"device_shutdown\",le=\"0.005\""
+            "phase=\"device_shutdown\",le=\"0.005\"",
+            "1",
         ),
-        "1"
-    );
-    assert_eq!(
-        value(
-            &text,
+        (
             "fastkexec_phase_duration_seconds_bucket",
-            "phase=\"device_shutdown\",le=\"0.01\""
+            "phase=\"device_shutdown\",le=\"0.01\"",
+            "2",
         ),
-        "2"
-    );
-    assert_eq!(
-        value(
-            &text,
+        (
             "fastkexec_phase_duration_seconds_bucket",
-            "phase=\"device_shutdown\",le=\"0.02\""
+            "phase=\"device_shutdown\",le=\"0.02\"",
+            "3",
         ),
-        "3"
-    );
-    assert_eq!(
-        value(
-            &text,
+        (
             "fastkexec_phase_duration_seconds_sum",
-            "phase=\"device_shutdown\""
+            "phase=\"device_shutdown\"",
+            "0.0229",
         ),
-        "0.0229"
-    );
-    assert_eq!(
-        value(&text, "fastkexec_reboot_duration_seconds_count", ""),
-        "3"
-    );
-    assert_eq!(
-        value(&text, "fastkexec_reboot_duration_seconds_sum", ""),
-        "6.695"
-    );
-    assert_eq!(value(&text, "fastkexec_reboots_total", ""), "3");
-    assert_eq!(
-        value(
-            &text,
+        ("fastkexec_reboot_duration_seconds_count", "", "3"),
+        ("fastkexec_reboot_duration_seconds_sum", "", "6.695"),
+        ("fastkexec_reboots_total", "", "3"),
+        (
             "fastkexec_last_reboot_phase_seconds",
-            "phase=\"device_shutdown\""
+            "phase=\"device_shutdown\"",
+            "0.007",
         ),
-        "0.007"
-    );
-    assert_eq!(
-        value(&text, "fastkexec_last_reboot_total_seconds", ""),
-        "3.775"
-    );
-    assert_eq!(
-        value(&text, "fastkexec_last_reboot_timestamp_seconds", ""),
-        "1700000002.0"
-    );
-    assert_eq!(
-        value(&text, "fastkexec_last_reboot_info", "mode=\"uncompressed\""),
-        "1"
-    );
+        ("fastkexec_last_reboot_total_seconds", "", "3.775"),
+        (
+            "fastkexec_last_reboot_timestamp_seconds",
+            "",
+            "1700000002.0",
+        ),
+        ("fastkexec_last_reboot_info", "mode=\"uncompressed\"", "1"),
+    ] {
+        assert_eq!(value(&text, name, labels), want, "{name}{{{labels}}}");
+    }
 }
 
 #[test]
