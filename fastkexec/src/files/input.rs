@@ -13,6 +13,8 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use nix::fcntl::OFlag;
+
 use crate::{Error, Result};
 
 /// Largest kernel image (bzImage or vmlinux) accepted: 1 GiB. Real x86-64 bzImages are
@@ -36,7 +38,7 @@ pub fn open(path: &Path, what: &str, max: u64, why: &str) -> Result<Input> {
     let file = OpenOptions::new()
         .read(true)
         // A FIFO's open would wait for a writer; a terminal must not become ours.
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
         .open(path)
         .map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;

@@ -14,6 +14,8 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+
 use crate::{Error, Result};
 
 /// Under the root; next to the staged record.
@@ -57,7 +59,7 @@ impl KexecLock {
             .truncate(false)
             .mode(0o600)
             // A link planted in its place is refused, not followed.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(&path)
             .map_err(err)?;
         match file.try_lock() {
