@@ -110,7 +110,8 @@ impl Mode {
         }
     }
 
-    /// Round 1 loads the vmlinux fastkexec extracts: the host prepares its cache.
+    /// Round 1 loads the vmlinux fastkexec extracts: the host prepares its cache (and round 1
+    /// runs `fastkexec prepare` on it before the timed load, which verifies the copy once).
     fn uses_vmlinux_cache(self) -> bool {
         matches!(
             self,

@@ -2,4 +2,5 @@
 
 pub mod e820;
 pub mod hostinfo;
+pub mod staged_record;
 pub mod status;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::host::e820::PhysRange;
 use crate::Result;
 
 /// CAP_SYS_BOOT's bit number in the capability sets (linux/capability.h).
@@ -54,14 +55,9 @@ pub struct Status {
     pub modes: Modes,
     /// What `fastkexec load --mode staged` put into the crashkernel reservation during this
     /// boot (from its record; see [`crate::staged`]).
-    pub staged: Option<crate::staged::StagedState>,
+    pub staged: Option<crate::host::staged_record::StagedState>,
     /// Whether this kernel's own kexec_file_load avoids the relocation copy.
     pub kernel_native: KernelNative,
-    /// What the tracer needs (BPF, BTF, kprobes, tracefs, bpffs) and how each probe point
-    /// would attach here: only `fastkexec status` asks ([`with_tracer`]), since reading it
-    /// (the kernel's BTF, kallsyms) costs time `load` and `exec` need not spend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<crate::trace::support::TracingSupport>,
     /// Files that could not be read, and other remarks.
     pub notes: Vec<String>,
 }
@@ -226,14 +222,9 @@ pub struct Modes {
     pub staged: Availability,
 }
 
-/// Reads the kexec status of the system mounted at `root` (`/` for this machine).
-/// [`status`] and the tracer's half: what `fastkexec status` shows.
-pub fn with_tracer(root: &Path) -> Result<Status> {
-    let mut st = status(root)?;
-    st.tracing = Some(crate::trace::support::read(root));
-    Ok(st)
-}
-
+/// Reads the kexec status of the system mounted at `root` (`/` for this machine). The
+/// tracer's half of `fastkexec status` is [`crate::trace::support::with_status`]: reading it
+/// (the kernel's BTF, kallsyms) costs time `load` and `exec` need not spend.
 pub fn status(root: &Path) -> Result<Status> {
     let mut st = Status::default();
     let mut notes = Vec::new();
@@ -305,7 +296,7 @@ pub fn status(root: &Path) -> Result<Status> {
         }
     };
     st.modes = modes(&st);
-    st.staged = match crate::staged::read_state(root) {
+    st.staged = match crate::host::staged_record::read_state(root) {
         Ok(s) => s,
         Err(e) => {
             notes.push(e.to_string());
@@ -588,7 +579,7 @@ pub fn modes(st: &Status) -> Modes {
     );
     file.allowed = file.blockers.is_empty();
     unc.allowed = unc.blockers.is_empty();
-    let staged = crate::staged::availability(&unc, st);
+    let staged = availability(&unc, st);
     Modes {
         file,
         uncompressed: unc,
@@ -723,34 +714,6 @@ impl fmt::Display for Status {
             },
             self.kernel_native.detail
         )?;
-        if let Some(t) = &self.tracing {
-            for (name, fac) in [
-                ("BPF", &t.bpf),
-                ("BTF", &t.btf),
-                ("kprobes", &t.kprobes),
-                ("tracefs", &t.tracefs),
-                ("bpffs", &t.bpffs),
-            ] {
-                writeln!(
-                    f,
-                    "tracer {name:<8}      {}: {}",
-                    if fac.available { "yes" } else { "NO" },
-                    fac.detail
-                )?;
-            }
-            for p in &t.probes {
-                writeln!(
-                    f,
-                    "  probe {:<22} {}{}",
-                    p.function,
-                    p.how,
-                    p.why
-                        .as_deref()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default()
-                )?;
-            }
-        }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
@@ -767,6 +730,51 @@ pub fn read_proc_cmdline(root: &Path) -> Result<String> {
         .read_line(&mut line)
         .map_err(|e| crate::Error::io(&path, e))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// The largest of the "Crash kernel" ranges as a half-open range.
+pub fn largest_reservation(ranges: &[CrashRange]) -> Option<PhysRange> {
+    ranges
+        .iter()
+        .filter(|r| r.end > r.start)
+        .max_by_key(|r| r.size)
+        .and_then(|r| Some(PhysRange::new(r.start, r.end.checked_add(1)?)))
+}
+
+/// Staged mode's availability on this kernel: everything uncompressed mode
+/// needs, plus a visible reservation and panic loads not disabled.
+pub fn availability(uncompressed: &Availability, st: &Status) -> Availability {
+    let mut a = Availability {
+        blockers: uncompressed.blockers.clone(),
+        ..Default::default()
+    };
+    if st.iomem_addresses_hidden {
+        a.blockers
+            .push("the crashkernel reservation is not visible (run as root)".into());
+    } else if largest_reservation(&st.crash_kernel).is_none() {
+        a.blockers.push(
+            "no crashkernel reservation (boot with crashkernel=SIZE, e.g. crashkernel=256M)".into(),
+        );
+    }
+    if st.kexec_load_limit_panic == Some(0) {
+        a.blockers.push(
+            "kernel.kexec_load_limit_panic=0: no crash-image loads left until the next reboot"
+                .into(),
+        );
+    }
+    a.caveats.push(
+        "while staged no kdump kernel is loaded (a loaded one is displaced until the next boot); \
+         the reservation must hold the kernel's footprint and the initrd"
+            .into(),
+    );
+    if st.crash_loaded == Some(true) {
+        a.caveats.push(
+            "a crash kernel is loaded now: --mode staged would replace it, auto will not".into(),
+        );
+    }
+    a.caveats.extend(uncompressed.caveats.iter().cloned());
+    a.allowed = a.blockers.is_empty();
+    a
 }
 
 #[cfg(test)]
@@ -1006,7 +1014,7 @@ mod tests {
             "header_len":4096,"header_sum":7,"nonce":"00112233445566778899aabbccddeeff",
             "sampled_blocks":800,"segments":[{"addr":1694498816,"len":4096,"sum":1}]}"#;
         fs::create_dir_all(root.join("run/fastkexec")).unwrap();
-        let path = root.join(crate::staged::STATE_FILE);
+        let path = root.join(crate::host::staged_record::STATE_FILE);
         // A version-1 record (before the complete sums): status says what is wrong with it.
         fs::write(&path, state.replace("\"version\":2", "\"version\":1")).unwrap();
         let st = status(root).unwrap();

@@ -148,6 +148,7 @@ fn le64(b: &[u8], o: usize) -> Option<u64> {
 
 /// Parses the setup header: boot_flag 0xAA55 at 0x1fe and "HdrS" at 0x202.
 pub fn parse_setup_header(path: &Path, image: &[u8]) -> Result<SetupHeader> {
+    crate::image::count::bump(crate::image::count::Kind::HeaderParse);
     const MIN_LEN: usize = VERSION_OFFSET + 2;
     if image.len() < MIN_LEN {
         return Err(bad(
@@ -288,7 +289,11 @@ pub struct Extracted {
 /// Locates the compressed payload of a bzImage, decompresses it and checks
 /// the result is a loadable x86-64 vmlinux.
 pub fn extract_vmlinux(path: &Path, image: &[u8]) -> Result<Extracted> {
-    let header = parse_setup_header(path, image)?;
+    extract_with_header(path, image, parse_setup_header(path, image)?)
+}
+
+/// [`extract_vmlinux`] with the header already parsed from `image`.
+pub fn extract_with_header(path: &Path, image: &[u8], header: SetupHeader) -> Result<Extracted> {
     let range = payload_range(path, &header, image)?;
     let payload = &image[range.clone()];
     let compression = decompress::detect(payload).ok_or_else(|| {

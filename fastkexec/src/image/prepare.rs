@@ -1,55 +1,67 @@
-//! `fastkexec prepare`: move the decompression off the reboot path. The
-//! vmlinux extracted from a bzImage is cached on disk, keyed by the SHA-256
-//! of the bzImage's content, next to the bzImage's raw setup header (which a
-//! vmlinux lacks and the loader copies into boot_params).
+//! `fastkexec prepare`: move the decompression off the reboot path. The vmlinux extracted from
+//! a bzImage is cached on disk, keyed by the SHA-256 of the bzImage's content, next to the
+//! bzImage's raw setup header (which a vmlinux lacks and the loader copies into boot_params).
 //!
-//! Layout: `<cache_dir>/<sha256>/{vmlinux,setup_header,meta.json}`. Every
-//! file is written to a temporary name and renamed into place; `meta.json`
-//! goes last and is what makes an entry count. A hit is re-verified before it
-//! is trusted — setup header bytes equal to the bzImage's, vmlinux size and
-//! SHA-256 as recorded, ELF checks — and an entry that fails is rebuilt; the
-//! bytes verified are the bytes loaded (never a second read of the file).
+//! Layout: `<cache_dir>/<sha256>/{vmlinux,setup_header,meta.json}` and
+//! `<cache_dir>/by-id/<id key>`. Every file is written to a temporary name and renamed into
+//! place; `meta.json` goes last and is what makes an entry count.
 //!
-//! What root kexecs comes from this directory, so who can write it matters
-//! more than any checksum (whoever can write the vmlinux can write meta.json
-//! too): the cache directory and each entry directory must belong to root
-//! (or the user running fastkexec) and be writable by their owner only, or
-//! fastkexec refuses to use them; cache files owned by anyone else, or
-//! writable by group or others, are not trusted and are rebuilt. Within that,
-//! the SHA-256 (instead of the CRC32 of cache format 1, which anyone can
-//! forge by changing four bytes) makes a swapped vmlinux that keeps its
-//! length and CRC32 a miss. It costs a hash of the vmlinux per hit (tens of
-//! milliseconds for 60 MB), at load time, off the reboot path.
+//! What root kexecs comes from this directory, so who can write it matters more than any
+//! checksum (whoever can write the vmlinux can write meta.json too): the cache directory and
+//! each directory in it must belong to root (or the user running fastkexec) and be writable by
+//! their owner only, or fastkexec refuses to use them; cache files owned by anyone else, or
+//! writable by group or others, are not trusted and are rebuilt.
+//!
+//! Within that, an entry is checked in full once per machine and cheaply after that (issue 12:
+//! hashing the bzImage and the 60 MB vmlinux took over a second under QEMU TCG, on every load):
+//! - the first time a bzImage is seen here (by its identity: device, inode, size, mtime,
+//!   ctime), its content is hashed to find the entry, and the cached vmlinux is hashed and
+//!   compared with the SHA-256 recorded when it was extracted (a cache copied from elsewhere
+//!   is verified like this). The bzImage's identity is then recorded under `by-id/`, and the
+//!   vmlinux file's identity in `meta.json`;
+//! - after that, a hit reads neither file's content: the bzImage is found by its identity (a
+//!   file changed in place gets a new ctime, which no user can set; a replaced one a new
+//!   inode), and the cached vmlinux must be the file verified then (same identity; changed or
+//!   replaced since, it is hashed again). Its setup header must equal the bzImage's, and its
+//!   ELF entry and PT_LOADs those recorded at extraction.
+//!
+//! The vmlinux of a cheap hit is mapped, not read: `kexec_load` copies its PT_LOADs straight
+//! from the mapping.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::files::{atomic_file, input, map};
 use crate::image::bzimage::{self, SetupHeader};
 use crate::image::decompress::Compression;
 use crate::image::vmlinux::{self, Vmlinux};
-use crate::{files::atomic_file, files::input};
+use crate::image::{FileId, KernelImage, Loadable, Origin};
 use crate::{Error, Result};
 
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/fastkexec";
 
 /// Bumped when the entry layout or meta.json changes; older entries are rebuilt.
-/// 2: the vmlinux is verified by SHA-256 (1 had a CRC32).
-const CACHE_FORMAT: u32 = 2;
+/// 2: the vmlinux is verified by SHA-256 (1 had a CRC32). 3: identities and the ELF structure
+/// recorded for cheap hits.
+const CACHE_FORMAT: u32 = 3;
 /// Mode of the cache and entry directories fastkexec creates.
 const CACHE_DIR_MODE: u32 = 0o700;
 const VMLINUX_FILE: &str = "vmlinux";
 const SETUP_HEADER_FILE: &str = "setup_header";
 const META_FILE: &str = "meta.json";
+/// Where bzImage identities already verified on this machine lead to their entry.
+const BY_ID_DIR: &str = "by-id";
 /// Mode of every cache file: only root loads kernels, and the extracted vmlinux must not be
 /// readable by more users than the bzImage it comes from (Ubuntu keeps /boot/vmlinuz-* 0600).
 pub const CACHE_FILE_MODE: u32 = 0o600;
-/// meta.json is tiny; anything bigger is not ours.
+/// meta.json and the by-id records are small; anything bigger is not ours.
 const MAX_META_SIZE: u64 = 64 * 1024;
 
 /// A prepared kernel: the cached vmlinux and setup header, ready to load.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Prepared {
     pub vmlinux: PathBuf,
     pub setup_header: PathBuf,
@@ -62,32 +74,14 @@ pub struct Prepared {
     pub entry_dir: PathBuf,
     /// The bzImage's setup header (its `raw` is what `setup_header` holds).
     pub header: SetupHeader,
-    /// The cached vmlinux's entry point and PT_LOADs.
-    pub elf: Vmlinux,
     /// Size of the cached vmlinux file in bytes.
     pub vmlinux_len: u64,
-    /// The vmlinux's bytes as verified (or extracted): a loader uses these rather than read
-    /// the cache file again, which could have changed since the check.
-    pub vmlinux_bytes: Vec<u8>,
+    /// The vmlinux as checked (mapped on a cheap hit, else in memory): a loader uses these
+    /// bytes rather than open the cache file again.
+    pub loadable: Loadable,
 }
 
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Not the tens of MB of vmlinux bytes.
-        f.debug_struct("Prepared")
-            .field("vmlinux", &self.vmlinux)
-            .field("setup_header", &self.setup_header)
-            .field("compression", &self.compression)
-            .field("key", &self.key)
-            .field("cached", &self.cached)
-            .field("entry_dir", &self.entry_dir)
-            .field("elf", &self.elf)
-            .field("vmlinux_len", &self.vmlinux_len)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Meta {
     format: u32,
     key: String,
@@ -95,45 +89,85 @@ struct Meta {
     vmlinux_len: u64,
     /// Hex SHA-256 of the vmlinux.
     vmlinux_sha256: String,
+    /// The vmlinux file as last verified on this machine (`None`: not yet).
+    vmlinux_file: Option<FileId>,
+    /// Its entry point and PT_LOADs, compared on every hit.
+    elf: Vmlinux,
     /// Informational: where the bzImage was read from when the entry was made.
     source: PathBuf,
 }
 
+/// `by-id/<id key>`: a bzImage identity verified on this machine and its entry.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ById {
+    bzimage: FileId,
+    key: String,
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name of a bzImage's `by-id` record: its identity and setup header.
+fn id_key(id: &FileId, header: &SetupHeader) -> String {
+    let mut h = Sha256::new();
+    for v in [id.dev, id.ino, id.size] {
+        h.update(v.to_le_bytes());
+    }
+    for v in [id.mtime_ns, id.ctime_ns] {
+        h.update(v.to_le_bytes());
+    }
+    h.update(&header.raw);
+    hex(&h.finalize())
 }
 
 /// Extracts (or finds in the cache) the vmlinux of `bzimage`.
 pub fn prepare(bzimage: &Path, cache_dir: &Path) -> Result<Prepared> {
-    let image = input::read(
-        bzimage,
-        "the bzImage",
-        input::MAX_KERNEL_SIZE,
-        input::MAX_KERNEL_WHY,
-    )?;
-    prepare_image(bzimage, &image, cache_dir)
+    prepare_image(&KernelImage::open(bzimage)?, cache_dir)
 }
 
-/// [`prepare`] for a caller that has already read the bzImage; `bzimage`
-/// names it in errors and in the entry's metadata.
-pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<Prepared> {
-    let header = bzimage::parse_setup_header(bzimage, image)?;
-    let key = sha256_hex(image);
-    let entry_dir = cache_dir.join(&key);
+/// [`prepare`] for a kernel already opened and read.
+pub fn prepare_image(image: &KernelImage, cache_dir: &Path) -> Result<Prepared> {
+    let path = image.path();
+    let Some(header) = image.header() else {
+        // Not a bzImage: the header parser says why, naming the field.
+        return Err(match bzimage::parse_setup_header(path, image.bytes()) {
+            Err(e) => e,
+            Ok(_) => Error::BadBzImage {
+                path: path.to_path_buf(),
+                problem: "not a bzImage".into(),
+            },
+        });
+    };
     trusted_dir(cache_dir, "the cache directory", true)?;
+    let by_id_dir = cache_dir.join(BY_ID_DIR);
+    trusted_dir(&by_id_dir, "the cache's by-id directory", false)?;
+    let by_id = by_id_dir.join(id_key(&image.id(), header));
+    let known = read_by_id(&by_id, &image.id());
+    let key = match &known {
+        Some(k) => k.clone(),
+        None => sha256_hex(image.bytes()),
+    };
+    let entry_dir = cache_dir.join(&key);
     trusted_dir(&entry_dir, "the cache entry directory", false)?;
 
-    match load_entry(&entry_dir, &key, &header) {
-        Ok(Some(p)) => {
+    match load_entry(&entry_dir, &key, header) {
+        Ok(Some((p, meta))) => {
             log::info!(
                 "{}: using cached vmlinux {}",
-                bzimage.display(),
+                path.display(),
                 p.vmlinux.display()
             );
+            // Record what was verified, so the next hit is a cheap one. Failing that only
+            // costs the full check again.
+            if let Err(e) = remember(&entry_dir, meta, &by_id_dir, &by_id, image, &key) {
+                log::warn!("{}: {e}", entry_dir.display());
+            }
             return Ok(p);
         }
         Ok(None) => {}
@@ -142,57 +176,126 @@ pub fn prepare_image(bzimage: &Path, image: &[u8], cache_dir: &Path) -> Result<P
             entry_dir.display()
         ),
     }
+    // The entry is rebuilt under the content's key (an identity record may lead elsewhere).
+    let key = match known {
+        Some(_) => sha256_hex(image.bytes()),
+        None => key,
+    };
+    let entry_dir = cache_dir.join(&key);
 
-    let x = bzimage::extract_vmlinux(bzimage, image)?;
+    let x = bzimage::extract_with_header(path, image.bytes(), header.clone())?;
     trusted_dir(&entry_dir, "the cache entry directory", true)?;
     let vmlinux_path = entry_dir.join(VMLINUX_FILE);
     let header_path = entry_dir.join(SETUP_HEADER_FILE);
+    // meta.json last: an entry without it (a crash mid-way) is not a hit.
+    atomic_file::write(&vmlinux_path, &x.vmlinux, CACHE_FILE_MODE)?;
+    atomic_file::write(&header_path, &x.header.raw, CACHE_FILE_MODE)?;
+    let written = fs::metadata(&vmlinux_path).map_err(|e| Error::io(&vmlinux_path, e))?;
     let meta = Meta {
         format: CACHE_FORMAT,
         key: key.clone(),
         compression: x.compression,
         vmlinux_len: x.vmlinux.len() as u64,
         vmlinux_sha256: sha256_hex(&x.vmlinux),
-        source: bzimage.to_path_buf(),
+        vmlinux_file: Some(FileId::of(&written)),
+        elf: x.elf.clone(),
+        source: path.to_path_buf(),
     };
-    let meta_json = serde_json::to_vec_pretty(&meta).map_err(|e| {
-        Error::io(
-            entry_dir.join(META_FILE),
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
-    })?;
-    // meta.json last: an entry without it (a crash mid-way) is not a hit.
-    atomic_file::write(&vmlinux_path, &x.vmlinux, CACHE_FILE_MODE)?;
-    atomic_file::write(&header_path, &x.header.raw, CACHE_FILE_MODE)?;
-    atomic_file::write(&entry_dir.join(META_FILE), &meta_json, CACHE_FILE_MODE)?;
+    write_json(&entry_dir.join(META_FILE), &meta)?;
+    if let Err(e) = write_by_id(&by_id_dir, &by_id, image, &key) {
+        log::warn!("{}: {e}", by_id.display());
+    }
     log::info!(
         "{}: extracted {} vmlinux ({} bytes) to {}",
-        bzimage.display(),
+        path.display(),
         x.compression,
         x.vmlinux.len(),
         vmlinux_path.display()
     );
     Ok(Prepared {
-        vmlinux: vmlinux_path,
+        vmlinux: vmlinux_path.clone(),
         setup_header: header_path,
         compression: x.compression,
         key,
         cached: false,
         entry_dir,
         header: x.header,
-        elf: x.elf,
         vmlinux_len: meta.vmlinux_len,
-        vmlinux_bytes: x.vmlinux,
+        loadable: Loadable {
+            path: vmlinux_path,
+            bytes: x.vmlinux.into(),
+            elf: x.elf,
+            origin: Origin::Cache {
+                hit: false,
+                compression: x.compression,
+            },
+        },
     })
 }
 
-/// A complete, verified entry; `Ok(None)` if there is none; `Err(reason)` if
-/// there is one that cannot be trusted.
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(v).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    atomic_file::write(path, &json, CACHE_FILE_MODE)
+}
+
+/// The entry key a trusted `by-id` record gives for this very bzImage, if any.
+fn read_by_id(path: &Path, id: &FileId) -> Option<String> {
+    let f = input::open(path, "a cache by-id record", MAX_META_SIZE, "it is tiny").ok()?;
+    let meta = f.file.metadata().ok()?;
+    if untrusted(&meta).is_some() {
+        return None;
+    }
+    let bytes = f
+        .read_all(path, "a cache by-id record", MAX_META_SIZE, "it is tiny")
+        .ok()?;
+    let rec: ById = serde_json::from_slice(&bytes).ok()?;
+    let hex_key = rec.key.len() == 64 && rec.key.bytes().all(|b| b.is_ascii_hexdigit());
+    (rec.bzimage == *id && hex_key).then_some(rec.key)
+}
+
+fn write_by_id(dir: &Path, path: &Path, image: &KernelImage, key: &str) -> Result<()> {
+    trusted_dir(dir, "the cache's by-id directory", true)?;
+    write_json(
+        path,
+        &ById {
+            bzimage: image.id(),
+            key: key.to_string(),
+        },
+    )
+}
+
+/// After a hit: records the vmlinux identity just verified (when it changed) and the
+/// bzImage's identity (when not yet known).
+fn remember(
+    entry_dir: &Path,
+    meta: Option<Meta>,
+    by_id_dir: &Path,
+    by_id: &Path,
+    image: &KernelImage,
+    key: &str,
+) -> Result<()> {
+    if let Some(meta) = meta {
+        write_json(&entry_dir.join(META_FILE), &meta)?;
+    }
+    if read_by_id(by_id, &image.id()).as_deref() != Some(key) {
+        write_by_id(by_id_dir, by_id, image, key)?;
+    }
+    Ok(())
+}
+
+/// A complete, verified entry and, when its vmlinux had to be hashed, the meta.json to record
+/// (with the identity verified); `Ok(None)` if there is none; `Err(reason)` if there is one
+/// that cannot be trusted.
 fn load_entry(
     dir: &Path,
     key: &str,
     header: &SetupHeader,
-) -> std::result::Result<Option<Prepared>, String> {
+) -> std::result::Result<Option<(Prepared, Option<Meta>)>, String> {
     let meta_path = dir.join(META_FILE);
     if !meta_path.exists() {
         return Ok(None);
@@ -201,10 +304,10 @@ fn load_entry(
         &meta_path,
         "the cache metadata",
         MAX_META_SIZE,
-        "it is a few hundred bytes",
+        "it is a few KiB",
     )
     .map_err(|e| e.to_string())?;
-    let meta: Meta =
+    let mut meta: Meta =
         serde_json::from_slice(&meta_bytes).map_err(|e| format!("{META_FILE}: {e}"))?;
     if meta.format != CACHE_FORMAT {
         return Err(format!(
@@ -236,41 +339,66 @@ fn load_entry(
         ));
     }
     let vmlinux_path = dir.join(VMLINUX_FILE);
-    let len = fs::metadata(&vmlinux_path)
-        .map_err(|e| format!("{VMLINUX_FILE}: {e}"))?
-        .len();
-    if len != meta.vmlinux_len {
+    let (what, why) = ("the cached vmlinux", "the size meta.json records");
+    let f = input::open(&vmlinux_path, what, meta.vmlinux_len, why).map_err(|e| e.to_string())?;
+    let fmeta = f
+        .file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", vmlinux_path.display()))?;
+    if let Some(problem) = untrusted(&fmeta) {
+        return Err(format!("{VMLINUX_FILE} is {problem}"));
+    }
+    let id = FileId::of(&fmeta);
+    if id.size != meta.vmlinux_len {
         return Err(format!(
-            "{VMLINUX_FILE} is {len} bytes, {META_FILE} says {}",
-            meta.vmlinux_len
+            "{VMLINUX_FILE} is {} bytes, {META_FILE} says {}",
+            id.size, meta.vmlinux_len
         ));
     }
-    let bytes = read_trusted(
-        &vmlinux_path,
-        "the cached vmlinux",
-        meta.vmlinux_len,
-        "the size meta.json records",
-    )?;
-    let sha = sha256_hex(&bytes);
-    if sha != meta.vmlinux_sha256 {
-        return Err(format!(
-            "{VMLINUX_FILE} SHA-256 is {sha}, {META_FILE} says {}",
-            meta.vmlinux_sha256
-        ));
-    }
+    let (bytes, record) = if meta.vmlinux_file == Some(id) {
+        // The very file verified before, unchanged since: map it, read nothing.
+        let b = map::map_readonly(&f.file, id.size, &vmlinux_path).map_err(|e| e.to_string())?;
+        (b, None)
+    } else {
+        let b = f
+            .read_all(&vmlinux_path, what, meta.vmlinux_len, why)
+            .map_err(|e| e.to_string())?;
+        let sha = sha256_hex(&b);
+        if sha != meta.vmlinux_sha256 {
+            return Err(format!(
+                "{VMLINUX_FILE} SHA-256 is {sha}, {META_FILE} says {}",
+                meta.vmlinux_sha256
+            ));
+        }
+        meta.vmlinux_file = Some(id);
+        (Bytes::from(b), Some(meta.clone()))
+    };
     let elf = vmlinux::parse_vmlinux(&vmlinux_path, &bytes).map_err(|e| e.to_string())?;
-    Ok(Some(Prepared {
-        vmlinux: vmlinux_path,
+    if elf != meta.elf {
+        return Err(format!(
+            "{VMLINUX_FILE}'s entry point or PT_LOADs differ from those {META_FILE} recorded"
+        ));
+    }
+    let prepared = Prepared {
+        vmlinux: vmlinux_path.clone(),
         setup_header: header_path,
         compression: meta.compression,
         key: key.to_string(),
         cached: true,
         entry_dir: dir.to_path_buf(),
         header: header.clone(),
-        elf,
-        vmlinux_len: len,
-        vmlinux_bytes: bytes,
-    }))
+        vmlinux_len: id.size,
+        loadable: Loadable {
+            path: vmlinux_path,
+            bytes,
+            elf,
+            origin: Origin::Cache {
+                hit: true,
+                compression: meta.compression,
+            },
+        },
+    };
+    Ok(Some((prepared, record)))
 }
 
 /// Why `meta` (of `path`) cannot be trusted with what root kexecs: owned by someone other
@@ -321,24 +449,6 @@ fn trusted_dir(dir: &Path, what: &str, create: bool) -> Result<()> {
     }
 }
 
-/// A cache file's bytes, read through one descriptor whose owner and mode were checked.
-fn read_trusted(
-    path: &Path,
-    what: &str,
-    max: u64,
-    why: &str,
-) -> std::result::Result<Vec<u8>, String> {
-    let f = input::open(path, what, max, why).map_err(|e| e.to_string())?;
-    let meta = f
-        .file
-        .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(problem) = untrusted(&meta) {
-        return Err(format!("{}: {what} is {problem}", path.display()));
-    }
-    f.read_all(path, what, max, why).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,7 +484,7 @@ mod tests {
         assert!(second.cached);
         assert_eq!(second.vmlinux, first.vmlinux);
         assert_eq!(second.compression, Compression::Lz4);
-        assert_eq!(second.elf, first.elf);
+        assert_eq!(second.loadable.elf, first.loadable.elf);
         assert_eq!(second.header, first.header);
         // Not rewritten.
         assert_eq!(
@@ -382,6 +492,7 @@ mod tests {
             mtime
         );
         // No temp files left behind.
+        assert!(second.loadable.bytes == ELF);
         let names: Vec<String> = fs::read_dir(&first.entry_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -418,14 +529,92 @@ mod tests {
         assert!(third.cached, "rebuilt entry is not a hit");
     }
 
+    /// Puts `bytes` in place of `path` the way an editor or `cp` over a rename does: a new
+    /// file renamed over the old one.
+    fn replace(path: &Path, bytes: &[u8]) {
+        let tmp = path.with_extension("new");
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    /// A cheap hit reads no vmlinux bytes (issue 12): it checks that the cache file is the one
+    /// verified before (inode, size, mtime, ctime), else hashes it. A file replaced by one with
+    /// one byte flipped is hashed and rebuilt.
     #[test]
     fn flipped_byte_in_cached_vmlinux_is_rebuilt() {
         rebuilt_after(|p| {
             let mut v = fs::read(&p.vmlinux).unwrap();
             let i = v.len() / 2;
             v[i] ^= 1;
-            fs::write(&p.vmlinux, v).unwrap();
+            replace(&p.vmlinux, &v);
         });
+    }
+
+    /// The recorded ELF structure is compared on a hit: an entry whose record disagrees with
+    /// the file is rebuilt.
+    #[test]
+    fn cached_vmlinux_with_other_pt_loads_than_recorded_is_rebuilt() {
+        rebuilt_after(|p| {
+            let meta_path = p.entry_dir.join(META_FILE);
+            let mut meta: Meta = serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
+            meta.elf.segments[0].paddr += 0x1000;
+            fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        });
+    }
+
+    /// A bzImage seen before is found by its identity, without hashing it; one replaced by
+    /// other bytes is not, and gets its own entry (found by hashing its content).
+    #[test]
+    fn a_replaced_bzimage_is_found_by_its_content() {
+        let cache = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("vmlinuz");
+        fs::write(&src, fs::read(bzimage(Compression::Gzip)).unwrap()).unwrap();
+        let first = prepare(&src, cache.path()).unwrap();
+        assert_eq!(
+            fs::read_dir(cache.path().join(BY_ID_DIR)).unwrap().count(),
+            1
+        );
+        assert!(prepare(&src, cache.path()).unwrap().cached);
+        replace(&src, &fs::read(bzimage(Compression::Zstd)).unwrap());
+        let other = prepare(&src, cache.path()).unwrap();
+        assert!(!other.cached);
+        assert_ne!(other.key, first.key);
+        assert_eq!(other.key, sha256_hex(&fs::read(&src).unwrap()));
+        // The same bytes again under a new identity: the content's entry, verified in full.
+        replace(&src, &fs::read(bzimage(Compression::Gzip)).unwrap());
+        let back = prepare(&src, cache.path()).unwrap();
+        assert!(back.cached);
+        assert_eq!(back.key, first.key);
+    }
+
+    /// A cache made elsewhere (the lab prepares it on the host) is verified in full on first
+    /// use: its vmlinux is hashed (a copy has another identity), then recorded so the next hit
+    /// is a cheap one that maps the file.
+    #[test]
+    fn a_copied_cache_is_hashed_once_then_mapped() {
+        let cache = tempfile::tempdir().unwrap();
+        let src = bzimage(Compression::Lz4);
+        let first = prepare(&src, cache.path()).unwrap();
+        // What a copy looks like: a new inode with the same bytes, no by-id record.
+        let v = fs::read(&first.vmlinux).unwrap();
+        replace(&first.vmlinux, &v);
+        fs::remove_dir_all(cache.path().join(BY_ID_DIR)).unwrap();
+        let image = KernelImage::open(&src).unwrap();
+        let copied = prepare_image(&image, cache.path()).unwrap();
+        assert!(copied.cached);
+        let meta: Meta =
+            serde_json::from_slice(&fs::read(first.entry_dir.join(META_FILE)).unwrap()).unwrap();
+        let now = FileId::of(&fs::metadata(&first.vmlinux).unwrap());
+        assert_eq!(meta.vmlinux_file, Some(now));
+        let cheap = prepare_image(&image, cache.path()).unwrap();
+        assert!(cheap.cached);
+        assert!(cheap.loadable.bytes == ELF);
+        // A mapping of the file, not the hashed copy in memory.
+        assert_ne!(
+            cheap.loadable.bytes.as_ptr(),
+            copied.loadable.bytes.as_ptr()
+        );
     }
 
     /// `v` with its bytes at `at..at + 4` changed so that its CRC32 is `want` again: CRC32 is
@@ -471,7 +660,8 @@ mod tests {
     }
 
     /// Someone swaps bytes of a cached vmlinux without changing its length or its CRC32 (which
-    /// meta.json alone used to vouch for): the entry is not trusted.
+    /// meta.json alone used to vouch for): the entry is not trusted (the file is not the one
+    /// written).
     #[test]
     fn a_crc32_preserving_change_to_the_cached_vmlinux_is_caught() {
         rebuilt_after(|p| {
@@ -481,7 +671,7 @@ mod tests {
             v[i..i + 4].copy_from_slice(b"EVIL");
             restore_crc32(&mut v, i + 8, crc);
             assert_ne!(v, fs::read(&p.vmlinux).unwrap());
-            fs::write(&p.vmlinux, v).unwrap();
+            replace(&p.vmlinux, &v);
         });
     }
 

@@ -12,7 +12,7 @@ use goblin::elf::program_header::{self, ProgramHeader};
 use crate::{Error, Result};
 
 /// One PT_LOAD segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LoadSegment {
     pub file_offset: u64,
     pub paddr: u64,
@@ -34,7 +34,7 @@ impl LoadSegment {
 
 /// What a loader needs from a vmlinux: the physical entry point and the
 /// segments, in program-header order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Vmlinux {
     /// `e_entry`: the physical address of `startup_64`.
     pub entry: u64,
@@ -83,6 +83,7 @@ fn et_name(e_type: u16) -> &'static str {
 /// file bytes inside the file, no two PT_LOAD physical ranges overlapping, and
 /// the entry point inside a PT_LOAD's physical range.
 pub fn parse_vmlinux(path: &Path, bytes: &[u8]) -> Result<Vmlinux> {
+    crate::image::count::bump(crate::image::count::Kind::ElfParse);
     let bad = |problem: String| Error::BadVmlinux {
         path: path.to_path_buf(),
         problem,

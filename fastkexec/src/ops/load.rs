@@ -31,35 +31,17 @@ use serde::Serialize;
 use crate::files::input::{self, Input};
 use crate::files::lock::KexecLock;
 use crate::host::status::{self, Status};
+use crate::image::{Extract, KernelImage, Origin};
 use crate::kexec::{self, Call, SegmentSpec};
-use crate::{
-    host::hostinfo, image::bzimage, image::prepare, image::vmlinux, plan::segments, staged,
+pub use crate::plan::cmdline::{
+    build_cmdline, split_params, CmdlineSource, REUSE_CMDLINE_DROPPED, X86_COMMAND_LINE_MAX,
 };
+use crate::{host::hostinfo, plan::segments, staged};
 use crate::{Error, Result};
-
-/// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 including the NUL; a vmlinux carries no
-/// setup header to tell its own limit, so this is the limit used for it.
-pub const X86_COMMAND_LINE_MAX: usize = 2047;
 
 /// What `kexec_file_load` reserves in the command line for `elfcorehdr=0x<addr> `
 /// (`MAX_ELFCOREHDR_STR_LEN` in arch/x86/kernel/kexec-bzimage64.c), even for normal images.
 pub const FILE_MODE_CMDLINE_RESERVE: usize = 30;
-
-/// Parameters of the running kernel's command line that make no sense for the next kernel:
-/// `BOOT_IMAGE` names the file the boot loader loaded (kexec-tools drops it too) and `initrd`
-/// is a boot-loader/EFI-stub path — the initrd is passed with `--initrd` instead.
-/// `fastkexec.boot_id` is the tracer's tie between a trace record and the boot that wrote it
-/// (see `handoff`): the next `trace` sets a fresh one.
-pub const REUSE_CMDLINE_DROPPED: [&str; 3] = ["BOOT_IMAGE", "initrd", "fastkexec.boot_id"];
-
-/// Where the next kernel's command line comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CmdlineSource {
-    /// Exactly this string (`--append`/`--command-line`; empty when not given).
-    Append(String),
-    /// The running kernel's `/proc/cmdline` without [`REUSE_CMDLINE_DROPPED`], then `append`.
-    ReuseCmdline { append: Option<String> },
-}
 
 /// The loader mode asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,7 +90,7 @@ pub struct LoadOptions {
     /// Test only (the lab's `fastkexec-verify-mismatch`): with `verify`, record a wrong
     /// checksum for the first segment, so the purgatory must stop with its message at exec.
     pub verify_wrong_sum_for_test: bool,
-    /// Where extracted vmlinux files are cached ([`prepare::DEFAULT_CACHE_DIR`]).
+    /// Where extracted vmlinux files are cached ([`crate::image::prepare::DEFAULT_CACHE_DIR`]).
     pub cache_dir: PathBuf,
     /// Root of the system to inspect (`/`; fixture trees in tests).
     pub root: PathBuf,
@@ -161,75 +143,6 @@ impl LoadReport {
             ns: ns(since.elapsed()),
         });
     }
-}
-
-/// Builds the next kernel's command line. Returns it and the parameters dropped from
-/// `/proc/cmdline`.
-pub fn build_cmdline(source: &CmdlineSource, root: &Path) -> Result<(String, Vec<String>)> {
-    let (line, dropped) = match source {
-        CmdlineSource::Append(s) => (s.trim().to_string(), Vec::new()),
-        CmdlineSource::ReuseCmdline { append } => {
-            let current = status::read_proc_cmdline(root)?;
-            let (mut kept, dropped): (Vec<&str>, Vec<&str>) = split_params(&current)
-                .into_iter()
-                .partition(|p| !REUSE_CMDLINE_DROPPED.contains(&param_key(p)));
-            if let Some(extra) = append.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-                kept.push(extra);
-            }
-            (
-                kept.join(" "),
-                dropped.into_iter().map(str::to_string).collect(),
-            )
-        }
-    };
-    if let Some(c) = line
-        .chars()
-        .find(|c| *c == '\0' || *c == '\n' || *c == '\r')
-    {
-        let from = match source {
-            CmdlineSource::ReuseCmdline { .. } => format!(
-                "drop --reuse-cmdline or fix {}",
-                root.join("proc/cmdline").display()
-            ),
-            CmdlineSource::Append(_) => "remove it from --append".to_string(),
-        };
-        return Err(Error::InvalidCmdline(format!(
-            "it contains the control character {c:?}, which ends or breaks a kernel command \
-             line; {from}"
-        )));
-    }
-    Ok((line, dropped))
-}
-
-/// Splits a command line into parameters the way the kernel does: on whitespace, except inside
-/// double quotes (`dyndbg="file x.c +p"` is one parameter).
-pub fn split_params(line: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = None;
-    let mut quoted = false;
-    for (i, c) in line.char_indices() {
-        if c == '"' {
-            quoted = !quoted;
-        }
-        let sep = c.is_whitespace() && !quoted;
-        match (start, sep) {
-            (None, false) => start = Some(i),
-            (Some(s), true) => {
-                out.push(&line[s..i]);
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.push(&line[s..]);
-    }
-    out
-}
-
-/// The key of `key=value` (or the whole flag parameter).
-fn param_key(param: &str) -> &str {
-    param.split_once('=').map_or(param, |(k, _)| k)
 }
 
 /// Picks the loader mode. `is_bzimage`: the kernel file is a bzImage (file mode cannot load a
@@ -413,24 +326,28 @@ pub struct LoadExtras {
     pub phys_delta: i64,
 }
 
-/// [`load`] with the tracer's [`LoadExtras`]. A real load holds the kexec lock
-/// ([`KexecLock`]) from before it looks at what is loaded until the record is written; a dry
-/// run changes nothing and takes none.
+/// [`load`] with the tracer's [`LoadExtras`]: opens `opts.kernel` (read once) and loads it.
 pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
-    if opts.dry_run {
-        return load_inner(opts, extras);
-    }
-    let lock = KexecLock::acquire(&opts.root, "load")?;
-    load_locked(opts, extras, &lock)
+    let mut image = KernelImage::open(&opts.kernel)?;
+    load_image(opts, &mut image, extras, None)
 }
 
-/// [`load_with`] for a caller that already holds the kexec lock (`trace`).
-pub fn load_locked(
+/// Loads an already opened kernel image (`opts.kernel` must name it); the vmlinux it may already
+/// carry (`trace` made it to learn the kernel's footprint) is used as is. A real load holds the
+/// kexec lock ([`KexecLock`]) from before it looks at what is loaded until the record is
+/// written: `lock` when the caller holds it already, else taken here; a dry run changes nothing
+/// and takes none.
+pub fn load_image(
     opts: &LoadOptions,
+    image: &mut KernelImage,
     extras: &LoadExtras,
-    _lock: &KexecLock,
+    lock: Option<&KexecLock>,
 ) -> Result<LoadReport> {
-    load_inner(opts, extras)
+    if opts.dry_run || lock.is_some() {
+        return load_inner(opts, image, extras);
+    }
+    let _lock = KexecLock::acquire(&opts.root, "load")?;
+    load_inner(opts, image, extras)
 }
 
 /// Whether this process may not even look at `path` (a dry run as a user, with root's 0700
@@ -439,7 +356,11 @@ fn permission_denied(path: &Path) -> bool {
     matches!(fs::File::open(path), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
-fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
+fn load_inner(
+    opts: &LoadOptions,
+    image: &mut KernelImage,
+    extras: &LoadExtras,
+) -> Result<LoadReport> {
     let t0 = Instant::now();
     let mut timings = Vec::new();
     let status = status::status(&opts.root)?;
@@ -457,32 +378,9 @@ fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
         staged::read_state(&opts.root)?
     };
 
-    // One descriptor for the kernel: the header parsed here, the payload extracted and (file
-    // mode) what the kernel reads all come from the same file.
-    let kernel_in = input::open(
-        &opts.kernel,
-        "the kernel image",
-        input::MAX_KERNEL_SIZE,
-        input::MAX_KERNEL_WHY,
-    )?;
-    let kernel_bytes = kernel_in.read_all(
-        &opts.kernel,
-        "the kernel image",
-        input::MAX_KERNEL_SIZE,
-        input::MAX_KERNEL_WHY,
-    )?;
-    let is_bz = bzimage::is_bzimage(&kernel_bytes);
-    if !is_bz && !vmlinux::is_elf(&kernel_bytes) {
-        return Err(Error::UnsupportedImage {
-            path: opts.kernel.clone(),
-            problem: "neither a bzImage (no \"HdrS\" setup header) nor a vmlinux ELF".into(),
-        });
-    }
-    let header = if is_bz {
-        Some(bzimage::parse_setup_header(&opts.kernel, &kernel_bytes)?)
-    } else {
-        None
-    };
+    // One descriptor for the kernel (opened by the caller): the header parsed there, the
+    // payload extracted and (file mode) what the kernel reads all come from the same file.
+    let is_bz = image.is_bzimage();
 
     let (mut cmdline, cmdline_dropped) = build_cmdline(&opts.cmdline, &opts.root)?;
     if let Some(extra) = extras.cmdline_append.as_deref().filter(|s| !s.is_empty()) {
@@ -499,7 +397,7 @@ fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
         LoadMode::Staged => &status.modes.staged.caveats,
     };
     notes.extend(caveats.iter().cloned());
-    check_cmdline_len(&cmdline, mode, header.as_ref().map(|h| h.cmdline_size))?;
+    check_cmdline_len(&cmdline, mode, image.header().map(|h| h.cmdline_size))?;
     if !opts.dry_run && !status.privilege.can_kexec() {
         return Err(Error::NotPrivileged {
             action: "loading a kernel",
@@ -567,12 +465,11 @@ fn load_inner(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
         ));
     }
     match mode {
-        LoadMode::File => load_file(opts, &kernel_in.file, &status, &mut report)?,
+        LoadMode::File => load_file(opts, image.file(), &status, &mut report)?,
         LoadMode::Uncompressed | LoadMode::Staged => load_uncompressed(
             opts,
             &status,
-            &kernel_bytes,
-            header.as_ref(),
+            image,
             staging,
             extras,
             staged_before.is_some(),
@@ -660,41 +557,37 @@ enum Staging {
 fn load_uncompressed(
     opts: &LoadOptions,
     status: &Status,
-    kernel_bytes: &[u8],
-    header: Option<&bzimage::SetupHeader>,
+    image: &mut KernelImage,
     staging: Staging,
     extras: &LoadExtras,
     staged_before: bool,
     report: &mut LoadReport,
 ) -> Result<()> {
     let t = Instant::now();
-    let (vmlinux_path, vmlinux_bytes) = if header.is_some() {
-        if opts.dry_run {
-            // A dry run writes nothing, so the cache is neither filled nor trusted blindly:
-            // extract in memory (what `prepare` would cache).
-            let extracted = bzimage::extract_vmlinux(&opts.kernel, kernel_bytes)?;
-            report.compression = Some(extracted.compression.to_string());
+    // A dry run writes nothing, so the cache is neither filled nor trusted blindly: it
+    // extracts in memory (what `prepare` would cache).
+    let how = if opts.dry_run {
+        Extract::InMemory
+    } else {
+        Extract::Cache(&opts.cache_dir)
+    };
+    let kernel = image.loadable(how)?.clone();
+    match kernel.origin {
+        Origin::File => report.vmlinux = Some(kernel.path.clone()),
+        Origin::Cache { hit, compression } => {
+            report.vmlinux = Some(kernel.path.clone());
+            report.compression = Some(compression.to_string());
+            report.cache_hit = Some(hit);
+        }
+        Origin::Memory { compression } => {
+            report.compression = Some(compression.to_string());
             report.notes.push(
                 "dry run: the vmlinux was extracted in memory; a real load caches it (see \
                  `fastkexec prepare`)"
                     .into(),
             );
-            (opts.kernel.clone(), extracted.vmlinux)
-        } else {
-            // The bytes already read (not the path again), and the vmlinux `prepare` verified
-            // (not a second read of the cache file).
-            let prepared = prepare::prepare_image(&opts.kernel, kernel_bytes, &opts.cache_dir)?;
-            report.compression = Some(prepared.compression.to_string());
-            report.cache_hit = Some(prepared.cached);
-            (prepared.vmlinux, prepared.vmlinux_bytes)
         }
-    } else {
-        (opts.kernel.clone(), kernel_bytes.to_vec())
-    };
-    if !(opts.dry_run && header.is_some()) {
-        report.vmlinux = Some(vmlinux_path.clone());
     }
-    vmlinux::parse_vmlinux(&vmlinux_path, &vmlinux_bytes)?;
     report.lap("prepare", t);
 
     let t = Instant::now();
@@ -702,16 +595,16 @@ fn load_uncompressed(
         Some(p) => {
             let (f, max, why) = open_initrd(p, &opts.root)?;
             report.initrd_size = Some(f.len);
-            Some((p.as_path(), f.read_all(p, "the initrd", max, &why)?))
+            let bytes = bytes::Bytes::from(f.read_all(p, "the initrd", max, &why)?);
+            Some((p.as_path(), bytes))
         }
         None => None,
     };
     let host = hostinfo::read(&opts.root)?;
     let input = segments::UncompressedInput {
-        vmlinux_path: &vmlinux_path,
-        vmlinux: &vmlinux_bytes,
-        setup_header: header,
-        initrd: initrd.as_ref().map(|(p, b)| (*p, b.as_slice())),
+        kernel: &kernel,
+        setup_header: image.header(),
+        initrd: initrd.as_ref().map(|(p, b)| (*p, b)),
         cmdline: &report.cmdline,
         host: &host,
         reserved: extras.reserved.clone(),
@@ -873,7 +766,7 @@ fn load_staged(
     }
     report.lap("kexec_load (trampoline)", t);
     report.loaded = true;
-    let state = staged::StagedState::new(
+    let state = staged::record(
         plan,
         &opts.kernel,
         opts.initrd.as_deref(),
@@ -965,80 +858,6 @@ mod tests {
     use super::*;
     use crate::host::status::{Availability, Modes};
     use std::fs;
-
-    fn status_fixture(case: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/status")
-            .join(case)
-    }
-
-    #[test]
-    fn reuse_cmdline_drops_boot_loader_params_and_appends() {
-        let root = status_fixture("plain");
-        let (line, dropped) =
-            build_cmdline(&CmdlineSource::ReuseCmdline { append: None }, &root).unwrap();
-        assert_eq!(
-            line,
-            "root=UUID=0b6c1e0e-5bd3-4f3a-9d1c-6d6f3a0f9c11 ro console=ttyS0 quiet"
-        );
-        assert_eq!(dropped, ["BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-cloud-amd64"]);
-
-        let (line, _) = build_cmdline(
-            &CmdlineSource::ReuseCmdline {
-                append: Some(" initcall_debug ".into()),
-            },
-            &root,
-        )
-        .unwrap();
-        assert!(line.ends_with("quiet initcall_debug"), "{line}");
-
-        // initrd= from an EFI boot loader goes too; double spaces collapse.
-        let (line, dropped) = build_cmdline(
-            &CmdlineSource::ReuseCmdline { append: None },
-            &status_fixture("unprivileged"),
-        )
-        .unwrap();
-        assert_eq!(line, "root=/dev/sda2 quiet");
-        assert_eq!(dropped.len(), 2);
-    }
-
-    #[test]
-    fn crashkernel_is_kept_for_the_next_kernel() {
-        let (line, _) = build_cmdline(
-            &CmdlineSource::ReuseCmdline { append: None },
-            &status_fixture("crashkernel"),
-        )
-        .unwrap();
-        assert!(line.contains("crashkernel=256M"), "{line}");
-    }
-
-    #[test]
-    fn append_is_taken_verbatim_and_checked() {
-        let root = status_fixture("plain");
-        let (line, dropped) =
-            build_cmdline(&CmdlineSource::Append("  console=ttyS0 ".into()), &root).unwrap();
-        assert_eq!(line, "console=ttyS0");
-        assert!(dropped.is_empty());
-        let e = build_cmdline(&CmdlineSource::Append("a\nb".into()), &root).unwrap_err();
-        assert!(matches!(e, Error::InvalidCmdline(_)), "{e}");
-        let e = build_cmdline(
-            &CmdlineSource::ReuseCmdline { append: None },
-            &status_fixture("does-not-exist"),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("proc/cmdline"), "{e}");
-    }
-
-    #[test]
-    fn params_split_like_the_kernel() {
-        assert_eq!(
-            split_params(r#"  a=1 dyndbg="file x.c +p"  b "#),
-            ["a=1", r#"dyndbg="file x.c +p""#, "b"]
-        );
-        assert!(split_params("").is_empty());
-        assert_eq!(param_key("BOOT_IMAGE=/x"), "BOOT_IMAGE");
-        assert_eq!(param_key("quiet"), "quiet");
-    }
 
     fn st(file_blockers: &[&str], unc_blockers: &[&str]) -> Status {
         let av = |b: &[&str]| Availability {
@@ -1360,6 +1179,51 @@ mod tests {
         assert!(text.contains("trampoline"), "{text}");
         assert_eq!(serde_json::to_value(&r).unwrap()["mode"], "staged");
         assert_eq!(files_under(cache.path()), 0);
+    }
+
+    /// Issue 12: one load reads the bzImage once, parses its setup header once and the vmlinux
+    /// ELF once, in uncompressed and staged mode, dry run (extracted in memory) or through the
+    /// cache (a miss, then a hit), and when the caller (`trace`) made the vmlinux first.
+    #[test]
+    fn one_load_reads_and_parses_the_kernel_once() {
+        use crate::image::{count, Extract, KernelImage};
+        let counted = |f: &mut dyn FnMut()| {
+            let before = count::get();
+            f();
+            let after = count::get();
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let plain = machine("plain");
+        let staged = machine_with_reservation(false);
+        for (root, mode) in [
+            (&plain, Mode::Uncompressed),
+            (&staged, Mode::Staged),
+            (&staged, Mode::Auto),
+        ] {
+            let o = opts(root.path(), "bzImage-tiny.zstd", mode, cache.path());
+            let n = counted(&mut || {
+                load(&o).unwrap();
+            });
+            assert_eq!(n, (1, 1, 1), "dry run, {mode:?}: (reads, headers, ELFs)");
+            // As `trace` does: the vmlinux made from the cache first (a miss, then a hit),
+            // the load then uses it.
+            for hit in [false, true] {
+                let n = counted(&mut || {
+                    let mut image = KernelImage::open(&o.kernel).unwrap();
+                    let k = image.loadable(Extract::Cache(cache.path())).unwrap();
+                    assert_eq!(
+                        k.origin,
+                        crate::image::Origin::Cache {
+                            hit: hit || mode != Mode::Uncompressed,
+                            compression: crate::image::decompress::Compression::Zstd
+                        }
+                    );
+                    load_image(&o, &mut image, &LoadExtras::default(), None).unwrap();
+                });
+                assert_eq!(n, (1, 1, 1), "cache, {mode:?}: (reads, headers, ELFs)");
+            }
+        }
     }
 
     #[test]

@@ -20,12 +20,14 @@
 use std::fmt;
 use std::path::Path;
 
+use bytes::Bytes;
+
 use crate::blobs::purgatory::{self, Purgatory, VerifyEntry};
 use crate::error::{Error, Result};
 use crate::host::e820::{self, HoleRequest, PhysRange};
 use crate::host::hostinfo::HostBootInfo;
 use crate::image::bzimage::SetupHeader;
-use crate::image::vmlinux;
+use crate::image::{vmlinux, Loadable};
 use crate::plan::bootparams::{
     self, EfiHandoff, SetupData, ZeroPageInput, E820_MAX_ZERO_PAGE, SETUP_DATA_HEADER_SIZE,
 };
@@ -43,7 +45,9 @@ const FOUR_GIB: u64 = 1 << 32;
 /// of `memsz` is zero-filled by the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
-    pub data: Vec<u8>,
+    /// A view of the kernel image's or initrd's bytes where it can be (no copy), else bytes
+    /// built for this segment.
+    pub data: Bytes,
     /// Page aligned.
     pub mem: u64,
     /// Page aligned, `>= data.len()`.
@@ -135,11 +139,11 @@ impl Plan {
 /// Inputs of [`plan_uncompressed`].
 #[derive(Clone, Debug)]
 pub struct UncompressedInput<'a> {
-    pub vmlinux_path: &'a Path,
-    pub vmlinux: &'a [u8],
+    /// The vmlinux: its bytes and ELF, parsed once by whoever made it.
+    pub kernel: &'a Loadable,
     /// The matching bzImage's setup header, if there is one.
     pub setup_header: Option<&'a SetupHeader>,
-    pub initrd: Option<(&'a Path, &'a [u8])>,
+    pub initrd: Option<(&'a Path, &'a Bytes)>,
     pub cmdline: &'a str,
     pub host: &'a HostBootInfo,
     /// Physical ranges as `(start, size)` that no segment may overlap (the
@@ -194,7 +198,7 @@ fn plan_impl(
     within: Option<PhysRange>,
 ) -> Result<Plan> {
     let host = input.host;
-    let vm = vmlinux::parse_vmlinux(input.vmlinux_path, input.vmlinux)?;
+    let vm = &input.kernel.elf;
     if input.phys_delta % PHYS_DELTA_ALIGN != 0 {
         return Err(Error::Plan {
             problem: format!(
@@ -221,7 +225,7 @@ fn plan_impl(
         .collect();
 
     // --- kernel ---
-    let mut segments = kernel_segments(input.vmlinux_path, input.vmlinux, &vm, &shift)?;
+    let mut segments = kernel_segments(&input.kernel.path, &input.kernel.bytes, vm, &shift)?;
     let footprint = PhysRange::new(
         segments.iter().map(|s| s.mem).min().unwrap_or(0),
         segments.iter().map(|s| s.range().end).max().unwrap_or(0),
@@ -229,7 +233,7 @@ fn plan_impl(
     for s in &segments {
         if !e820::is_ram(&host.memmap, &s.range()) {
             return Err(Error::KernelNotInRam {
-                path: input.vmlinux_path.to_path_buf(),
+                path: input.kernel.path.clone(),
                 range: s.range().to_string(),
                 what: s.what.clone(),
             });
@@ -325,7 +329,7 @@ fn plan_impl(
         })?;
         used.push(PhysRange::from_len(at, memsz));
         segments.push(Segment {
-            data: bytes.to_vec(),
+            data: Bytes::clone(bytes),
             mem: at,
             memsz,
             what: format!("initrd {}", path.display()),
@@ -399,9 +403,12 @@ fn plan_impl(
 /// The kernel's PT_LOADs as page-aligned segments. PT_LOADs whose pages
 /// overlap (a segment ending mid-page and the next one starting in that
 /// page) become one segment, since the kernel refuses overlapping segments.
+/// A PT_LOAD that starts on a page and shares it with no other is a view of
+/// `bytes` (no copy; its bss is `memsz` beyond the data, zeroed by the kernel);
+/// only merged or unaligned ones are assembled in a new buffer.
 fn kernel_segments(
     path: &Path,
-    bytes: &[u8],
+    bytes: &Bytes,
     vm: &vmlinux::Vmlinux,
     shift: &dyn Fn(u64) -> Result<u64>,
 ) -> Result<Vec<Segment>> {
@@ -474,11 +481,17 @@ fn kernel_segments(
         let len = usize::try_from(data_end - mem).map_err(|_| Error::Plan {
             problem: "kernel segment larger than the address space".into(),
         })?;
-        let mut data = vec![0u8; len];
-        for p in &g {
-            let o = (p.paddr - mem) as usize;
-            data[o..o + p.file.len()].copy_from_slice(p.file);
-        }
+        let data = match g.as_slice() {
+            [only] if only.paddr == mem => bytes.slice_ref(only.file),
+            _ => {
+                let mut data = vec![0u8; len];
+                for p in &g {
+                    let o = (p.paddr - mem) as usize;
+                    data[o..o + p.file.len()].copy_from_slice(p.file);
+                }
+                Bytes::from(data)
+            }
+        };
         let names: Vec<String> = g.iter().map(|p| format!("#{}", p.index)).collect();
         out.push(Segment {
             data,
@@ -660,7 +673,7 @@ fn boot_path(b: &BootPathInput, used: &mut Vec<PhysRange>) -> Result<BootPath> {
         b.extras.setup_data_tail,
     )?;
     let block = Segment {
-        data,
+        data: data.into(),
         mem: boot_base,
         memsz: layout.size,
         what: "boot_params, command line, setup_data".into(),
@@ -693,7 +706,7 @@ fn boot_path(b: &BootPathInput, used: &mut Vec<PhysRange>) -> Result<BootPath> {
     Ok(BootPath {
         block,
         purgatory: Segment {
-            data: purg.into_bytes(),
+            data: purg.into_bytes().into(),
             mem: purg_base,
             memsz: purg_memsz,
             what: "purgatory".into(),
@@ -721,7 +734,7 @@ pub fn spoil_first_verify_sum(plan: &mut Plan) -> Result<u64> {
         .iter_mut()
         .find(|s| s.mem == plan.entry)
         .ok_or_else(|| fail("no purgatory segment at the entry point"))?;
-    let mut purg = Purgatory::from_bytes(std::mem::take(&mut seg.data))?;
+    let mut purg = Purgatory::from_bytes(seg.data.to_vec())?;
     let mut entries = purg.verify_entries();
     let first = entries
         .first_mut()
@@ -729,7 +742,7 @@ pub fn spoil_first_verify_sum(plan: &mut Plan) -> Result<u64> {
     first.sum ^= 0x5a5a;
     let addr = first.addr;
     purg.set_verify(&entries)?;
-    seg.data = purg.into_bytes();
+    seg.data = purg.into_bytes().into();
     Ok(addr)
 }
 
@@ -1043,12 +1056,21 @@ mod tests {
         h
     }
 
+    /// A test's vmlinux or initrd, kept for the whole test run (plans borrow them).
+    fn leak_kernel(bytes: &[u8]) -> &'static Loadable {
+        let k = Loadable::from_elf(Path::new("vmlinux-tiny.elf"), Bytes::copy_from_slice(bytes));
+        Box::leak(Box::new(k.unwrap()))
+    }
+
+    fn leak_bytes(bytes: &[u8]) -> &'static Bytes {
+        Box::leak(Box::new(Bytes::copy_from_slice(bytes)))
+    }
+
     fn input<'a>(h: &'a HostBootInfo, initrd: Option<&'a [u8]>) -> UncompressedInput<'a> {
         UncompressedInput {
-            vmlinux_path: Path::new("vmlinux-tiny.elf"),
-            vmlinux: TINY,
+            kernel: leak_kernel(TINY),
             setup_header: None,
-            initrd: initrd.map(|b| (Path::new("initrd.img"), b)),
+            initrd: initrd.map(|b| (Path::new("initrd.img"), leak_bytes(b))),
             cmdline: "console=ttyS0 root=/dev/vda",
             host: h,
             reserved: Vec::new(),
@@ -1187,7 +1209,7 @@ mod tests {
         assert_eq!(nodes[0].data, vec![0x42; 32]);
 
         // The purgatory is patched with the real addresses.
-        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.clone()).unwrap();
+        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
         assert_eq!(purg.entry(), 0x100_0000);
         assert_eq!(purg.boot_params(), plan.summary.boot_params_addr);
         assert_eq!(purg.stack_top(), plan.entry + purg.stack_end() as u64);
@@ -1208,7 +1230,7 @@ mod tests {
         let good = plan.clone();
         let addr = spoil_first_verify_sum(&mut plan).unwrap();
         let purg = |p: &Plan| {
-            Purgatory::from_bytes(p.segments.last().unwrap().data.clone())
+            Purgatory::from_bytes(p.segments.last().unwrap().data.to_vec())
                 .unwrap()
                 .verify_entries()
         };
@@ -1239,7 +1261,7 @@ mod tests {
         let mut i = input(&h, None);
         i.verify = false;
         let plan = plan_uncompressed(&i).unwrap();
-        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.clone()).unwrap();
+        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
         assert!(purg.verify_entries().is_empty());
         assert_eq!(plan.summary.verified_segments, 0);
         assert_eq!(plan.summary.initrd, None);
@@ -1459,7 +1481,7 @@ mod tests {
         assert_eq!(tail, Some(tracer_page));
         assert_eq!(nodes.last().unwrap().data, b"extra");
         assert_eq!(nodes[0].kind, SETUP_RNG_SEED);
-        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.clone()).unwrap();
+        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
         assert_eq!(purg.tsc_out(), tracer_page + 0x100);
         let shown = plan.to_string();
         assert!(
@@ -1492,7 +1514,7 @@ mod tests {
         check_invariants(&plan, &h, &[]);
         assert_eq!(plan.summary.kernel_entry, 0x3100_0000);
         assert_eq!(plan.segments[0].mem, 0x3100_0000);
-        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.clone()).unwrap();
+        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
         assert_eq!(purg.entry(), 0x3100_0000);
 
         i.phys_delta = 0x1000;
@@ -1527,7 +1549,7 @@ mod tests {
         check_invariants(&plan, &h, &[]);
         assert_eq!(plan.segments.len(), before + 2);
         assert!(window.contains_range(&PhysRange::from_len(extra.purgatory_addr, 4096)));
-        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.clone()).unwrap();
+        let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
         assert_eq!(purg.entry(), plan.summary.kernel_entry);
         assert_eq!(purg.boot_params(), extra.boot_params_addr);
         assert_ne!(extra.boot_params_addr, plan.summary.boot_params_addr);
@@ -1555,7 +1577,7 @@ mod tests {
         );
         let h = host("qemu-seabios");
         let mut i = input(&h, None);
-        i.vmlinux = &bytes;
+        i.kernel = leak_kernel(&bytes);
         let plan = plan_uncompressed(&i).unwrap();
         check_invariants(&plan, &h, &[]);
         let k = &plan.segments[0];
@@ -1571,7 +1593,7 @@ mod tests {
 
         // A non page-aligned start gets leading zero padding.
         let bytes = elf(&[(0x100_0100, 0x10, 0x10)], 0x100_0100);
-        i.vmlinux = &bytes;
+        i.kernel = leak_kernel(&bytes);
         let plan = plan_uncompressed(&i).unwrap();
         assert_eq!(plan.segments[0].mem, 0x100_0000);
         assert_eq!(&plan.segments[0].data[..0x100], &[0u8; 0x100][..]);
@@ -1586,7 +1608,7 @@ mod tests {
         let bytes = elf(&loads, 0x100_0000);
         let h = host("qemu-seabios");
         let mut i = input(&h, None);
-        i.vmlinux = &bytes;
+        i.kernel = leak_kernel(&bytes);
         // 15 kernel + boot block + purgatory = 17.
         let err = plan_uncompressed(&i).unwrap_err();
         assert!(
@@ -1595,7 +1617,7 @@ mod tests {
         );
         // 14 + 2 = 16 is fine.
         let bytes = elf(&loads[..14], 0x100_0000);
-        i.vmlinux = &bytes;
+        i.kernel = leak_kernel(&bytes);
         assert_eq!(plan_uncompressed(&i).unwrap().segments.len(), 16);
     }
 
@@ -1605,7 +1627,7 @@ mod tests {
         // Kernel linked into the 640K-1M hole.
         let bytes = elf(&[(0xa_0000, 0x10, 0x1000)], 0xa_0000);
         let mut i = input(&h, None);
-        i.vmlinux = &bytes;
+        i.kernel = leak_kernel(&bytes);
         let err = plan_uncompressed(&i).unwrap_err();
         assert!(matches!(err, Error::KernelNotInRam { .. }), "{err}");
 
@@ -1678,7 +1700,7 @@ mod tests {
     fn validate_catches_what_the_kernel_would_reject() {
         let h = host("qemu-seabios");
         let seg = |mem: u64, memsz: u64, len: usize| Segment {
-            data: vec![0; len],
+            data: vec![0; len].into(),
             mem,
             memsz,
             what: "t".into(),

@@ -35,30 +35,29 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::blobs::purgatory::{self, VerifyEntry};
 use crate::blobs::trampoline::{self as tramp, Trampoline};
 use crate::error::{Error, Result};
-use crate::files::atomic_file;
+
 use crate::host::e820::{self, E820Entry, E820Type, HoleRequest, PhysRange};
 use crate::host::hostinfo::HostBootInfo;
-use crate::host::status::{self, CrashRange, Status};
-use crate::image::vmlinux;
+use crate::host::staged_record;
+pub use crate::host::staged_record::{
+    boot_id, read_state, remove_state, write_state, HeaderRef, SegmentSum, StagedState, STATE_FILE,
+    STATE_FIX, STATE_VERSION,
+};
+use crate::host::status::{self, largest_reservation, Status};
 use crate::kexec::{self, Call, SegmentSpec};
 use crate::plan::segments::{self, ExtraBootPath, Plan, PlanExtras, Segment, UncompressedInput};
 
 /// Added to the panic path's command line so its user space can tell it came
 /// up through the panic path (a dotted name, which the kernel ignores).
 pub const PANIC_MARKER: &str = "fastkexec.staged=panic";
-/// Where `load` records what it staged (under the root; /run is a tmpfs, so
-/// the record dies with the boot it describes).
-pub const STATE_FILE: &str = "run/fastkexec/staged.json";
-/// 2: with [`StagedState::segments`], the complete checksums `exec` checks.
-pub const STATE_VERSION: u32 = 2;
 /// Segments bigger than this are checked by sampling one word per page; the
 /// others are summed in full.
 pub const SAMPLE_THRESHOLD: u64 = 64 << 10;
@@ -94,15 +93,6 @@ pub fn pick_reservation(status: &Status) -> Result<PhysRange> {
                   crashkernel=256M) on the kernel command line"
             .into(),
     })
-}
-
-/// The largest of the "Crash kernel" ranges as a half-open range.
-pub fn largest_reservation(ranges: &[CrashRange]) -> Option<PhysRange> {
-    ranges
-        .iter()
-        .filter(|r| r.end > r.start)
-        .max_by_key(|r| r.size)
-        .and_then(|r| Some(PhysRange::new(r.start, r.end.checked_add(1)?)))
 }
 
 /// The physical shift that moves the kernel's lowest PT_LOAD (`span.0`) to
@@ -171,7 +161,7 @@ pub fn kdump_safe_map(map: &[E820Entry], reservation: PhysRange) -> Vec<E820Entr
 /// (there is no memory to reserve from), plus `reset_devices` (drivers reset
 /// hardware no one shut down) and [`PANIC_MARKER`].
 pub fn panic_cmdline(cmdline: &str) -> String {
-    let mut kept: Vec<&str> = crate::ops::load::split_params(cmdline)
+    let mut kept: Vec<&str> = crate::plan::cmdline::split_params(cmdline)
         .into_iter()
         .filter(|p| {
             let key = p.split_once('=').map_or(*p, |(k, _)| k);
@@ -245,7 +235,7 @@ impl StagedHeader {
         let mut sampled = Vec::new();
         for s in segments {
             if s.memsz <= SAMPLE_THRESHOLD {
-                let mut padded = s.data.clone();
+                let mut padded = s.data.to_vec();
                 padded.resize(usize::try_from(s.memsz).unwrap_or(0).max(s.data.len()), 0);
                 full.push(VerifyEntry::for_data(s.mem, &padded));
             } else {
@@ -384,15 +374,6 @@ impl StagedHeader {
 /// a plan's segments in tests).
 pub trait PhysRead {
     fn read_phys(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
-}
-
-/// What the trampoline knows about the header it checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeaderRef {
-    pub addr: u64,
-    pub len: u64,
-    pub sum: u64,
-    pub nonce: [u8; 16],
 }
 
 /// The trampoline's check, done from user space: the same steps in the same
@@ -537,7 +518,7 @@ pub fn plan_staged(
             problem: format!("the reservation {res} is not RAM in the firmware memory map"),
         });
     }
-    let vm = vmlinux::parse_vmlinux(input.vmlinux_path, input.vmlinux)?;
+    let vm = &input.kernel.elf;
     let initrd = match input.initrd {
         Some((_, b)) => page_up(b.len() as u64)?,
         None => 0,
@@ -583,7 +564,7 @@ pub fn plan_staged(
         suggest_mib: (res.len() >> 20) + 64,
     })?;
     crash.segments.push(Segment {
-        data: bytes,
+        data: bytes.into(),
         mem: header_addr,
         memsz: header_memsz,
         what: "staged header (nonce, checks)".into(),
@@ -646,7 +627,7 @@ pub fn plan_staged(
     let t_memsz = page_up(t_bytes.len() as u64)?;
     let t_addr = place_outside(host, res, &reserved, t_memsz)?;
     let trampoline = Segment {
-        data: t_bytes,
+        data: t_bytes.into(),
         mem: t_addr,
         memsz: t_memsz,
         what: "trampoline (checks the staged image, then enters it)".into(),
@@ -779,57 +760,6 @@ impl StagedPlan {
     }
 }
 
-/// What `load` recorded at [`STATE_FILE`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagedState {
-    pub version: u32,
-    /// `/proc/sys/kernel/random/boot_id` of the boot that staged it.
-    pub boot_id: Option<String>,
-    pub loaded_at_unix: u64,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub panic_cmdline: String,
-    pub reservation_start: u64,
-    /// Exclusive.
-    pub reservation_end: u64,
-    pub crash_entry: u64,
-    pub trampoline: u64,
-    pub header_addr: u64,
-    pub header_len: u64,
-    pub header_sum: u64,
-    /// 32 hex digits.
-    pub nonce: String,
-    pub sampled_blocks: u64,
-    /// Every segment of the crash image, summed over its whole destination (the zero fill
-    /// included): what `exec` checks, completely, before the reboot.
-    pub segments: Vec<SegmentSum>,
-}
-
-/// One staged segment's complete checksum ([`purgatory::checksum`] over `len` bytes at
-/// `addr`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentSum {
-    pub addr: u64,
-    /// A multiple of 8.
-    pub len: u64,
-    pub sum: u64,
-}
-
-impl SegmentSum {
-    fn of(s: &Segment) -> SegmentSum {
-        let len = s.memsz.max(s.data.len() as u64).div_ceil(8) * 8;
-        let mut c = Checksum::new();
-        c.update(&s.data);
-        c.zeros(len - s.data.len() as u64);
-        SegmentSum {
-            addr: s.mem,
-            len,
-            sum: c.finish(),
-        }
-    }
-}
-
 /// [`purgatory::checksum`] fed in pieces: every piece but the last a multiple of 8 bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Checksum {
@@ -871,64 +801,49 @@ impl Checksum {
     }
 }
 
-impl StagedState {
-    pub fn new(
-        plan: &StagedPlan,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        cmdline: &str,
-        boot_id: Option<String>,
-    ) -> Self {
-        Self {
-            version: STATE_VERSION,
-            boot_id,
-            loaded_at_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            kernel: kernel.to_path_buf(),
-            initrd: initrd.map(Path::to_path_buf),
-            cmdline: cmdline.to_string(),
-            panic_cmdline: plan.panic_cmdline.clone(),
-            reservation_start: plan.reservation.start,
-            reservation_end: plan.reservation.end,
-            crash_entry: plan.crash_entry,
-            trampoline: plan.trampoline.mem,
-            header_addr: plan.header.addr,
-            header_len: plan.header.len,
-            header_sum: plan.header.sum,
-            nonce: hex(&plan.header.nonce),
-            sampled_blocks: plan.sampled_blocks,
-            segments: plan.crash.segments.iter().map(SegmentSum::of).collect(),
-        }
-    }
-
-    pub fn reservation(&self) -> PhysRange {
-        PhysRange::new(self.reservation_start, self.reservation_end)
-    }
-
-    pub fn header(&self) -> Option<HeaderRef> {
-        Some(HeaderRef {
-            addr: self.header_addr,
-            len: self.header_len,
-            sum: self.header_sum,
-            nonce: unhex16(&self.nonce)?,
-        })
+/// One staged segment's complete checksum: [`purgatory::checksum`] over its whole
+/// destination, the zero fill included.
+fn segment_sum(s: &Segment) -> SegmentSum {
+    let len = s.memsz.max(s.data.len() as u64).div_ceil(8) * 8;
+    let mut c = Checksum::new();
+    c.update(&s.data);
+    c.zeros(len - s.data.len() as u64);
+    SegmentSum {
+        addr: s.mem,
+        len,
+        sum: c.finish(),
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
+/// The record of a staged load of `plan`.
+pub fn record(
+    plan: &StagedPlan,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    cmdline: &str,
+    boot_id: Option<String>,
+) -> StagedState {
+    StagedState {
+        version: STATE_VERSION,
+        boot_id,
+        loaded_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        kernel: kernel.to_path_buf(),
+        initrd: initrd.map(Path::to_path_buf),
+        cmdline: cmdline.to_string(),
+        panic_cmdline: plan.panic_cmdline.clone(),
+        reservation_start: plan.reservation.start,
+        reservation_end: plan.reservation.end,
+        crash_entry: plan.crash_entry,
+        trampoline: plan.trampoline.mem,
+        header_addr: plan.header.addr,
+        header_len: plan.header.len,
+        header_sum: plan.header.sum,
+        nonce: staged_record::hex(&plan.header.nonce),
+        sampled_blocks: plan.sampled_blocks,
+        segments: plan.crash.segments.iter().map(segment_sum).collect(),
     }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// A fresh random nonce (getrandom(2)).
@@ -938,85 +853,6 @@ pub fn new_nonce() -> Result<[u8; 16]> {
         problem: format!("getrandom failed ({e}); no nonce for the staged image"),
     })?;
     Ok(n)
-}
-
-/// This boot's id, if the kernel exposes it.
-pub fn boot_id(root: &Path) -> Option<String> {
-    fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// Writes the record atomically (an exclusive temporary file, then rename), 0600 in a 0700
-/// directory: it is root's account of what kexec holds.
-pub fn write_state(root: &Path, state: &StagedState) -> Result<()> {
-    let path = root.join(STATE_FILE);
-    let dir = path.parent().unwrap_or(root);
-    if !dir.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
-    }
-    let text = serde_json::to_string_pretty(state).map_err(|e| Error::HostInfo {
-        path: path.clone(),
-        problem: format!("cannot encode: {e}"),
-    })?;
-    atomic_file::write(&path, text.as_bytes(), 0o600)
-}
-
-/// What to do about a record `exec`, `load` and `unload` cannot use.
-const STATE_FIX: &str = "check what is loaded with `fastkexec status`, then run `fastkexec \
-                         unload` (it clears both images and removes this record) and load again";
-
-/// The record of what `load --mode staged` staged during this boot: `None` when there is
-/// none, or when it is from an earlier boot (a /run that is not a tmpfs; the kernel has
-/// forgotten that load). A record that cannot be read or parsed, or of another version, is
-/// an error naming the file: guessing "nothing staged" would let `exec` skip its check and
-/// `load` leave a staged crash image behind (issue 13, defect 5).
-pub fn read_state(root: &Path) -> Result<Option<StagedState>> {
-    let path = root.join(STATE_FILE);
-    let bad = |problem: String| Error::StagedState {
-        path: path.clone(),
-        problem: format!("{problem}; {STATE_FIX}"),
-    };
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(format!("cannot read the staged-mode record ({e})"))),
-    };
-    // The version first, so a newer record says so rather than "missing field".
-    let version = serde_json::from_str::<serde_json::Value>(&text)
-        .map_err(|e| bad(format!("not a staged-mode record ({e})")))?
-        .get("version")
-        .and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(STATE_VERSION)) {
-        return Err(bad(format!(
-            "staged-mode record version {} (this fastkexec reads version {STATE_VERSION})",
-            version.map_or_else(|| "missing".into(), |v| v.to_string())
-        )));
-    }
-    let state: StagedState =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a staged-mode record ({e})")))?;
-    let now = boot_id(root);
-    if state.boot_id.is_some() && now.is_some() && state.boot_id != now {
-        log::info!(
-            "{}: left over from an earlier boot; ignored",
-            path.display()
-        );
-        return Ok(None);
-    }
-    Ok(Some(state))
-}
-
-pub fn remove_state(root: &Path) -> Result<()> {
-    let path = root.join(STATE_FILE);
-    match fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
 }
 
 /// One `PT_LOAD` of /proc/kcore that maps RAM.
@@ -1353,45 +1189,6 @@ pub fn auto_eligible(status: &Status, root: &Path) -> Option<String> {
     }
 }
 
-/// Staged mode's availability on this kernel: everything uncompressed mode
-/// needs, plus a visible reservation and panic loads not disabled.
-pub fn availability(
-    uncompressed: &crate::host::status::Availability,
-    st: &Status,
-) -> crate::host::status::Availability {
-    let mut a = crate::host::status::Availability {
-        blockers: uncompressed.blockers.clone(),
-        ..Default::default()
-    };
-    if st.iomem_addresses_hidden {
-        a.blockers
-            .push("the crashkernel reservation is not visible (run as root)".into());
-    } else if largest_reservation(&st.crash_kernel).is_none() {
-        a.blockers.push(
-            "no crashkernel reservation (boot with crashkernel=SIZE, e.g. crashkernel=256M)".into(),
-        );
-    }
-    if st.kexec_load_limit_panic == Some(0) {
-        a.blockers.push(
-            "kernel.kexec_load_limit_panic=0: no crash-image loads left until the next reboot"
-                .into(),
-        );
-    }
-    a.caveats.push(
-        "while staged no kdump kernel is loaded (a loaded one is displaced until the next boot); \
-         the reservation must hold the kernel's footprint and the initrd"
-            .into(),
-    );
-    if st.crash_loaded == Some(true) {
-        a.caveats.push(
-            "a crash kernel is loaded now: --mode staged would replace it, auto will not".into(),
-        );
-    }
-    a.caveats.extend(uncompressed.caveats.iter().cloned());
-    a.allowed = a.blockers.is_empty();
-    a
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1399,6 +1196,9 @@ mod tests {
         FAIL_HEADER, FAIL_HEADER_SUM, FAIL_NONCE, FAIL_RANGE_SUM, FAIL_SAMPLE,
     };
     use crate::host::hostinfo;
+    use crate::host::status::CrashRange;
+    use crate::image::Loadable;
+    use bytes::Bytes;
     use std::collections::BTreeMap;
 
     const TINY: &[u8] = include_bytes!(concat!(
@@ -1418,12 +1218,21 @@ mod tests {
         h
     }
 
+    /// A test's vmlinux or initrd, kept for the whole test run (plans borrow them).
+    fn leak_kernel(bytes: &[u8]) -> &'static Loadable {
+        let k = Loadable::from_elf(Path::new("vmlinux-tiny.elf"), Bytes::copy_from_slice(bytes));
+        Box::leak(Box::new(k.unwrap()))
+    }
+
+    fn leak_bytes(bytes: &[u8]) -> &'static Bytes {
+        Box::leak(Box::new(Bytes::copy_from_slice(bytes)))
+    }
+
     fn input<'a>(h: &'a HostBootInfo, initrd: Option<&'a [u8]>) -> UncompressedInput<'a> {
         UncompressedInput {
-            vmlinux_path: Path::new("vmlinux-tiny.elf"),
-            vmlinux: TINY,
+            kernel: leak_kernel(TINY),
             setup_header: None,
-            initrd: initrd.map(|b| (Path::new("initrd.img"), b)),
+            initrd: initrd.map(|b| (Path::new("initrd.img"), leak_bytes(b))),
             cmdline: "console=ttyS0 crashkernel=256M root=/dev/vda",
             host: h,
             reserved: Vec::new(),
@@ -1447,7 +1256,7 @@ mod tests {
         fn of(segments: &[Segment]) -> Self {
             let mut m = BTreeMap::new();
             for s in segments {
-                let mut d = s.data.clone();
+                let mut d = s.data.to_vec();
                 d.resize(s.memsz as usize, 0);
                 m.insert(s.mem, d);
             }
@@ -1571,13 +1380,13 @@ mod tests {
     fn header_round_trips_and_lays_out_as_documented() {
         let segs = vec![
             Segment {
-                data: vec![0x11; 5000],
+                data: vec![0x11; 5000].into(),
                 mem: 0x6500_0000,
                 memsz: 0x2_0000,
                 what: "big".into(),
             },
             Segment {
-                data: vec![0x22; 100],
+                data: vec![0x22; 100].into(),
                 mem: 0x7400_0000,
                 memsz: 0x1000,
                 what: "small".into(),
@@ -1634,7 +1443,7 @@ mod tests {
         // Entries: crash image → panic purgatory; trampoline → normal purgatory.
         assert_eq!(p.crash_entry, p.panic.purgatory_addr);
         assert_ne!(p.crash_entry, p.crash.entry);
-        let t = Trampoline::from_bytes(p.trampoline.data.clone()).unwrap();
+        let t = Trampoline::from_bytes(p.trampoline.data.to_vec()).unwrap();
         assert_eq!(t.target(), p.crash.entry);
         assert_eq!(t.header(), (p.header.addr, p.header.len, p.header.sum));
         assert_eq!(t.nonce(), opts().nonce);
@@ -1655,7 +1464,7 @@ mod tests {
             .iter()
             .find(|s| s.mem == purgatory_addr)
             .unwrap();
-        let purg = purgatory::Purgatory::from_bytes(seg.data.clone()).unwrap();
+        let purg = purgatory::Purgatory::from_bytes(seg.data.to_vec()).unwrap();
         assert_eq!(purg.entry(), p.crash.summary.kernel_entry);
         p.crash.read_phys(purg.boot_params(), 4096).unwrap()
     }
@@ -1748,7 +1557,7 @@ mod tests {
         let mut o = opts();
         o.trampoline_tsc_out = page + 1296;
         let p = plan_staged(&inp, &extras, &o).unwrap();
-        let t = Trampoline::from_bytes(p.trampoline.data.clone()).unwrap();
+        let t = Trampoline::from_bytes(p.trampoline.data.to_vec()).unwrap();
         assert_eq!(t.tsc_out(), page + 1296);
         assert!(!PhysRange::from_len(p.trampoline.mem, p.trampoline.memsz)
             .overlaps(&PhysRange::from_len(page, 4096)));
@@ -2032,7 +1841,7 @@ mod tests {
         let id_path = root.path().join("proc/sys/kernel/random/boot_id");
         fs::create_dir_all(id_path.parent().unwrap()).unwrap();
         fs::write(&id_path, "aaaa\n").unwrap();
-        let st = StagedState::new(
+        let st = record(
             &p,
             Path::new("/boot/vmlinuz"),
             None,
@@ -2068,7 +1877,7 @@ mod tests {
     fn write_planned_record(root: &Path) {
         let h = host();
         let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
-        write_state(root, &StagedState::new(&p, Path::new("k"), None, "", None)).unwrap();
+        write_state(root, &record(&p, Path::new("k"), None, "", None)).unwrap();
     }
 
     #[test]
@@ -2101,14 +1910,14 @@ mod tests {
         let h = host();
         let initrd = vec![5u8; 1 << 20];
         let p = plan_staged(&input(&h, Some(&initrd)), &PlanExtras::default(), &opts()).unwrap();
-        let st = StagedState::new(&p, Path::new("k"), None, "", None);
+        let st = record(&p, Path::new("k"), None, "", None);
         assert_eq!(st.segments.len(), p.crash.segments.len());
         let mut mem = Mem::of(&p.crash.segments);
         let total: u64 = st.segments.iter().map(|s| s.len).sum();
         assert_eq!(check_segments(&st.segments, &mut mem).unwrap(), Ok(total));
         // The streamed sum is the purgatory's.
         for (seg, sum) in p.crash.segments.iter().zip(&st.segments) {
-            let mut padded = seg.data.clone();
+            let mut padded = seg.data.to_vec();
             padded.resize(sum.len as usize, 0);
             assert_eq!(purgatory::checksum(&padded), sum.sum);
         }
@@ -2155,8 +1964,7 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         let h = host();
         let p = plan_staged(&input(&h, None), &PlanExtras::default(), &opts()).unwrap();
-        let good =
-            serde_json::to_value(StagedState::new(&p, Path::new("k"), None, "", None)).unwrap();
+        let good = serde_json::to_value(record(&p, Path::new("k"), None, "", None)).unwrap();
         let mut newer = good.clone();
         newer["version"] = serde_json::json!(STATE_VERSION + 1);
         let mut wrong_type = good.clone();
