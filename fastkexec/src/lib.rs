@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for how the modules fit together.
 
 pub mod blobs;
+pub mod bytes;
 pub mod error;
 pub mod files;
 pub mod host;

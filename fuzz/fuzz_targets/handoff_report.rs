@@ -241,7 +241,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(at, rep.total_ns);
     let _ = rep.to_string();
     serde_json::to_string(&rep).expect("a report serializes");
-    if let Ok(boot) = fastkexec::record::fold::boot_from_report(&rep, "fuzz-boot", 1) {
+    if let Ok(boot) = fastkexec::metrics::fold::boot_from_report(&rep, "fuzz-boot", 1) {
         // It may refuse a sample (a phase longer than a day: the new kernel's own clock
         // figures are not bounded by the record's checks), with an error, never a panic.
         let mut state = fastkexec::metrics::histogram::State::new();

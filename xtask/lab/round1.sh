@@ -11,6 +11,7 @@ if [ "$(arg fklab.disk)" = 1 ]; then
 	INITRD=/tmp/chain.cpio
 	cat /dev/vdb >"$INITRD" || fail "cannot read the chain image from vdb"
 fi
+lab_server
 echo "FKLAB: cold memtotal_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
 # A panic with the staged kernel loaded: the crash path must boot it the kdump-safe way.
 lab_panic() {

@@ -409,6 +409,10 @@ pub struct Meta {
     pub accel: String,
     pub guest_memory: String,
     pub guest_smp: u32,
+    /// The lab VM's devices, memory use and initrd size (`lab::Machine::describe`); empty in
+    /// benches from before it was recorded (the bare VM).
+    #[serde(default)]
+    pub guest_vm: String,
     pub kernel: KernelFacts,
     pub modes: Vec<String>,
     pub runs_per_mode: usize,
@@ -562,7 +566,7 @@ pub fn markdown(meta: &Meta, summary: &[ModeSummary]) -> String {
     ));
     o.push_str(&format!("Command: `{}`\n\n", meta.command));
     o.push_str(&format!(
-        "Machine: {} × {}, host kernel {}, QEMU {}, accel {}; guest {} RAM, {} CPUs; {}.\n\n",
+        "Machine: {} × {}, host kernel {}, QEMU {}, accel {}; guest {} RAM, {} CPUs{}; {}.\n\n",
         meta.machine.nproc,
         meta.machine.cpu_model,
         meta.machine.host_kernel,
@@ -570,6 +574,11 @@ pub fn markdown(meta: &Meta, summary: &[ModeSummary]) -> String {
         meta.accel,
         meta.guest_memory,
         meta.guest_smp,
+        if meta.guest_vm.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", meta.guest_vm)
+        },
         meta.date_utc
     ));
     o.push_str(&format!(
@@ -869,6 +878,7 @@ pub fn run(plan: &Plan, options: &dyn Fn(Mode, bool) -> RunOptions) -> Result<()
         },
         guest_memory: probe.memory.clone(),
         guest_smp: probe.smp,
+        guest_vm: probe.machine.describe(),
         kernel: KernelFacts {
             name: plan.kernel.name.clone(),
             suite: plan.kernel.suite.clone(),
@@ -891,7 +901,7 @@ pub fn run(plan: &Plan, options: &dyn Fn(Mode, bool) -> RunOptions) -> Result<()
     std::fs::create_dir_all(&frozen).with_context(|| format!("creating {}", frozen.display()))?;
     let mut images = BTreeMap::new();
     for &m in &modes {
-        let built = lab::build_images(plan.kernel, m, plan.tools)?;
+        let built = lab::build_images(plan.kernel, m, plan.tools, probe.machine)?;
         let dest = frozen.join(format!("round1-{}.cpio", m.name()));
         if std::fs::hard_link(&built, &dest).is_err() {
             std::fs::copy(&built, &dest)
@@ -1067,6 +1077,7 @@ mod tests {
             accel: "tcg".into(),
             guest_memory: "2G".into(),
             guest_smp: 2,
+            guest_vm: lab::Machine::server().describe(),
             kernel: KernelFacts {
                 name: k.name,
                 suite: k.suite,

@@ -178,28 +178,67 @@ fn base(tools: &Tools) -> Result<Cpio> {
     Ok(c)
 }
 
-/// The initrd the new kernel boots with in round 2.
-pub fn round2(tools: &Tools) -> Result<Vec<u8>> {
+/// The initrd the new kernel boots with in round 2, at least `size` bytes long.
+/// A server's initrd is tens of MiB, and the kernel copies every page of it when it
+/// executes a `kexec_load` image: a payload brings ours up to that size.
+pub fn round2(tools: &Tools, size: usize) -> Result<Vec<u8>> {
     let mut c = base(tools)?;
     c.file(
         "lab/round2-marker",
         b"fastkexec lab round 2 initrd\n".to_vec(),
         0o644,
     );
+    let len = c.to_bytes().len();
+    if size > len {
+        c.file("lab/payload", payload(size - len), 0o644);
+    }
     Ok(c.to_bytes())
 }
 
+/// `len` bytes that do not compress (a Debian initrd is a compressed archive), the same
+/// on every build so images stay reproducible: a xorshift64 stream.
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// The first boot's initramfs: tools, kexec-tools with its libraries, the
-/// next kernel, the round-2 initrd and any extra files (e.g. a prepared cache).
-pub fn round1(tools: &Tools, vmlinuz: &Path, extra: &[(String, PathBuf)]) -> Result<Vec<u8>> {
+/// next kernel, the round-2 initrd (`round2`), the modules round 1 loads
+/// (`NN-name.ko`, in load order) and any extra files (e.g. a prepared cache).
+pub fn round1(
+    tools: &Tools,
+    vmlinuz: &Path,
+    round2: Vec<u8>,
+    modules: &[(String, Vec<u8>)],
+    extra: &[(String, PathBuf)],
+) -> Result<Vec<u8>> {
     let mut c = loader(tools, vmlinuz, extra)?;
-    c.file("lab/round2.cpio", round2(tools)?, 0o644);
+    c.file("lab/round2.cpio", round2, 0o644);
+    add_modules(&mut c, modules);
     Ok(c.to_bytes())
+}
+
+fn add_modules(c: &mut Cpio, modules: &[(String, Vec<u8>)]) {
+    for (i, (name, data)) in modules.iter().enumerate() {
+        c.file(
+            &format!("lab/modules/{i:02}-{name}.ko"),
+            data.clone(),
+            0o644,
+        );
+    }
 }
 
 /// The image of a chained run (`--reboots`): every round boots it, so it holds
 /// what round 1 needs to load the next kernel, the round-2 marker and the
-/// modules (`NN-name.ko`, in load order) that show the virtio disks. The next
+/// modules (`NN-name.ko`, in load order) that show the virtio disks and NIC. The next
 /// initrd is this image again, read from a virtio disk (a cpio cannot hold
 /// itself). Zero-padded to whole sectors: QEMU serves a raw file in sectors.
 pub fn chain(
@@ -214,13 +253,7 @@ pub fn chain(
         b"fastkexec lab chained initrd\n".to_vec(),
         0o644,
     );
-    for (i, (name, data)) in modules.iter().enumerate() {
-        c.file(
-            &format!("lab/modules/{i:02}-{name}.ko"),
-            data.clone(),
-            0o644,
-        );
-    }
+    add_modules(&mut c, modules);
     let mut bytes = c.to_bytes();
     bytes.resize(bytes.len().next_multiple_of(512), 0);
     Ok(bytes)
@@ -267,6 +300,19 @@ fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_is_exact_reproducible_and_not_repetitive() {
+        let p = payload(1 << 20 | 3);
+        assert_eq!(p.len(), (1 << 20) + 3);
+        assert_eq!(p, payload(p.len()));
+        // A stream that repeated (or stayed zero) would compress to nothing.
+        let mut seen = std::collections::HashSet::new();
+        for chunk in p.chunks_exact(8) {
+            seen.insert(chunk);
+        }
+        assert_eq!(seen.len(), p.len() / 8);
+    }
 
     /// Cross-checks our writer with the system's cpio, an independent reader.
     #[test]

@@ -135,8 +135,112 @@ pub enum Accel {
     Kvm,
 }
 
+/// The VM round 1 runs on. By default a small server, as the kernel that kexec replaces
+/// finds it on users' machines: a virtio NIC (link up) and a virtio disk bound to their
+/// drivers, a quarter of the RAM in page cache when round 1 loads, and a round-2 initrd the size of
+/// a Debian server's (`initrd_mib`). At exec the kernel copies every page of a `kexec_load`
+/// image, initrd included, so that size is part of the handoff. `bare` is the lab before
+/// issue 12: no devices, idle memory, the ~10 MiB busybox initrd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Machine {
+    pub bare: bool,
+    /// The round-2 initrd is padded to this size (ignored when `bare`).
+    pub initrd_mib: u32,
+}
+
+/// A Debian server's initrd.img (initramfs-tools, compressed): tens of MiB.
+pub const SERVER_INITRD_MIB: u32 = 32;
+/// The scratch virtio disk's size (a null-co device: reads return zeros, nothing is stored).
+const SCRATCH_DISK_BYTES: u64 = 4 << 30;
+
+impl Machine {
+    pub fn server() -> Self {
+        Machine {
+            bare: false,
+            initrd_mib: SERVER_INITRD_MIB,
+        }
+    }
+
+    pub fn bare() -> Self {
+        Machine {
+            bare: true,
+            initrd_mib: 0,
+        }
+    }
+
+    /// One line for bench tables and logs.
+    pub fn describe(self) -> String {
+        if self.bare {
+            "bare VM (no NIC or disk, idle memory, ~10 MiB initrd)".into()
+        } else {
+            format!(
+                "server VM (virtio NIC up and disk, a quarter of the RAM in page cache at load, \
+                 {} MiB initrd)",
+                self.initrd_mib
+            )
+        }
+    }
+
+    /// The round-2 initrd's minimum size in bytes.
+    fn initrd_bytes(self) -> usize {
+        if self.bare {
+            0
+        } else {
+            (self.initrd_mib as usize) << 20
+        }
+    }
+
+    /// Image file names carry the machine: a bare and a server run never share one.
+    fn suffix(self) -> String {
+        if self.bare {
+            "-bare".into()
+        } else {
+            format!("-server{}m", self.initrd_mib)
+        }
+    }
+
+    /// Round 1's command-line words: the guest loads the drivers and fills the page cache.
+    fn cmdline_words(self) -> Vec<String> {
+        if self.bare {
+            vec![]
+        } else {
+            vec!["fklab.server=1".into()]
+        }
+    }
+
+    /// QEMU arguments for the NIC and, unless the run brings its own disks (chained), the
+    /// scratch disk round 1 reads into the page cache (found by its serial).
+    fn qemu_args(self, chained: bool) -> Vec<String> {
+        if self.bare {
+            return vec![];
+        }
+        let mut a: Vec<String> = [
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !chained {
+            a.extend([
+                "-blockdev".into(),
+                format!(
+                    "driver=null-co,node-name=scratch,size={SCRATCH_DISK_BYTES},read-zeroes=on"
+                ),
+                "-device".into(),
+                "virtio-blk-pci,drive=scratch,serial=fklab-scratch".into(),
+            ]);
+        }
+        a
+    }
+}
+
 pub struct RunOptions {
     pub mode: Mode,
+    /// The VM's devices, memory use and initrd size.
+    pub machine: Machine,
     pub timeout: Duration,
     pub memory: String,
     pub smp: u32,
@@ -169,6 +273,7 @@ impl RunOptions {
     pub fn new(mode: Mode, timeout: Duration, memory: &str, smp: u32) -> Self {
         RunOptions {
             mode,
+            machine: Machine::server(),
             timeout,
             memory: memory.into(),
             smp,
@@ -235,6 +340,11 @@ pub struct HostMs {
     pub load: Option<f64>,
     /// QEMU start → first /init line (cold boot).
     pub cold_boot_to_init: Option<f64>,
+    /// "kexec_core: Starting new kernel" → the new kernel's first line (the handoff).
+    pub starting_new_kernel_to_first_line: Option<f64>,
+    /// The handoff in CPU time of QEMU's threads (`qemucpu`) rather than wall time: what
+    /// the emulator spent on it, hardly moved by other processes sharing the host.
+    pub qemu_cpu_starting_new_kernel_to_first_line: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -268,6 +378,10 @@ pub struct Round1 {
     /// The purgatory's `--verify` mismatch message, as printed (verify-mismatch test).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purgatory_mismatch: Option<String>,
+    /// The server VM's state before the load (NIC state, the disk read into the page
+    /// cache, Buffers, Cached and MemFree in kB), as round 1 printed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -287,6 +401,8 @@ pub struct RunReport {
     pub kernel: KernelRef,
     pub mode: Mode,
     pub accel: String,
+    /// The VM's devices, memory use and initrd size.
+    pub machine: Machine,
     pub qemu: Vec<String>,
     pub booted: bool,
     /// What this mode counts as success.
@@ -347,12 +463,23 @@ pub fn static_fastkexec() -> PathBuf {
     workspace_root().join("target/x86_64-unknown-linux-musl/release/fastkexec")
 }
 
-/// Builds the round-1 initramfs for a kernel and mode; returns its path.
-pub fn build_images(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<PathBuf> {
+/// Builds the round-1 initramfs for a kernel, mode and machine; returns its path.
+pub fn build_images(
+    kernel: &KernelInfo,
+    mode: Mode,
+    tools: &Tools,
+    machine: Machine,
+) -> Result<PathBuf> {
     let dir = lab_dir().join("images").join(&kernel.name);
     let extra = cache_files(kernel, mode, &dir)?;
-    let image = initramfs::round1(tools, &kernel.vmlinuz, &extra)?;
-    let path = dir.join(format!("round1-{}.cpio", mode.name()));
+    let modules = if machine.bare {
+        vec![]
+    } else {
+        crate::labchain::device_modules(kernel)?
+    };
+    let round2 = initramfs::round2(tools, machine.initrd_bytes())?;
+    let image = initramfs::round1(tools, &kernel.vmlinuz, round2, &modules, &extra)?;
+    let path = dir.join(format!("round1-{}{}.cpio", mode.name(), machine.suffix()));
     write_atomic(&path, &image)?;
     Ok(path)
 }
@@ -361,7 +488,7 @@ pub fn build_images(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<Pa
 pub fn build_chain_image(kernel: &KernelInfo, mode: Mode, tools: &Tools) -> Result<PathBuf> {
     let dir = lab_dir().join("images").join(&kernel.name);
     let extra = cache_files(kernel, mode, &dir)?;
-    let modules = crate::labchain::disk_modules(kernel)?;
+    let modules = crate::labchain::device_modules(kernel)?;
     let image = initramfs::chain(tools, &kernel.vmlinuz, &extra, &modules)?;
     let path = dir.join(format!("chain-{}.cpio", mode.name()));
     write_atomic(&path, &image)?;
@@ -430,6 +557,7 @@ fn qemu_args(
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(opts.machine.qemu_args(opts.chained()))
     .chain(
         opts.icount
             .into_iter()
@@ -454,6 +582,8 @@ pub fn cmdline(round: &str, mode: &str, extra: &[String]) -> String {
 /// Timestamped serial lines of one QEMU run.
 struct Serial {
     lines: Vec<(f64, String)>,
+    /// Per line: QEMU's CPU time (ms, `qemucpu`) when its first byte arrived.
+    cpu_ms: Vec<Option<f64>>,
     exited: bool,
     timed_out: bool,
 }
@@ -475,18 +605,19 @@ fn boot(
         .spawn()
         .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
     let mut stdout = child.stdout.take().context("qemu stdout")?;
-    let (tx, rx) = mpsc::channel::<(f64, String)>();
+    let mut cpu = crate::qemucpu::CpuClock::new(child.id());
+    let (tx, rx) = mpsc::channel::<(f64, Option<f64>, String)>();
     let reader = std::thread::spawn(move || {
         // A line is stamped when its first byte arrives.
         let mut buf = [0u8; 4096];
         let mut cur: Vec<u8> = Vec::new();
-        let mut stamp = 0.0;
+        let mut stamp = (0.0, None);
         loop {
             let n = match stdout.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let now = start.elapsed().as_secs_f64() * 1e3;
+            let now = (start.elapsed().as_secs_f64() * 1e3, cpu.now_ms());
             for &b in &buf[..n] {
                 if cur.is_empty() {
                     stamp = now;
@@ -496,7 +627,7 @@ fn boot(
                         .trim_end_matches('\r')
                         .to_string();
                     cur.clear();
-                    if tx.send((stamp, line)).is_err() {
+                    if tx.send((stamp.0, stamp.1, line)).is_err() {
                         return;
                     }
                 } else {
@@ -508,25 +639,27 @@ fn boot(
             let line = String::from_utf8_lossy(&cur)
                 .trim_end_matches('\r')
                 .to_string();
-            let _ = tx.send((stamp, line));
+            let _ = tx.send((stamp.0, stamp.1, line));
         }
     });
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut w = BufWriter::new(file);
     let mut lines = Vec::new();
+    let mut cpu_ms = Vec::new();
     let mut deadline = start + timeout;
     let mut exited = false;
     let mut timed_out = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok((t, line)) => {
+            Ok((t, c, line)) => {
                 writeln!(w, "{t:12.3} {line}")?;
                 if stop(&line) {
                     // QEMU powers off right after; give it a bounded grace.
                     deadline = deadline.min(Instant::now() + Duration::from_secs(15));
                 }
                 lines.push((t, line));
+                cpu_ms.push(c);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 exited = true;
@@ -566,6 +699,7 @@ fn boot(
     w.flush()?;
     Ok(Serial {
         lines,
+        cpu_ms,
         exited,
         timed_out,
     })
@@ -591,8 +725,11 @@ pub fn resolve_accel(accel: Accel, probe_kernel: &KernelInfo, tools: &Tools) -> 
     }
     step("probing whether KVM can boot a stock kernel here (once per machine)");
     let initrd = lab_dir().join("images/probe.cpio");
-    write_atomic(&initrd, &initramfs::round2(tools)?)?;
-    let opts = RunOptions::new(Mode::KexecToolsL, Duration::from_secs(60), "512M", 1);
+    write_atomic(&initrd, &initramfs::round2(tools, 0)?)?;
+    let opts = RunOptions {
+        machine: Machine::bare(),
+        ..RunOptions::new(Mode::KexecToolsL, Duration::from_secs(60), "512M", 1)
+    };
     let args = qemu_args(
         &probe_kernel.vmlinuz,
         &initrd,
@@ -653,6 +790,7 @@ pub fn run_once(
     if opts.unit {
         append.push("fklab.unit=1".to_string());
     }
+    append.extend(opts.machine.cmdline_words());
     opts.check_icount(accel)?;
     let state_img = dir.join("state.img");
     if opts.chained() {
@@ -678,6 +816,24 @@ pub fn run_once(
             || (l.contains(PURGATORY_HALT_LINE) && l.trim_end().ends_with("halting"))
     })?;
     let mut report = analyse(kernel, opts.mode, accel, &serial.lines, log);
+    report.machine = opts.machine;
+    let cpu_at = |mark: Option<f64>| {
+        let i = serial.lines.iter().position(|(t, _)| Some(*t) == mark)?;
+        *serial.cpu_ms.get(i)?
+    };
+    let m = &report.marks_ms;
+    report.host_ms.qemu_cpu_starting_new_kernel_to_first_line = cpu_at(m.first_new_kernel_line)
+        .zip(cpu_at(m.starting_new_kernel))
+        .map(|(b, a)| b - a);
+    // Only once round 1's init ran: a cold boot that died first is reported as such below.
+    if !opts.machine.bare
+        && report.marks_ms.init.is_some()
+        && report.round1.server.is_none()
+        && report.error.is_none()
+    {
+        report.error = Some("round 1 did not report its server devices (FKLAB: server)".into());
+        report.ok = false;
+    }
     if opts.trace {
         let (json, rc) = crate::labtrace::extract(&serial.lines);
         let m = &report.marks_ms;
@@ -885,6 +1041,8 @@ pub fn analyse(
             error.get_or_insert_with(|| e.to_string());
         } else if let Some(v) = l.strip_prefix("FKLAB: cold memtotal_kb=") {
             nk.cold_mem_total_kb = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("FKLAB: server ") {
+            r1.server.get_or_insert_with(|| v.to_string());
         } else if l == "FKLAB: exec refused" {
             r1.exec_refused = true;
         } else if let Some(v) = l.strip_prefix("FKLAB: hangup ") {
@@ -929,6 +1087,8 @@ pub fn analyse(
         exec_to_new_init: d(m.exec, m.new_init),
         load: d(m.loading, m.loaded),
         cold_boot_to_init: m.init,
+        starting_new_kernel_to_first_line: d(m.starting_new_kernel, m.first_new_kernel_line),
+        qemu_cpu_starting_new_kernel_to_first_line: None,
     };
     let booted = m.new_init.is_some();
     let reported = booted
@@ -954,6 +1114,7 @@ pub fn analyse(
         },
         mode,
         accel: accel.to_string(),
+        machine: Machine::server(),
         qemu: vec![],
         booted,
         expect,
@@ -1076,6 +1237,33 @@ mod tests {
         let a = args(&opts);
         let at = a.iter().position(|x| x == "-icount").unwrap();
         assert_eq!(a[at + 1], "shift=0,sleep=on");
+    }
+
+    #[test]
+    fn server_vm_has_a_nic_and_a_scratch_disk_bare_has_neither() {
+        let args = |o: &RunOptions| qemu_args(Path::new("k"), Path::new("i"), "tcg", o, "c");
+        let devices = |a: &[String]| -> Vec<String> {
+            a.iter()
+                .zip(a.iter().skip(1))
+                .filter(|(f, _)| *f == "-device")
+                .map(|(_, d)| d.split(',').next().unwrap_or("").to_string())
+                .collect()
+        };
+        let mut opts =
+            RunOptions::new(Mode::FastkexecUncompressed, Duration::from_secs(1), "2G", 2);
+        assert_eq!(devices(&args(&opts)), ["virtio-net-pci", "virtio-blk-pci"]);
+        assert!(args(&opts)
+            .iter()
+            .any(|a| a.contains("serial=fklab-scratch")));
+        // A chained run brings its own two disks (vda, vdb): only the NIC is added.
+        opts.reboots = 3;
+        assert_eq!(devices(&args(&opts)), ["virtio-net-pci"]);
+        opts.machine = Machine::bare();
+        assert!(devices(&args(&opts)).is_empty());
+        assert!(Machine::bare().cmdline_words().is_empty());
+        assert_eq!(Machine::server().cmdline_words(), ["fklab.server=1"]);
+        assert_eq!(Machine::server().initrd_bytes(), 32 << 20);
+        assert_ne!(Machine::server().suffix(), Machine::bare().suffix());
     }
 
     fn kernel() -> KernelInfo {

@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 /// Size of the state disk: the histograms are a few KiB; room to spare.
 pub const STATE_DISK_BYTES: u64 = 16 << 20;
 
-/// The modules the guest must insmod to see virtio disks, dependencies first.
-pub const DISK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
+/// The modules the guest must insmod to drive its virtio disks and NIC, dependencies first.
+pub const DEVICE_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net"];
 
 /// Kernel command-line words for a chained run of `reboots` reboots.
 pub fn cmdline_words(reboots: u32) -> Vec<String> {
@@ -47,13 +47,16 @@ fn norm(name: &str) -> String {
     name.replace('-', "_")
 }
 
-/// The uncompressed .ko files (name, bytes) that make `DISK_MODULES` work on
+/// The uncompressed .ko files (name, bytes) that make `DEVICE_MODULES` work on
 /// `kernel`, each after the modules it depends on; built-in ones are skipped.
-pub fn disk_modules(kernel: &KernelInfo) -> Result<Vec<(String, Vec<u8>)>> {
+pub fn device_modules(kernel: &KernelInfo) -> Result<Vec<(String, Vec<u8>)>> {
     let base = kernel
         .modules
         .as_ref()
-        .context("this kernel came without modules: --reboots needs virtio_blk")?
+        .context(
+            "this kernel came without modules: the lab's virtio disk and NIC need virtio_blk \
+             and virtio_net (pass --bare for a VM without them; --reboots needs them)",
+        )?
         .join(&kernel.release);
     let builtin: Vec<String> = std::fs::read_to_string(base.join("modules.builtin"))
         .unwrap_or_default()
@@ -69,7 +72,7 @@ pub fn disk_modules(kernel: &KernelInfo) -> Result<Vec<(String, Vec<u8>)>> {
         }
     }
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    for m in DISK_MODULES {
+    for m in DEVICE_MODULES {
         add(&norm(m), &index, &builtin, &mut out, 0)?;
     }
     Ok(out)

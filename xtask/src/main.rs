@@ -13,6 +13,7 @@ mod labpreflight;
 mod labsvg;
 mod labtrace;
 mod labunit;
+mod qemucpu;
 mod setup;
 mod test;
 mod util;
@@ -118,6 +119,16 @@ struct KernelArgs {
     /// Extra kernel command-line word (repeatable)
     #[arg(long)]
     append: Vec<String>,
+    /// The minimal VM of the lab before issue 12: no NIC or disk, idle memory, the ~10 MiB
+    /// busybox initrd. By default round 1 runs on a small server: a virtio NIC (up) and disk
+    /// bound to their drivers, a quarter of the RAM in page cache when it loads, and a round-2 initrd
+    /// of --initrd-mib (the kernel copies every page of it at exec)
+    #[arg(long)]
+    bare: bool,
+    /// The round-2 initrd's size in MiB on the server VM (a Debian server's initrd.img is tens
+    /// of MiB)
+    #[arg(long, default_value_t = lab::SERVER_INITRD_MIB, conflicts_with = "bare")]
+    initrd_mib: u32,
     /// Run the guest on QEMU's instruction-counting clock (TCG only): every
     /// guest instruction takes 2^SHIFT ns of guest time, so guest-side
     /// timings (the tracer's) count the work done, without TCG's cost of
@@ -203,6 +214,14 @@ fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions
     lab::RunOptions {
         append: k.append.clone(),
         icount: k.icount,
+        machine: if k.bare {
+            lab::Machine::bare()
+        } else {
+            lab::Machine {
+                bare: false,
+                initrd_mib: k.initrd_mib,
+            }
+        },
         ..lab::RunOptions::new(mode, Duration::from_secs(timeout), &k.memory, k.smp)
     }
 }
@@ -288,7 +307,7 @@ fn main() -> Result<()> {
                     let initrd = if opts.chained() {
                         lab::build_chain_image(&kernel, mode, &tools)?
                     } else {
-                        lab::build_images(&kernel, mode, &tools)?
+                        lab::build_images(&kernel, mode, &tools, opts.machine)?
                     };
                     let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
                     let report = lab::run_once(&kernel, &initrd, &accel, &opts)?;
@@ -354,14 +373,11 @@ fn main() -> Result<()> {
                 LabCmd::Shell { k } => {
                     let kernel = kernel_of(&k)?;
                     let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
-                    let initrd = lab::build_images(&kernel, lab::Mode::KexecToolsL, &tools)?;
+                    let opts = run_options(&k, lab::Mode::KexecToolsL, 0);
+                    let initrd =
+                        lab::build_images(&kernel, lab::Mode::KexecToolsL, &tools, opts.machine)?;
                     let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
-                    lab::shell(
-                        &kernel,
-                        &initrd,
-                        &accel,
-                        &run_options(&k, lab::Mode::KexecToolsL, 0),
-                    )
+                    lab::shell(&kernel, &initrd, &accel, &opts)
                 }
             }
         }

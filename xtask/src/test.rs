@@ -171,7 +171,7 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
             let initrd = if opts.chained() {
                 lab::build_chain_image(&kernel, mode, &tools)?
             } else {
-                lab::build_images(&kernel, mode, &tools)?
+                lab::build_images(&kernel, mode, &tools, opts.machine)?
             };
             let mut r = lab::run_once(&kernel, &initrd, &accel, &opts)?;
             if let Some(why) = tcg_flake(&r) {

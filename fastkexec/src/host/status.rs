@@ -57,11 +57,6 @@ pub struct Status {
     pub staged: Option<crate::host::staged_record::StagedState>,
     /// Whether this kernel's own kexec_file_load avoids the relocation copy.
     pub kernel_native: KernelNative,
-    /// What the tracer needs (BPF, BTF, kprobes, tracefs, bpffs) and how each probe point
-    /// would attach here: only `fastkexec status` asks ([`with_tracer`]), since reading it
-    /// (the kernel's BTF, kallsyms) costs time `load` and `exec` need not spend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<crate::trace::support::TracingSupport>,
     /// Files that could not be read, and other remarks.
     pub notes: Vec<String>,
 }
@@ -226,14 +221,9 @@ pub struct Modes {
     pub staged: Availability,
 }
 
-/// Reads the kexec status of the system mounted at `root` (`/` for this machine).
-/// [`status`] and the tracer's half: what `fastkexec status` shows.
-pub fn with_tracer(root: &Path) -> Result<Status> {
-    let mut st = status(root)?;
-    st.tracing = Some(crate::trace::support::read(root));
-    Ok(st)
-}
-
+/// Reads the kexec status of the system mounted at `root` (`/` for this machine). The
+/// tracer's half of `fastkexec status` is [`crate::trace::support::with_status`]: reading it
+/// (the kernel's BTF, kallsyms) costs time `load` and `exec` need not spend.
 pub fn status(root: &Path) -> Result<Status> {
     let mut st = Status::default();
     let mut notes = Vec::new();
@@ -650,34 +640,6 @@ impl fmt::Display for Status {
             },
             self.kernel_native.detail
         )?;
-        if let Some(t) = &self.tracing {
-            for (name, fac) in [
-                ("BPF", &t.bpf),
-                ("BTF", &t.btf),
-                ("kprobes", &t.kprobes),
-                ("tracefs", &t.tracefs),
-                ("bpffs", &t.bpffs),
-            ] {
-                writeln!(
-                    f,
-                    "tracer {name:<8}      {}: {}",
-                    if fac.available { "yes" } else { "NO" },
-                    fac.detail
-                )?;
-            }
-            for p in &t.probes {
-                writeln!(
-                    f,
-                    "  probe {:<22} {}{}",
-                    p.function,
-                    p.how,
-                    p.why
-                        .as_deref()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default()
-                )?;
-            }
-        }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }

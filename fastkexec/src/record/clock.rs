@@ -5,6 +5,7 @@
 //! A [`Fit`] is stored as two points of the fitted line, in integers, so the
 //! record carries it exactly and conversions use exact rational arithmetic.
 
+use nix::time::{clock_gettime, ClockId};
 use serde::Serialize;
 
 /// The slowest TSC a record may claim: x86-64 CPUs with an invariant TSC run it at 1 GHz or
@@ -23,17 +24,16 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Reads CLOCK_MONOTONIC in ns.
+/// Reads CLOCK_MONOTONIC in ns (0 if the clock could not be read, which Linux never does for
+/// CLOCK_MONOTONIC; a fit over such a sample fails its checks rather than going unnoticed).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let Ok(ts) = clock_gettime(ClockId::CLOCK_MONOTONIC) else {
+        return 0;
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
+    u64::try_from(ts.tv_sec())
+        .unwrap_or(0)
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+        .saturating_add(u64::try_from(ts.tv_nsec()).unwrap_or(0))
 }
 
 /// One (TSC, clock) pair: the clock read bracketed by two TSC reads.

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use crate::bytes::{u16_at, u32_at};
 use crate::{Error, Result};
 
 /// `BTF_MAGIC`, little endian.
@@ -48,18 +49,6 @@ struct Type {
 pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
-    ))
 }
 
 impl Btf {

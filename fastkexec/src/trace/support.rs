@@ -5,14 +5,17 @@
 //! `trace --dry-run` then proves it by attaching for real.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde::Serialize;
 
+use crate::host::status::{self, Status};
 use crate::trace::btf::Btf;
 use crate::trace::ebpf::{ProbePoint, DEVICE_PROBE, PHASE_PROBES, REBOOT_FALLBACK};
+use crate::Result;
 
 /// One facility the tracer needs.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -64,6 +67,61 @@ pub fn fentry_blocker(
             Some(format!("{function} is not in available_filter_functions"))
         }
         _ => None,
+    }
+}
+
+/// What `fastkexec status` shows: the kexec status of the machine and the tracer's half.
+/// The JSON is the status object with a `tracing` member.
+#[derive(Debug, Serialize)]
+pub struct StatusWithTracer {
+    #[serde(flatten)]
+    pub status: Status,
+    pub tracing: TracingSupport,
+}
+
+/// Reads both halves under `root` (`/` for this machine).
+pub fn with_status(root: &Path) -> Result<StatusWithTracer> {
+    Ok(StatusWithTracer {
+        status: status::status(root)?,
+        tracing: read(root),
+    })
+}
+
+impl fmt::Display for StatusWithTracer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.status, self.tracing)
+    }
+}
+
+impl fmt::Display for TracingSupport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, fac) in [
+            ("BPF", &self.bpf),
+            ("BTF", &self.btf),
+            ("kprobes", &self.kprobes),
+            ("tracefs", &self.tracefs),
+            ("bpffs", &self.bpffs),
+        ] {
+            writeln!(
+                f,
+                "tracer {name:<8}      {}: {}",
+                if fac.available { "yes" } else { "NO" },
+                fac.detail
+            )?;
+        }
+        for p in &self.probes {
+            writeln!(
+                f,
+                "  probe {:<22} {}{}",
+                p.function,
+                p.how,
+                p.why
+                    .as_deref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            )?;
+        }
+        Ok(())
     }
 }
 
