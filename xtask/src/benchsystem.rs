@@ -6,7 +6,7 @@
 use crate::bench::{ms, ratio, schedule, stat, Stat};
 use crate::kernels::KernelInfo;
 use crate::lab::Mode;
-use crate::labsystem::{self, Scenario, SystemOptions, SystemReport};
+use crate::labsystem::{self, SystemOptions, SystemReport};
 use crate::system::Image;
 use crate::util::{step, write_atomic};
 use anyhow::{bail, Result};
@@ -167,7 +167,11 @@ pub fn run(
         if !MODES.contains(m) {
             bail!(
                 "bench --system takes the modes {}, not {}",
-                MODES.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+                MODES
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 m.name()
             );
         }
@@ -232,7 +236,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labsystem::Reboot;
+    use crate::labsystem::{Reboot, Scenario};
 
     fn run(mode: Mode, ok: bool, default_target: f64) -> Run {
         let report = SystemReport {
@@ -296,20 +300,24 @@ mod tests {
         assert_eq!(rows[1].ok_runs, 2);
         assert_eq!(c.ms.map(|s| (s.min, s.max)), Some((30_000.0, 32_000.0)));
         assert_eq!(c.ratio, Some(31_000.0 / 62_000.0));
-        let md = markdown(&crate::kernels::KernelInfo {
-            name: "6.12".into(),
-            suite: "trixie".into(),
-            packages: vec![],
-            version: "1".into(),
-            release: "r".into(),
-            vmlinuz: "v".into(),
-            vmlinux: "v".into(),
-            config: None,
-            modules: None,
-            compression: "zstd".into(),
-            vmlinuz_bytes: 0,
-            vmlinux_bytes: 0,
-        }, "tcg", &rows);
+        let md = markdown(
+            &crate::kernels::KernelInfo {
+                name: "6.12".into(),
+                suite: "trixie".into(),
+                packages: vec![],
+                version: "1".into(),
+                release: "r".into(),
+                vmlinuz: "v".into(),
+                vmlinux: "v".into(),
+                config: None,
+                modules: None,
+                compression: "zstd".into(),
+                vmlinuz_bytes: 0,
+                vmlinux_bytes: 0,
+            },
+            "tcg",
+            &rows,
+        );
         assert!(
             md.contains("| fastkexec-staged | 2/3 | 31000 [30000–32000] ×0.50 |"),
             "{md}"

@@ -72,7 +72,10 @@ impl Scenario {
                 Some(m) => bail!(
                     "--scenario {} takes --mode {}, not {}",
                     self.name(),
-                    want.iter().map(|m| m.name()).collect::<Vec<_>>().join(" or "),
+                    want.iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
                     m.name()
                 ),
             }
@@ -407,8 +410,7 @@ fn http_get(port: u16) -> Result<String> {
     let (head, rest) = text
         .split_once("\r\n\r\n")
         .context("no HTTP header in node_exporter's answer")?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
-    {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
         bail!(
             "node_exporter answered {}",
             head.lines().next().unwrap_or("")
@@ -712,14 +714,20 @@ pub fn problems(
             ));
         }
         if !r.ext4.iter().any(|l| l.contains("mounted filesystem")) {
-            p.push(format!("boot {n}: no EXT4-fs (vda) mount line in its kernel log"));
+            p.push(format!(
+                "boot {n}: no EXT4-fs (vda) mount line in its kernel log"
+            ));
         }
         if let Some(l) = r.ext4.iter().find(|l| l.contains("recovery")) {
-            p.push(format!("boot {n}: the root file system needed recovery: {l}"));
+            p.push(format!(
+                "boot {n}: the root file system needed recovery: {l}"
+            ));
         }
         if n > 1 {
             if r.prev_stop_jobs == 0 {
-                p.push(format!("boot {n}: the previous boot's journal holds no stop job"));
+                p.push(format!(
+                    "boot {n}: the previous boot's journal holds no stop job"
+                ));
             }
             if !r.prev_stop_not_done.is_empty() {
                 p.push(format!(
@@ -740,7 +748,10 @@ pub fn problems(
         if traced {
             match &r.trace {
                 Some(c) if c.ok() => {}
-                Some(c) => p.push(format!("boot {n}: the report is not valid: {}", c.problem())),
+                Some(c) => p.push(format!(
+                    "boot {n}: the report is not valid: {}",
+                    c.problem()
+                )),
                 None => p.push(format!("boot {n}: no report")),
             }
         }
@@ -775,7 +786,7 @@ pub fn problems(
                 None => p.push(format!("boot {n}: the host did not scrape node_exporter")),
             }
         }
-        if scenario == Scenario::Follow && n == 1 && !r.pinned_links.is_some_and(|v| v > 0) {
+        if scenario == Scenario::Follow && n == 1 && r.pinned_links.unwrap_or(0) == 0 {
             p.push("boot 1: the follow-mode tracer pinned no links".into());
         }
         if scenario == Scenario::SlowUnits && n > 1 {
@@ -812,8 +823,7 @@ pub fn problems(
         }
     }
     for (i, rb) in reboots.iter().enumerate() {
-        if rb.exec_to_default_target_ms.is_none() || rb.exec_to_first_new_kernel_line_ms.is_none()
-        {
+        if rb.exec_to_default_target_ms.is_none() || rb.exec_to_first_new_kernel_line_ms.is_none() {
             p.push(format!(
                 "reboot {}: the host did not see exec, the new kernel's first line and the \
                  default target",
@@ -937,7 +947,11 @@ pub fn summary_line(r: &SystemReport) -> String {
         "{} system debian {} ({}): ok={}",
         r.kernel.name,
         r.scenario.name(),
-        r.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
+        r.modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(","),
         r.ok
     );
     for (i, rb) in r.reboots.iter().enumerate() {
@@ -971,14 +985,16 @@ mod tests {
                 t - 500.0,
                 "[  OK  ] Reached target graphical.target - Graphical Interface.".to_string(),
             ),
-            (t, format!("FKLAB: up round={n} scenario=clean via={via} uptime=40")),
+            (
+                t,
+                format!("FKLAB: up round={n} scenario=clean via={via} uptime=40"),
+            ),
             (t + 1.0, "FKLAB: kernel=6.12.1".into()),
             (t + 2.0, "FKLAB: report-unit result=success".into()),
             (t + 3.0, "FKLAB: report-unit status=3".into()),
             (
                 t + 4.0,
-                "FKLAB: ext4 EXT4-fs (vda): mounted filesystem 1 ro with ordered data mode."
-                    .into(),
+                "FKLAB: ext4 EXT4-fs (vda): mounted filesystem 1 ro with ordered data mode.".into(),
             ),
         ];
         if n > 1 {

@@ -166,7 +166,7 @@ enum LabCmd {
         #[arg(long)]
         json: Option<PathBuf>,
         /// Give up after this many seconds (a hang is `booted: false`); default 300, with
-        /// --system 300 per boot
+        /// --system 600 per boot (TCG boots of systemd are slow, slower still on a loaded host)
         #[arg(long)]
         timeout: Option<u64>,
         /// Trace the reboot: round 1 runs `fastkexec trace --exec`, round 2
@@ -252,7 +252,7 @@ fn system_options(
     labsystem::SystemOptions {
         scenario,
         modes,
-        timeout: Duration::from_secs(timeout.unwrap_or(300 * boots)),
+        timeout: Duration::from_secs(timeout.unwrap_or(600 * boots)),
         memory: k.memory.clone(),
         smp: k.smp,
         append: k.append.clone(),

@@ -124,7 +124,11 @@ pub fn dir() -> PathBuf {
 fn need_root(what: &str) -> Result<()> {
     // /proc/self belongs to the process's effective user.
     use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
         bail!(
             "{what} needs root (mmdebstrap's root mode, and a tree with root-owned files and \
              device nodes for mke2fs -d): run the lab as root, as `cargo xtask setup` is"
@@ -212,7 +216,9 @@ pub fn ensure_base(all: &[KernelInfo]) -> Result<BaseInfo> {
         .arg(SUITE)
         .arg(&partial)
         .arg(format!("deb http://deb.debian.org/debian {SUITE} main"))
-        .arg(format!("deb http://deb.debian.org/debian {SUITE}-updates main"))
+        .arg(format!(
+            "deb http://deb.debian.org/debian {SUITE}-updates main"
+        ))
         .arg(format!(
             "deb http://deb.debian.org/debian-security {SUITE}-security main"
         ));
@@ -239,7 +245,9 @@ pub fn ensure_base(all: &[KernelInfo]) -> Result<BaseInfo> {
 fn layer_key(base: &BaseInfo, fastkexec: &Path) -> Result<String> {
     let mut all = serde_json::to_vec(base)?;
     all.extend(LAYER_VERSION.to_le_bytes());
-    all.extend(std::fs::read(fastkexec).with_context(|| format!("reading {}", fastkexec.display()))?);
+    all.extend(
+        std::fs::read(fastkexec).with_context(|| format!("reading {}", fastkexec.display()))?,
+    );
     all.extend(crate::labunit::UNIT.as_bytes());
     for (path, text, mode) in LAB_FILES {
         all.extend(path.as_bytes());
@@ -329,7 +337,8 @@ pub fn ensure_image(all: &[KernelInfo], fastkexec: &Path) -> Result<Image> {
 fn put(tree: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
     let p = tree.join(rel);
     if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))

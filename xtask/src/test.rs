@@ -2,9 +2,9 @@
 //! tests, then real kexec round trips in the QEMU lab.
 
 use crate::lab::{self, Mode};
+use crate::labsystem::Scenario;
 use crate::labtrace::Damage;
 use crate::util::{run, step, workspace_root};
-use crate::labsystem::Scenario;
 use crate::{fresh, fuzz, initramfs, kernels, labsystem, setup, system};
 use anyhow::{bail, Result};
 use std::process::Command;
@@ -225,7 +225,7 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
         for scenario in SYSTEM_SCENARIOS {
             let modes = scenario.modes(None)?;
             let opts = labsystem::SystemOptions {
-                timeout: Duration::from_secs(300 * (modes.len() as u64 + 1)),
+                timeout: Duration::from_secs(600 * (modes.len() as u64 + 1)),
                 scenario: *scenario,
                 modes,
                 memory: "2G".into(),
