@@ -333,7 +333,7 @@ fn main() -> Result<()> {
                     &accel,
                     &modes,
                     runs,
-                    &|m| system_options(&k, labsystem::Scenario::Clean, m, Some(timeout.max(600))),
+                    &|m| system_options(&k, labsystem::Scenario::Clean, m, Some(timeout.max(1200))),
                     &json,
                     markdown.as_deref(),
                 );
