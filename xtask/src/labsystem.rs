@@ -63,46 +63,44 @@ impl Scenario {
         }
     }
 
-    /// The loader of each reboot, in order.
-    pub fn modes(self, mode: Option<Mode>) -> Result<Vec<Mode>> {
-        let only = |want: &[Mode], default: Mode| -> Result<Vec<Mode>> {
-            match mode {
-                None => Ok(vec![default]),
-                Some(m) if want.contains(&m) => Ok(vec![m]),
-                Some(m) => bail!(
-                    "--scenario {} takes --mode {}, not {}",
-                    self.name(),
-                    want.iter()
-                        .map(|m| m.name())
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                    m.name()
-                ),
-            }
-        };
-        match self {
-            Scenario::Clean => only(
-                &[
-                    Mode::FastkexecUncompressed,
-                    Mode::FastkexecStaged,
-                    Mode::KexecToolsL,
-                ],
+    /// The loader of each reboot, in order. `clean` chains the reboots given (one VM, every
+    /// check on every boot); the others take at most the one mode they support.
+    pub fn modes(self, given: &[Mode]) -> Result<Vec<Mode>> {
+        let names = |v: &[Mode]| v.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ");
+        let allowed: &[Mode] = match self {
+            Scenario::Clean => &[
                 Mode::FastkexecUncompressed,
-            ),
-            Scenario::KexecTools => only(&[Mode::KexecToolsL], Mode::KexecToolsL),
-            Scenario::Follow | Scenario::SlowUnits => {
-                only(&[Mode::FastkexecUncompressed], Mode::FastkexecUncompressed)
-            }
-            Scenario::ReportUnit => {
-                only(&[Mode::FastkexecUncompressed], Mode::FastkexecUncompressed)?;
-                Ok(vec![
-                    Mode::FastkexecUncompressed,
-                    Mode::FastkexecUncompressed,
-                    Mode::FastkexecUncompressed,
-                    Mode::KexecToolsL,
-                ])
-            }
+                Mode::FastkexecStaged,
+                Mode::KexecToolsL,
+            ],
+            Scenario::KexecTools => &[Mode::KexecToolsL],
+            _ => &[Mode::FastkexecUncompressed],
+        };
+        if let Some(m) = given.iter().find(|m| !allowed.contains(m)) {
+            bail!(
+                "--scenario {} takes --mode {}, not {}",
+                self.name(),
+                names(allowed),
+                m.name()
+            );
         }
+        if self != Scenario::Clean && given.len() > 1 {
+            bail!(
+                "--scenario {} takes one --mode; only clean chains reboots ({})",
+                self.name(),
+                names(given)
+            );
+        }
+        Ok(match self {
+            Scenario::Clean if !given.is_empty() => given.to_vec(),
+            Scenario::ReportUnit => vec![
+                Mode::FastkexecUncompressed,
+                Mode::FastkexecUncompressed,
+                Mode::FastkexecUncompressed,
+                Mode::KexecToolsL,
+            ],
+            _ => vec![allowed[0]],
+        })
     }
 }
 
@@ -124,9 +122,61 @@ pub struct Scrape {
     /// Sample lines of fastkexec_* metrics.
     pub fastkexec_samples: usize,
     pub reboots_total: Option<f64>,
+    /// `promtool check metrics` on the scrape's fastkexec_* families (HELP, TYPE, samples, as
+    /// node_exporter served them): exit 0.
     pub promtool_ok: bool,
     pub promtool_output: String,
+    /// `promtool check metrics` on the whole scrape: 0, or 3 when it only has lint findings
+    /// (node_exporter's own families: camelCase names from /proc/meminfo and netstat, `_bits`
+    /// units); 1 would be a scrape that does not parse.
+    pub whole_promtool_rc: Option<i32>,
+    pub whole_lint_findings: usize,
+    /// Lint findings of the whole scrape that name a fastkexec_* metric (must be none).
+    pub fastkexec_lint: Vec<String>,
     pub error: Option<String>,
+}
+
+impl Scrape {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+            && self.promtool_ok
+            && self.fastkexec_samples > 0
+            && matches!(self.whole_promtool_rc, Some(0 | 3))
+            && self.fastkexec_lint.is_empty()
+    }
+}
+
+/// Runs `promtool check metrics` on a file: (exit code, what it said).
+fn promtool(path: &Path) -> Result<(Option<i32>, String)> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let o = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(f)
+        .output()
+        .context("cannot run promtool")?;
+    Ok((
+        o.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .trim()
+        .to_string(),
+    ))
+}
+
+/// The metric family a line of the text format speaks of.
+fn family(line: &str) -> Option<&str> {
+    let rest = line
+        .strip_prefix("# HELP ")
+        .or_else(|| line.strip_prefix("# TYPE "));
+    let name = match rest {
+        Some(r) => r.split_whitespace().next()?,
+        None if line.starts_with('#') => return None,
+        None => line.split(['{', ' ']).next()?,
+    };
+    Some(name)
 }
 
 /// A unit's span as the journal recorded it (begin message → done message), ms.
@@ -448,23 +498,28 @@ fn scrape(port: u16, round: u32, dir: &Path) -> Scrape {
         s.error = Some(format!("writing {}: {e}", path.display()));
         return s;
     }
-    match std::fs::File::open(&path).and_then(|f| {
-        Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(f)
-            .output()
-    }) {
-        Ok(o) => {
-            s.promtool_ok = o.status.success();
-            s.promtool_output = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-            .trim()
-            .to_string();
+    let ours: String = body
+        .lines()
+        .filter(|l| family(l).is_some_and(|f| f.starts_with("fastkexec_")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ours_path = dir.join(format!("metrics-round{round}-fastkexec.prom"));
+    let checked = std::fs::write(&ours_path, &ours)
+        .context("writing the fastkexec families")
+        .and_then(|_| Ok((promtool(&ours_path)?, promtool(&path)?)));
+    match checked {
+        Ok(((rc, out), (whole_rc, whole_out))) => {
+            s.promtool_ok = rc == Some(0);
+            s.promtool_output = out;
+            s.whole_promtool_rc = whole_rc;
+            s.whole_lint_findings = whole_out.lines().count();
+            s.fastkexec_lint = whole_out
+                .lines()
+                .filter(|l| l.starts_with("fastkexec_"))
+                .map(str::to_string)
+                .collect();
         }
-        Err(e) => s.error = Some(format!("cannot run promtool: {e}")),
+        Err(e) => s.error = Some(format!("{e:#}")),
     }
     s
 }
@@ -773,10 +828,16 @@ pub fn problems(
                 .count() as f64;
             match &r.scrape {
                 Some(s) => {
-                    if s.error.is_some() || !s.promtool_ok || s.fastkexec_samples == 0 {
+                    if !s.ok() {
                         p.push(format!(
-                            "boot {n}: scrape {:?}, fastkexec samples {}, promtool {}: {}",
-                            s.error, s.fastkexec_samples, s.promtool_ok, s.promtool_output
+                            "boot {n}: scrape {:?}, fastkexec samples {}, promtool on them {} \
+                             ({}), on the whole scrape exit {:?} with fastkexec findings {:?}",
+                            s.error,
+                            s.fastkexec_samples,
+                            s.promtool_ok,
+                            s.promtool_output,
+                            s.whole_promtool_rc,
+                            s.fastkexec_lint
                         ));
                     }
                     if s.reboots_total != Some(folded) {
@@ -813,14 +874,19 @@ pub fn problems(
             }
         }
     }
-    if modes.contains(&Mode::FastkexecStaged) {
-        if let (Some(cold), Some(new)) = (
-            rounds.first().and_then(|r| r.mem_total_kb),
-            rounds.get(1).and_then(|r| r.mem_total_kb),
-        ) {
+    // A staged reboot must give all RAM back (the reservation is not lost).
+    let cold = rounds.first().and_then(|r| r.mem_total_kb);
+    for (i, _) in modes
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| **m == Mode::FastkexecStaged)
+    {
+        if let (Some(cold), Some(new)) = (cold, rounds.get(i + 1).and_then(|r| r.mem_total_kb)) {
             if (new as f64 - cold as f64).abs() / cold as f64 > crate::lab::MEMTOTAL_TOLERANCE {
                 p.push(format!(
-                    "staged: MemTotal {new} kB after the reboot, {cold} kB cold: not all RAM is back"
+                    "boot {}: MemTotal {new} kB after a staged reboot, {cold} kB cold: not all \
+                     RAM is back",
+                    i + 2
                 ));
             }
         }
@@ -1090,16 +1156,34 @@ mod tests {
     }
 
     #[test]
+    fn families_of_text_format_lines() {
+        assert_eq!(family("# HELP fastkexec_x Help."), Some("fastkexec_x"));
+        assert_eq!(family("# TYPE node_y gauge"), Some("node_y"));
+        assert_eq!(family("fastkexec_z{phase=\"a\"} 1"), Some("fastkexec_z"));
+        assert_eq!(family("go_goroutines 7"), Some("go_goroutines"));
+        assert_eq!(family("# a comment"), None);
+    }
+
+    #[test]
     fn scenarios_take_only_their_modes() {
         assert_eq!(
-            Scenario::ReportUnit.modes(None).unwrap().len(),
+            Scenario::ReportUnit.modes(&[]).unwrap().len(),
             4,
             "3 traced reboots, then a kexec-tools one"
         );
-        assert!(Scenario::Follow.modes(Some(Mode::FastkexecStaged)).is_err());
+        assert!(Scenario::Follow.modes(&[Mode::FastkexecStaged]).is_err());
+        assert!(Scenario::KexecTools
+            .modes(&[Mode::KexecToolsL, Mode::KexecToolsL])
+            .is_err());
         assert_eq!(
-            Scenario::Clean.modes(Some(Mode::FastkexecStaged)).unwrap(),
+            Scenario::Clean.modes(&[Mode::FastkexecStaged]).unwrap(),
             [Mode::FastkexecStaged]
+        );
+        let chain = [Mode::KexecToolsL, Mode::FastkexecStaged];
+        assert_eq!(Scenario::Clean.modes(&chain).unwrap(), chain);
+        assert_eq!(
+            Scenario::Clean.modes(&[]).unwrap(),
+            [Mode::FastkexecUncompressed]
         );
     }
 }

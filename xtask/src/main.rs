@@ -150,9 +150,15 @@ enum LabCmd {
     Run {
         #[command(flatten)]
         k: KernelArgs,
-        /// How round 1 loads the next kernel (with --system: the loader of --scenario clean)
-        #[arg(long, value_enum, required_unless_present = "system")]
-        mode: Option<lab::Mode>,
+        /// How round 1 loads the next kernel. With --system: the loader of the scenario's
+        /// reboot; `--scenario clean` takes several, comma-separated, and chains them in one VM
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            required_unless_present = "system"
+        )]
+        mode: Vec<lab::Mode>,
         /// Boot a real system instead of the busybox initramfs: `debian` is a minimal Debian
         /// trixie under systemd (built once into target/lab/system/ by mmdebstrap; each run
         /// boots a throw-away overlay of it), root on virtio-blk, node_exporter's port 9100
@@ -263,14 +269,14 @@ fn system_options(
 fn system_run(
     k: &KernelArgs,
     scenario: labsystem::Scenario,
-    mode: Option<lab::Mode>,
+    mode: Vec<lab::Mode>,
     json: Option<&std::path::Path>,
     timeout: Option<u64>,
 ) -> Result<()> {
     if k.icount.is_some() {
         bail!("--system runs do not take --icount (systemd's boot would take hours)");
     }
-    let modes = scenario.modes(mode)?;
+    let modes = scenario.modes(&mode)?;
     let kernel = kernel_of(k)?;
     let image = system_image()?;
     let tools = initramfs::Tools::find(lab::static_fastkexec())?;
@@ -389,7 +395,10 @@ fn main() -> Result<()> {
                     unit,
                     ..
                 } => {
-                    let mode = mode.context("--mode is required")?;
+                    let mode = match mode.as_slice() {
+                        [one] => *one,
+                        _ => bail!("--mode takes one mode without --system"),
+                    };
                     let timeout = timeout.unwrap_or(300);
                     let kernel = kernel_of(&k)?;
                     let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;

@@ -223,7 +223,7 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
         let kernel = kernels::ensure(SYSTEM_KERNEL, false)?;
         let accel = lab::resolve_accel(lab::Accel::Auto, &kernel, &tools)?;
         for scenario in SYSTEM_SCENARIOS {
-            let modes = scenario.modes(None)?;
+            let modes = scenario.modes(&[])?;
             let opts = labsystem::SystemOptions {
                 timeout: Duration::from_secs(600 * (modes.len() as u64 + 1)),
                 scenario: *scenario,
