@@ -21,6 +21,13 @@ staged_load() {
 		--initrd "$INITRD" --append "$NEXT" || fail "fastkexec load --mode staged failed rc=$?"
 	fastkexec status | grep -E '^(staged kernel|kernel-native route|crash image loaded)'
 }
+# The host prepared the cache, as `fastkexec prepare` does at kernel install time; this machine
+# verifies the copy in full once (its files have new identities here), so that the load below
+# is a cheap hit, as on a server whose install hook ran prepare.
+if [ -d /lab/cache ]; then
+	fastkexec prepare --kernel /lab/vmlinuz --cache-dir /lab/cache >/dev/null ||
+		fail "fastkexec prepare failed rc=$?"
+fi
 echo "FKLAB: loading mode=$MODE"
 # --trace: `fastkexec trace --exec` attaches the probes, loads and executes;
 # it prints "FKLAB: exec" itself right before it stamps the reboot request.

@@ -1,0 +1,6 @@
+//! Reboot histograms across boots, their export and the HTTP endpoint.
+
+pub mod export;
+pub mod fold;
+pub mod histogram;
+pub mod serve;

@@ -1,0 +1,77 @@
+//! From event kinds to the marks the timeline is tiled by, and the TSC marks `build` collects.
+
+use super::*;
+
+pub(super) fn kind_names(mask: u64) -> Vec<String> {
+    let mut v: Vec<String> = PHASE_PROBES
+        .iter()
+        .chain([&REBOOT_FALLBACK, &DEVICE_PROBE])
+        .filter(|p| mask & p.kind.bit() != 0)
+        .map(|p| {
+            if p.exit {
+                format!("{} return", p.function)
+            } else {
+                p.function.to_string()
+            }
+        })
+        .collect();
+    if mask & EventKind::NOTIFIER_ENTER.bit() != 0 {
+        v.push("reboot notifier callbacks".into());
+    }
+    v.dedup();
+    v
+}
+
+/// The mark each phase probe provides.
+pub(crate) fn mark_of(kind: EventKind) -> Option<MarkId> {
+    Some(match kind {
+        EventKind::REBOOT_ENTER => MarkId::RebootEnter,
+        EventKind::KERNEL_KEXEC => MarkId::KernelKexec,
+        EventKind::DEVICE_SHUTDOWN_ENTER => MarkId::DeviceShutdown,
+        EventKind::DEVICE_SHUTDOWN_EXIT => MarkId::DeviceShutdownExit,
+        EventKind::MIGRATE_TO_REBOOT_CPU => MarkId::Migrate,
+        EventKind::MIGRATE_TO_REBOOT_CPU_EXIT => MarkId::MigrateExit,
+        EventKind::SYSCORE_SHUTDOWN => MarkId::Syscore,
+        EventKind::SYSCORE_SHUTDOWN_EXIT => MarkId::SyscoreExit,
+        EventKind::MACHINE_SHUTDOWN => MarkId::MachineShutdown,
+        EventKind::MACHINE_SHUTDOWN_EXIT => MarkId::MachineShutdownExit,
+        EventKind::MACHINE_KEXEC => MarkId::MachineKexec,
+        _ => return None,
+    })
+}
+
+pub(super) fn function_of(kind: EventKind) -> &'static str {
+    PHASE_PROBES
+        .iter()
+        .chain([&REBOOT_FALLBACK])
+        .find(|p| p.kind == kind)
+        .map_or("?", |p| p.function)
+}
+
+pub(super) fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Marks in TSC ticks, plus what could not be marked.
+pub(super) struct TscMarks {
+    pub(super) at: BTreeMap<MarkId, i128>,
+    pub(super) other: BTreeMap<MarkId, Mark>,
+}
+
+impl TscMarks {
+    pub(super) fn new() -> Self {
+        Self {
+            at: BTreeMap::new(),
+            other: BTreeMap::new(),
+        }
+    }
+    pub(super) fn set(&mut self, id: MarkId, tsc: i128) {
+        self.other.remove(&id);
+        self.at.insert(id, tsc);
+    }
+    pub(super) fn miss(&mut self, id: MarkId, m: Mark) {
+        if !self.at.contains_key(&id) {
+            self.other.insert(id, m);
+        }
+    }
+}
