@@ -50,7 +50,11 @@ pub const DEFAULT_TARGET: &str = "graphical.target";
 /// The slow units' known answers, and how far TCG may stretch them.
 pub const SLOW_STOP_MS: f64 = 1500.0;
 pub const SLOW_START_MS: f64 = 2000.0;
-pub const SLOW_SLACK_MS: f64 = 5000.0;
+/// The spans systemd logs hold the workload plus the unit's own process handling (fork, exec,
+/// signal delivery), which TCG on a loaded host stretched by up to 24 s (6.12: stop 7.3 s, start
+/// 25.8 s; 6.1: stop 3.0 s, start 30.0 s, at load average 25 on 2 cores): the workload is a hard
+/// lower bound, the upper bound only catches a unit that did not do its job.
+pub const SLOW_SLACK_MS: f64 = 60_000.0;
 
 impl Scenario {
     pub fn name(self) -> &'static str {
@@ -213,8 +217,13 @@ pub struct Round {
     pub prev_stop_jobs: usize,
     /// Those whose result was not `done`, as `unit=result`.
     pub prev_stop_not_done: Vec<String>,
-    /// The previous boot's unit failures (systemd's "unit failed" / "unit result" entries).
+    /// The previous boot's unit failures (systemd's "unit failed" / "unit result" entries)
+    /// from its shutdown on (at or after its first stop job).
     pub prev_failures: Vec<String>,
+    /// Failures of the previous boot before its shutdown (a unit that failed to start): not
+    /// the reboot's doing, kept for the record (seen: systemd-networkd's start timing out on a
+    /// loaded TCG host, restarted and running by the time the driver ran).
+    pub prev_boot_failures: Vec<String>,
     /// The last thing PID 1 logged in the previous boot.
     pub prev_last: Option<String>,
     pub report_rc: Option<i32>,
@@ -655,12 +664,19 @@ pub fn analyse(lines: &[(f64, String)], modes: &[Mode]) -> (Vec<Round>, Vec<Rebo
                 r.prev_entries.push(j);
             }
         } else if let Some(v) = value("FKLAB: prev-failure ") {
+            // The stop entries come first (fklab.sh), so the shutdown's start is known here.
             let j: Value = serde_json::from_str(v).unwrap_or(Value::Null);
-            r.prev_failures.push(format!(
+            let mono = |v: &Value| field(v, "__MONOTONIC_TIMESTAMP")?.parse::<u64>().ok();
+            let shutdown = r.prev_entries.iter().filter_map(mono).min();
+            let text = format!(
                 "{}: {}",
                 field(&j, "UNIT").unwrap_or("?"),
                 field(&j, "MESSAGE").unwrap_or(v)
-            ));
+            );
+            match (mono(&j), shutdown) {
+                (Some(t), Some(s)) if t < s => r.prev_boot_failures.push(text),
+                _ => r.prev_failures.push(text),
+            }
         } else if let Some(v) = value("FKLAB: prev-last ") {
             r.prev_last = Some(v.to_string());
         } else if let Some(v) = value("FKLAB: slow boot=") {
@@ -1153,6 +1169,25 @@ mod tests {
             Some(1600.0)
         );
         assert_eq!(job_span(&refs, "fklab-slow-start.service", "start"), None);
+    }
+
+    #[test]
+    fn only_failures_from_the_shutdown_on_fail_the_run() {
+        let modes = [Mode::FastkexecUncompressed];
+        let mut v = clean_run();
+        let stop = r#"FKLAB: prev-stop {"UNIT":"a.service","JOB_TYPE":"stop","JOB_RESULT":"done","__MONOTONIC_TIMESTAMP":"500"}"#;
+        v.push((90_010.0, stop.into()));
+        let early = r#"FKLAB: prev-failure {"UNIT":"n.service","MESSAGE":"start timed out","__MONOTONIC_TIMESTAMP":"100"}"#;
+        v.push((90_020.0, early.into()));
+        let (rounds, reboots) = analyse(&v, &modes);
+        assert_eq!(rounds[1].prev_boot_failures.len(), 1);
+        let p = problems(Scenario::Clean, &modes, "6.12.1", &rounds, &reboots, true);
+        assert!(p.is_empty(), "{p:?}");
+        let late = r#"FKLAB: prev-failure {"UNIT":"s.service","MESSAGE":"stop failed","__MONOTONIC_TIMESTAMP":"600"}"#;
+        v.push((90_030.0, late.into()));
+        let (rounds, reboots) = analyse(&v, &modes);
+        let p = problems(Scenario::Clean, &modes, "6.12.1", &rounds, &reboots, true);
+        assert!(p.iter().any(|m| m.contains("s.service")), "{p:?}");
     }
 
     #[test]
