@@ -37,6 +37,19 @@ if [ "$TRACE" = 1 ]; then
 	echo "FKLAB: report-end rc=$?"
 	# What the JSON run said on stderr (e.g. why a fold failed), after the markers.
 	sed 's/^/FKLAB: report-stderr /' /tmp/report.err
+	if [ "$(arg fklab.initcall_check)" = 1 ]; then
+		# The kernel's own initcall_debug lines and the raw events, for the host to compare.
+		echo "FKLAB: initcall-debug-begin"
+		dmesg | grep -E '\] (calling  |initcall .* returned )'
+		echo "FKLAB: initcall-debug-end"
+		mkdir -p /sys/kernel/tracing
+		mount -t tracefs tracefs /sys/kernel/tracing
+		echo "FKLAB: tracefs-begin"
+		cat /sys/kernel/tracing/trace_clock
+		cat /sys/kernel/tracing/trace
+		echo "FKLAB: tracefs-end"
+		umount /sys/kernel/tracing
+	fi
 	dmesg -n "$CONSOLE_LEVEL"
 fi
 if [ "$(arg fklab.unit)" = 1 ]; then

@@ -1,0 +1,338 @@
+//! `cargo xtask lab run --trace --initcall-check`: the report's initcall level against the
+//! kernel's own `initcall_debug` figures of the same boot.
+//!
+//! Round 1 boots with `initcall_debug` (the next kernel inherits it through the command line
+//! round 1 passes on) and `log_buf_len=8M`, so that every "calling"/"initcall ... returned"
+//! line of the new kernel stays in its log. Those lines are KERN_DEBUG: below the console's
+//! level they cost a log store, not a serial write, inside the intervals compared. Round 2,
+//! after its report, prints them (`dmesg`) between `FKLAB: initcall-debug-begin/end`, and
+//! tracefs' `trace` file between `FKLAB: tracefs-begin/end` (saved in the run directory: the
+//! raw events, for fixtures and for a second look).
+//!
+//! This module decodes the kernel's lines on the host by itself (no code of the library) and
+//! holds the report's slowest initcalls (`report.initcalls.top`) to them: each within
+//! [`TOLERANCE_SHARE`] or [`TOLERANCE_US`] of the kernel's "after N usecs".
+//!
+//! What the kernel measures (init/main.c): `do_one_initcall` fires the `initcall_start`
+//! tracepoint, calls the function, fires `initcall_finish`. `initcall_debug` hangs two probes
+//! on those tracepoints, registered after `trace_init()` enabled the boot-time events, so on
+//! each tracepoint the event's probe runs first: start event (TSC) → "calling" printk →
+//! `calltime = ktime_get()` → the function → finish event (TSC) → `rettime = ktime_get()` →
+//! "returned" printk, with N = `ktime_us_delta(rettime, calltime)` (truncated to µs). The
+//! event interval is therefore the kernel's plus the "calling" line's printk (formatting
+//! `%pS` and storing it) and the two probes' own cost: a few µs, always positive. And
+//! `ktime_get()` reads the clocksource timekeeping runs on, which is jiffies until
+//! `clocksource_done_booting()` (an fs_initcall) switches to the TSC: before that, N moves in
+//! whole ticks. The printk stamps of the two lines (local_clock, µs) are kept as a second
+//! figure; they bracket the interval the same way.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Command-line words for the check (both rounds; the next kernel inherits them).
+pub fn cmdline_words(check: bool, no_initcalls: bool) -> Vec<String> {
+    let mut v = Vec::new();
+    if check {
+        v.extend(
+            ["fklab.initcall_check=1", "initcall_debug", "log_buf_len=8M"].map(String::from),
+        );
+    }
+    if no_initcalls {
+        v.push("fklab.no_initcalls=1".to_string());
+    }
+    v
+}
+
+/// Agreement asked per initcall: 10 % of the kernel's figure or 50 µs, whichever is larger.
+pub const TOLERANCE_SHARE: f64 = 0.10;
+pub const TOLERANCE_US: f64 = 50.0;
+/// How many of the report's slowest initcalls are compared.
+pub const COMPARED: usize = 10;
+
+/// One initcall as the kernel's `initcall_debug` lines tell it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KernelLine {
+    /// The function as printed (`%pS`), offset and size stripped.
+    pub func: String,
+    pub ret: i64,
+    /// "after N usecs".
+    pub usecs: u64,
+    /// printk stamps (µs) of the "calling" and the "returned" line.
+    pub calling_us: Option<u64>,
+    pub returned_us: u64,
+}
+
+/// `[    1.234567] text` → (1234567 µs, text).
+fn printk_line(line: &str) -> Option<(u64, &str)> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    let (stamp, text) = rest.split_once(']')?;
+    let (s, us) = stamp.trim().split_once('.')?;
+    let us = s.parse::<u64>().ok()? * 1_000_000 + us.parse::<u64>().ok()?;
+    Some((us, text.trim_start()))
+}
+
+/// `name+0x0/0x1c [mod]` → `name [mod]`.
+fn strip_offset(sym: &str) -> String {
+    let (s, module) = match sym.split_once(' ') {
+        Some((s, m)) => (s, Some(m)),
+        None => (sym, None),
+    };
+    let name = s.split('+').next().unwrap_or(s);
+    match module {
+        Some(m) => format!("{name} {}", m.trim()),
+        None => name.to_string(),
+    }
+}
+
+/// Decodes the kernel's `calling  X @ pid` / `initcall X returned R after N usecs` lines.
+pub fn parse_kernel_lines(lines: &[&str]) -> Vec<KernelLine> {
+    let mut calling: Vec<(String, u64)> = Vec::new();
+    let mut out = Vec::new();
+    for l in lines {
+        let Some((ts, text)) = printk_line(l) else {
+            continue;
+        };
+        if let Some(rest) = text.strip_prefix("calling  ") {
+            if let Some((sym, _pid)) = rest.rsplit_once(" @ ") {
+                calling.push((strip_offset(sym), ts));
+            }
+        } else if let Some(rest) = text.strip_prefix("initcall ") {
+            let Some((sym, tail)) = rest.split_once(" returned ") else {
+                continue;
+            };
+            let Some((ret, after)) = tail.split_once(" after ") else {
+                continue;
+            };
+            let (Ok(ret), Some(Ok(usecs))) = (
+                ret.trim().parse::<i64>(),
+                after.strip_suffix(" usecs").map(|u| u.trim().parse::<u64>()),
+            ) else {
+                continue;
+            };
+            let func = strip_offset(sym);
+            let calling_us = calling
+                .iter()
+                .rposition(|(f, _)| *f == func)
+                .map(|i| calling.remove(i).1);
+            out.push(KernelLine {
+                func,
+                ret,
+                usecs,
+                calling_us,
+                returned_us: ts,
+            });
+        }
+    }
+    out
+}
+
+/// One of the report's slowest initcalls next to the kernel's figure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Compared {
+    pub func: String,
+    pub ours_us: f64,
+    /// "after N usecs" (`None`: no such line).
+    pub kernel_us: Option<u64>,
+    /// The printk stamps' difference ("returned" − "calling"), µs.
+    pub printk_us: Option<u64>,
+    pub diff_us: Option<f64>,
+    pub tolerance_us: Option<f64>,
+    pub within: bool,
+    /// More than one kernel line had this name: the one nearest in duration was taken.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ambiguous: bool,
+}
+
+/// The lab JSON's `initcalls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InitcallCheck {
+    /// The report's `initcalls.status`.
+    pub status: Option<String>,
+    pub report_count: Option<u64>,
+    /// Lines of the kernel's own decoded.
+    pub kernel_lines: usize,
+    pub compared: Vec<Compared>,
+    /// Mean of (ours − the kernel's) over the compared initcalls, µs: the systematic part.
+    pub mean_diff_us: Option<f64>,
+    pub all_within: bool,
+    /// Where the tracefs dump was saved.
+    pub tracefs_dump: Option<String>,
+    pub error: Option<String>,
+}
+
+impl InitcallCheck {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.all_within
+    }
+}
+
+/// Lines between `FKLAB: <what>-begin` and `FKLAB: <what>-end`.
+pub fn section<'a>(lines: &'a [(f64, String)], what: &str) -> Option<Vec<&'a str>> {
+    let begin = format!("FKLAB: {what}-begin");
+    let end = format!("FKLAB: {what}-end");
+    let a = lines.iter().position(|(_, l)| *l == begin)?;
+    let rest = lines.get(a + 1..)?;
+    let b = rest.iter().position(|(_, l)| l.starts_with(&end))?;
+    Some(rest.get(..b)?.iter().map(|(_, l)| l.as_str()).collect())
+}
+
+/// Compares the report's slowest initcalls with the kernel's lines.
+pub fn compare(report: Option<&Value>, kernel: &[KernelLine]) -> InitcallCheck {
+    let mut c = InitcallCheck {
+        kernel_lines: kernel.len(),
+        ..InitcallCheck::default()
+    };
+    let Some(ic) = report.and_then(|r| r.get("initcalls")) else {
+        c.error = Some("the report has no initcalls section".into());
+        return c;
+    };
+    c.status = ic.get("status").and_then(Value::as_str).map(String::from);
+    c.report_count = ic.get("count").and_then(Value::as_u64);
+    if c.status.as_deref() != Some("ok") {
+        c.error = Some(format!(
+            "the report's initcalls are {:?}: {}",
+            c.status,
+            ic.get("detail").and_then(Value::as_str).unwrap_or("")
+        ));
+        return c;
+    }
+    if kernel.is_empty() {
+        c.error = Some("no initcall_debug line in the new kernel's log".into());
+        return c;
+    }
+    let top = ic.get("top").and_then(Value::as_array).cloned().unwrap_or_default();
+    for t in top.iter().take(COMPARED) {
+        let func = t.get("func").and_then(Value::as_str).unwrap_or("").to_string();
+        let ours_us = t.get("duration_ns").and_then(Value::as_u64).unwrap_or(0) as f64 / 1e3;
+        let same: Vec<&KernelLine> = kernel.iter().filter(|k| k.func == func).collect();
+        let k = same.iter().copied().min_by(|a, b| {
+            (a.usecs as f64 - ours_us)
+                .abs()
+                .total_cmp(&(b.usecs as f64 - ours_us).abs())
+        });
+        let tol = k.map(|k| (k.usecs as f64 * TOLERANCE_SHARE).max(TOLERANCE_US));
+        let diff = k.map(|k| ours_us - k.usecs as f64);
+        c.compared.push(Compared {
+            func,
+            ours_us,
+            kernel_us: k.map(|k| k.usecs),
+            printk_us: k.and_then(|k| Some(k.returned_us.checked_sub(k.calling_us?)?)),
+            diff_us: diff,
+            tolerance_us: tol,
+            within: matches!((diff, tol), (Some(d), Some(t)) if d.abs() <= t),
+            ambiguous: same.len() > 1,
+        });
+    }
+    let diffs: Vec<f64> = c.compared.iter().filter_map(|x| x.diff_us).collect();
+    if !diffs.is_empty() {
+        c.mean_diff_us = Some(diffs.iter().sum::<f64>() / diffs.len() as f64);
+    }
+    c.all_within = !c.compared.is_empty() && c.compared.iter().all(|x| x.within);
+    if c.compared.is_empty() {
+        c.error = Some("the report lists no initcall".into());
+    }
+    c
+}
+
+/// The whole check of one run: decodes round 2's sections, saves the tracefs dump in `dir`.
+pub fn check(lines: &[(f64, String)], report: Option<&Value>, dir: &std::path::Path) -> InitcallCheck {
+    let kernel = section(lines, "initcall-debug")
+        .map(|l| parse_kernel_lines(&l))
+        .unwrap_or_default();
+    let mut c = compare(report, &kernel);
+    if let Some(t) = section(lines, "tracefs") {
+        let path = dir.join("tracefs-trace.txt");
+        let mut text = t.join("\n");
+        text.push('\n');
+        match std::fs::write(&path, text) {
+            Ok(()) => c.tracefs_dump = Some(path.display().to_string()),
+            Err(e) => c.error = c.error.or(Some(format!("{}: {e}", path.display()))),
+        }
+    }
+    c
+}
+
+/// The comparison as a table on stdout.
+pub fn print(c: &InitcallCheck) {
+    println!(
+        "initcalls: report {} ({} in kernel boot), {} initcall_debug lines",
+        c.status.as_deref().unwrap_or("?"),
+        c.report_count.map_or("?".into(), |n| n.to_string()),
+        c.kernel_lines
+    );
+    println!(
+        "{:>12} {:>12} {:>12} {:>10} {:>8}  initcall",
+        "ours µs", "kernel µs", "printk µs", "diff µs", "within"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for x in &c.compared {
+        println!(
+            "{:>12.1} {:>12} {:>12} {:>10} {:>8}  {}{}",
+            x.ours_us,
+            opt(x.kernel_us),
+            opt(x.printk_us),
+            x.diff_us.map_or("-".into(), |d| format!("{d:+.1}")),
+            if x.within { "yes" } else { "NO" },
+            x.func,
+            if x.ambiguous { " (name seen twice)" } else { "" }
+        );
+    }
+    if let Some(m) = c.mean_diff_us {
+        println!("mean (ours − kernel): {m:+.1} µs");
+    }
+    if let Some(e) = &c.error {
+        println!("INITCALL CHECK FAILED: {e}");
+    } else if !c.all_within {
+        println!("INITCALL CHECK FAILED: not every initcall within 10 % or 50 µs");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_lines_decode_with_their_printk_stamps() {
+        let lines = [
+            "[    0.412001] calling  pci_subsys_init+0x0/0x80 @ 1",
+            "[    0.415730] initcall pci_subsys_init+0x0/0x80 returned 0 after 3725 usecs",
+            "[    1.000000] calling  virtio_blk_init+0x0/0x1000 [virtio_blk] @ 73",
+            "[    1.000100] initcall virtio_blk_init+0x0/0x1000 [virtio_blk] returned -19 after 98 usecs",
+            "[    1.100000] some other line",
+        ];
+        let k = parse_kernel_lines(&lines);
+        assert_eq!(k.len(), 2);
+        assert_eq!(k[0].func, "pci_subsys_init");
+        assert_eq!(
+            (k[0].usecs, k[0].calling_us, k[0].returned_us),
+            (3725, Some(412_001), 415_730)
+        );
+        assert_eq!(k[1].func, "virtio_blk_init [virtio_blk]");
+        assert_eq!(k[1].ret, -19);
+    }
+
+    #[test]
+    fn the_comparison_holds_each_of_the_top_to_its_tolerance() {
+        let kernel = parse_kernel_lines(&[
+            "[    0.100000] calling  a+0x0/0x8 @ 1",
+            "[    0.200000] initcall a+0x0/0x8 returned 0 after 1000 usecs",
+            "[    0.300000] initcall b+0x0/0x8 returned 0 after 100 usecs",
+        ]);
+        let report = serde_json::json!({"initcalls": {"status": "ok", "count": 2, "top": [
+            {"func": "a", "duration_ns": 1_090_000u64},
+            {"func": "b", "duration_ns": 160_000u64},
+        ]}});
+        let c = compare(Some(&report), &kernel);
+        assert!(c.compared[0].within, "{c:?}");
+        assert!(!c.compared[1].within, "60 µs off a 100 µs figure: {c:?}");
+        assert!(!c.all_within);
+        assert_eq!(c.mean_diff_us, Some(75.0));
+    }
+
+    #[test]
+    fn a_report_without_initcalls_fails_the_check() {
+        let report = serde_json::json!({"initcalls": {"status": "not_requested"}});
+        let c = compare(Some(&report), &[]);
+        assert!(!c.ok());
+    }
+}
