@@ -1,6 +1,6 @@
 //! Builds the eBPF programs (crate `fastkexec-ebpf`, binary `fastkexec-probes`)
 //! for `bpfel-unknown-none` and leaves the object at `$OUT_DIR/fastkexec-probes`,
-//! where `src/ebpf.rs` embeds it.
+//! where `src/trace/ebpf.rs` embeds it.
 //!
 //! aya-build runs `rustup run nightly cargo build -Z build-std=core ...` in its
 //! own target directory under `OUT_DIR`; that needs the nightly toolchain with

@@ -17,7 +17,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    // --- kexec syscalls, status, load, exec (kexec.rs, status.rs, load.rs, exec.rs) ---
+    // --- kexec syscalls, status, load, exec (kexec/, host/status, ops/) ---
     /// A kexec-related syscall failed; `hint` says what the errno means here and what to do.
     #[error("{call} failed: {source}: {hint}")]
     Syscall {
@@ -71,7 +71,7 @@ pub enum Error {
     Input { path: PathBuf, problem: String },
 
     // --- bzImage, payload decompression, vmlinux ELF, prepare cache
-    //     (bzimage.rs, decompress.rs, vmlinux.rs, prepare.rs) ---
+    //     (image/) ---
     /// Not a bzImage, or its setup header / payload location is unusable;
     /// `problem` names the field and offset and what to pass instead.
     #[error("{path}: {problem}")]
@@ -88,7 +88,7 @@ pub enum Error {
     #[error("{path}: {compression} payload: {problem}")]
     Decompress {
         path: PathBuf,
-        compression: crate::decompress::Compression,
+        compression: crate::image::decompress::Compression,
         problem: String,
     },
     /// The ELF is not a loadable x86-64 kernel image; `problem` names the
@@ -102,7 +102,7 @@ pub enum Error {
     UntrustedCache { path: PathBuf, problem: String },
 
     // --- host facts, boot_params, purgatory, segment planning
-    //     (hostinfo.rs, bootparams.rs, purgatory.rs, segments.rs) ---
+    //     (host/, plan/, blobs/) ---
     /// A sysfs file describing the running machine is missing or unusable.
     #[error("{path}: {problem}")]
     HostInfo { path: PathBuf, problem: String },
@@ -146,7 +146,7 @@ pub enum Error {
     #[error("cannot plan the load: {problem}")]
     Plan { problem: String },
 
-    // --- tracer, trace record, report (btf.rs, trace.rs, handoff.rs, report.rs) ---
+    // --- tracer, trace record, report (trace/, record/) ---
     /// A BTF blob (e.g. /sys/kernel/btf/vmlinux) cannot be read as BTF.
     #[error("{path}: {problem}")]
     Btf { path: PathBuf, problem: String },
@@ -175,7 +175,7 @@ pub enum Error {
     )]
     TraceRecordImplausible { what: String },
 
-    // --- staged mode: crashkernel memory reuse (staged.rs, trampoline.rs) ---
+    // --- staged mode: crashkernel memory reuse (staged/, blobs/trampoline) ---
     /// Staged mode found no usable crashkernel reservation; `problem` says why and what to do.
     #[error("staged mode needs a crashkernel reservation: {problem}")]
     NoCrashReservation { problem: String },
@@ -201,7 +201,7 @@ pub enum Error {
     #[error("trampoline: {problem}")]
     Trampoline { problem: String },
 
-    // --- reboot histograms, export, serve (histogram.rs, export.rs, serve.rs) ---
+    // --- reboot histograms, export, serve (metrics/) ---
     /// A boot handed to `fold` is unusable; `problem` names the field (boot id, phase) at fault.
     #[error("cannot fold boot {boot_id:?} into the histograms: {problem}")]
     InvalidBoot { boot_id: String, problem: String },

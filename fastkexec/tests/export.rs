@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use fastkexec::histogram::{fold_boot, Boot, Phase, State, StateDir};
+use fastkexec::metrics::histogram::{fold_boot, Boot, Phase, State, StateDir};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fastkexec"));
@@ -392,9 +392,12 @@ fn decode_with_pypi(log: &Path, bounds: &serde_json::Value) -> serde_json::Value
 #[test]
 fn every_export_names_phases_alike_and_pypi_decodes_the_hdr_log_to_the_json_figures() {
     // The table behind every export is the one written out above.
-    let ids: Vec<&str> = fastkexec::phases::PHASES.iter().map(|d| d.id).collect();
+    let ids: Vec<&str> = fastkexec::record::phases::PHASES
+        .iter()
+        .map(|d| d.id)
+        .collect();
     assert_eq!(ids, MACHINE_NAMES[..13]);
-    assert_eq!(fastkexec::phases::UNATTRIBUTED, MACHINE_NAMES[13]);
+    assert_eq!(fastkexec::record::phases::UNATTRIBUTED, MACHINE_NAMES[13]);
 
     // 1000 reboots: q·n is a whole number for every quantile compared, so Python's
     // round-half-up rank and Rust's ceil rank pick the same value.
@@ -617,7 +620,7 @@ fn histograms_encoded_by_pypi_hdrhistogram_decode_in_ours() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let h = fastkexec::histogram::decode_histogram(text(&o.stdout).trim()).unwrap();
+    let h = fastkexec::metrics::histogram::decode_histogram(text(&o.stdout).trim()).unwrap();
     assert_eq!(h.len(), values.len() as u64);
     let mut sorted = values.clone();
     sorted.sort_unstable();

@@ -3,7 +3,7 @@
 //! `bzImage-tiny.*` fixtures, one per compression.
 #![no_main]
 
-use fastkexec::bzimage;
+use fastkexec::image::bzimage;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         // What extraction claims must hold.
         assert!(x.payload_range.start < x.payload_range.end);
         assert!(x.payload_range.end <= data.len());
-        assert!(fastkexec::vmlinux::is_elf(&x.vmlinux));
+        assert!(fastkexec::image::vmlinux::is_elf(&x.vmlinux));
         let (lo, hi) = x.elf.phys_span();
         assert!(lo <= hi);
     }

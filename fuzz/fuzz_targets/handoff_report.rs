@@ -20,9 +20,9 @@
 //!   event pages (setup_data data, 4080 bytes each): the page-level checks get fuzzed.
 #![no_main]
 
-use fastkexec::clock::Fit;
-use fastkexec::handoff::{self, BootFacts, HeaderInfo, Node, PAGE_DATA_LEN};
-use fastkexec::report::{self, Anchor, Inputs, KmsgLine};
+use fastkexec::record::clock::Fit;
+use fastkexec::record::handoff::{self, BootFacts, HeaderInfo, Node, PAGE_DATA_LEN};
+use fastkexec::record::report::{self, Anchor, Inputs, KmsgLine};
 use fastkexec_common::{
     event_hash, Event, EVENT_NAME_LEN, HEADER_SUM_AT, OFF_CLAIMED, OFF_EVENT_SUM, OFF_LAST_EXIT,
     OFF_PROBE_NS, OFF_PURGATORY, OFF_STATE, OFF_TRAMPOLINE, PAGE_SIZE, SETUP_DATA_HEADER_SIZE,
@@ -34,8 +34,8 @@ const OLD_BOOT: [u8; 16] = [0x11; 16];
 const THIS_BOOT: [u8; 16] = [0x22; 16];
 const EVENT_SIZE: usize = std::mem::size_of::<Event>();
 /// The blobs' TSC record magics (purgatory.rs, trampoline.rs).
-const PURGATORY_MAGIC: u64 = fastkexec::purgatory::TSC_MAGIC;
-const TRAMPOLINE_MAGIC: u64 = fastkexec::trampoline::TSC_MAGIC;
+const PURGATORY_MAGIC: u64 = fastkexec::blobs::purgatory::TSC_MAGIC;
+const TRAMPOLINE_MAGIC: u64 = fastkexec::blobs::trampoline::TSC_MAGIC;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -241,10 +241,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(at, rep.total_ns);
     let _ = rep.to_string();
     serde_json::to_string(&rep).expect("a report serializes");
-    if let Ok(boot) = fastkexec::fold::boot_from_report(&rep, "fuzz-boot", 1) {
+    if let Ok(boot) = fastkexec::record::fold::boot_from_report(&rep, "fuzz-boot", 1) {
         // It may refuse a sample (a phase longer than a day: the new kernel's own clock
         // figures are not bounded by the record's checks), with an error, never a panic.
-        let mut state = fastkexec::histogram::State::new();
+        let mut state = fastkexec::metrics::histogram::State::new();
         let _ = state.fold(&boot);
     }
 });

@@ -3,8 +3,8 @@
 //! states the library itself writes (`cargo xtask fuzz` folds a few boots into one).
 #![no_main]
 
-use fastkexec::export::{self, Format};
-use fastkexec::histogram::State;
+use fastkexec::metrics::export::{self, Format};
+use fastkexec::metrics::histogram::State;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

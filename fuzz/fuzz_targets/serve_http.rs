@@ -7,8 +7,8 @@
 //! Seeds: `fuzz/seeds/serve_http` (scrapes, HEAD, other methods and paths, broken heads).
 #![no_main]
 
-use fastkexec::histogram::{Boot, Phase, State};
-use fastkexec::serve::{ServeOptions, Server};
+use fastkexec::metrics::histogram::{Boot, Phase, State};
+use fastkexec::metrics::serve::{ServeOptions, Server};
 use libfuzzer_sys::fuzz_target;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -2,7 +2,7 @@
 //! (x86-64, ET_EXEC, PT_LOADs, physical span). Seed: the `vmlinux-tiny.elf` fixture.
 #![no_main]
 
-use fastkexec::vmlinux;
+use fastkexec::image::vmlinux;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

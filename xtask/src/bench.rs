@@ -629,7 +629,7 @@ pub fn markdown(meta: &Meta, summary: &[ModeSummary]) -> String {
             }
         }
         for name in names {
-            o.push_str(&format!("| {} |", fastkexec::phases::label(name)));
+            o.push_str(&format!("| {} |", fastkexec::record::phases::label(name)));
             for s in &traced {
                 let c = s
                     .phases_ms
@@ -684,7 +684,12 @@ pub fn bars(summary: &[ModeSummary]) -> Vec<Bar> {
             return s
                 .phases_ms
                 .iter()
-                .filter_map(|f| Some((fastkexec::phases::label(&f.name).to_string(), f.ms?.median)))
+                .filter_map(|f| {
+                    Some((
+                        fastkexec::record::phases::label(&f.name).to_string(),
+                        f.ms?.median,
+                    ))
+                })
                 .collect();
         }
         let first = s.host("exec_to_first_new_kernel_line").map(|m| m.median);

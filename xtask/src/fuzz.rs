@@ -9,7 +9,7 @@
 
 use crate::util::{step, workspace_root};
 use anyhow::{bail, Context, Result};
-use fastkexec::histogram::{Boot, Phase, State};
+use fastkexec::metrics::histogram::{Boot, Phase, State};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

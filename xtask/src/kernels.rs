@@ -396,9 +396,9 @@ fn install_tree(
         image.len()
     ));
     let t = Instant::now();
-    let extracted = fastkexec::bzimage::extract_vmlinux(&vmlinuz, &image)
+    let extracted = fastkexec::image::bzimage::extract_vmlinux(&vmlinuz, &image)
         .with_context(|| format!("extracting the vmlinux of {name}"))?;
-    fastkexec::vmlinux::parse_vmlinux(&vmlinuz, &extracted.vmlinux).with_context(|| {
+    fastkexec::image::vmlinux::parse_vmlinux(&vmlinuz, &extracted.vmlinux).with_context(|| {
         format!(
             "validating the vmlinux extracted from {}",
             vmlinuz.display()

@@ -78,7 +78,7 @@ pub const MEMTOTAL_TOLERANCE: f64 = 0.02;
 pub const PANIC_MARKER: &str = fastkexec::staged::PANIC_MARKER;
 /// The line the trampoline prints before it resets the machine.
 pub const TRAMPOLINE_RESET_LINE: &str = "fastkexec trampoline: ";
-/// The purgatory's message on a `--verify` mismatch (purgatory.rs), and its last line.
+/// The purgatory's message on a `--verify` mismatch (fastkexec/src/blobs/purgatory.rs), and its last line.
 pub const PURGATORY_MISMATCH_LINE: &str = "fastkexec purgatory: checksum mismatch in segment";
 pub const PURGATORY_HALT_LINE: &str = "fastkexec purgatory: ";
 
@@ -384,7 +384,7 @@ fn cache_files(kernel: &KernelInfo, mode: Mode, dir: &Path) -> Result<Vec<(Strin
         // Done on the host ahead of time, as `fastkexec prepare` would be on a
         // server: the guest's load then hits the cache.
         let cache = dir.join("cache");
-        fastkexec::prepare::prepare(&kernel.vmlinuz, &cache)
+        fastkexec::image::prepare::prepare(&kernel.vmlinuz, &cache)
             .with_context(|| format!("preparing {}", kernel.vmlinuz.display()))?;
         for f in walk(&cache)? {
             let rel = f.strip_prefix(&cache)?.to_string_lossy().into_owned();

@@ -26,7 +26,7 @@ pub struct Preflight {
 impl Preflight {
     pub fn ok(&self) -> bool {
         self.rc == Some(0)
-            && self.phases.len() == fastkexec::phases::PHASES.len()
+            && self.phases.len() == fastkexec::record::phases::PHASES.len()
             && self.image_loaded.as_deref() == Some("no")
             && self.crash_image_loaded.as_deref() == Some("no")
             && self.contradicted.is_empty()
@@ -98,7 +98,7 @@ pub fn parse(lines: &[(f64, String)], report: Option<&Value>) -> Option<Prefligh
         .unwrap_or_default();
     // The text names phases for people; the report's JSON by machine name.
     let id_of = |label: &str| {
-        fastkexec::phases::PHASES
+        fastkexec::record::phases::PHASES
             .iter()
             .find(|d| d.label == label)
             .map(|d| d.id)

@@ -17,7 +17,7 @@ use serde_json::Value;
 pub const TSC_RELIABLE: &str = "tsc=reliable";
 
 /// The phases the acceptance asks every traced uncompressed run to show.
-/// Machine names, as `report --json` gives them (`fastkexec::phases::PhaseDef::id`).
+/// Machine names, as `report --json` gives them (`fastkexec::record::phases::PhaseDef::id`).
 pub const REQUIRED_PHASES: &[&str] = &[
     "device_shutdown",
     "cpu_migration",
@@ -389,7 +389,7 @@ fn report_phases(report: Option<&Value>) -> Vec<JsonPhase> {
                     let start = p.get("start_ns")?.as_u64()?;
                     let dur = p.get("duration_ns")?.as_u64()?;
                     Some(JsonPhase {
-                        name: fastkexec::phases::canonical_id(name)
+                        name: fastkexec::record::phases::canonical_id(name)
                             .unwrap_or(name)
                             .to_string(),
                         start_ms: start as f64 / 1e6,
@@ -419,7 +419,7 @@ fn boundary_checks(phases: &[JsonPhase], host: &HostLines) -> Vec<BoundaryCheck>
             .get(..i)?
             .iter()
             .rev()
-            .find(|p| p.name != fastkexec::phases::UNATTRIBUTED)
+            .find(|p| p.name != fastkexec::record::phases::UNATTRIBUTED)
     });
     let early = find("kernel_early_boot");
     let purgatory = find("purgatory");
@@ -662,7 +662,7 @@ mod tests {
         // Older reports named phases by their labels.
         let labelled: Vec<(&str, u64)> = REAL
             .iter()
-            .map(|&(n, d)| (fastkexec::phases::label(n), d))
+            .map(|&(n, d)| (fastkexec::record::phases::label(n), d))
             .collect();
         assert!(real(&labelled).ok());
         // Without the host's clock (--icount) nothing is compared.

@@ -1,0 +1,5 @@
+//! The two position-independent asm blobs (purgatory, trampoline) and their common frame.
+
+pub mod frame;
+pub mod purgatory;
+pub mod trampoline;

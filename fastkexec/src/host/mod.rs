@@ -1,0 +1,5 @@
+//! Facts of the running machine that a kexec load depends on: memory map, boot facts, kexec state.
+
+pub mod e820;
+pub mod hostinfo;
+pub mod status;
