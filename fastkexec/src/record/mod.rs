@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod fold;
 pub mod handoff;
+pub mod initcalls;
 pub mod phases;
 pub mod report;
 pub mod svg;
