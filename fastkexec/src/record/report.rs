@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::ops::load::LoadMode;
 use crate::record::clock::{self, Fit};
 use crate::record::handoff::{self, BootFacts, Record, RecordError};
+use crate::record::initcalls::{self, Capture, Initcalls};
 use crate::record::phases::{self, Mark, MarkId, Tiling};
 use crate::trace::ebpf::{PHASE_PROBES, REBOOT_FALLBACK};
 use crate::{Error, Result};
@@ -157,6 +158,8 @@ pub struct Inputs {
     pub top: usize,
     /// This kernel's release.
     pub release: Option<String>,
+    /// The initcall events found in tracefs.
+    pub initcalls: Capture,
 }
 
 /// The state of the record, for the report.
@@ -292,6 +295,8 @@ pub struct Report {
     pub notifiers: Vec<NotifierTime>,
     pub unseen: Vec<phases::Unseen>,
     pub clock: ClockInfo,
+    /// The new kernel's initcalls under "kernel boot".
+    pub initcalls: Initcalls,
     pub notes: Vec<String>,
 }
 
@@ -679,6 +684,28 @@ pub fn build(inp: &Inputs) -> Report {
             (Vec::new(), 0, Vec::new(), None)
         }
     };
+    let kernel_boot = phases_out
+        .iter()
+        .find(|p| p.name == "kernel_boot")
+        .map(|p| (p.start_ns, p.start_ns.saturating_add(p.duration_ns)));
+    let zero_tsc = marks.at.get(&MarkId::KernelClockZero).copied();
+    let initcall_clock = match &inp.initcalls {
+        Capture::Read { clock, .. } => clock.clone(),
+        _ => None,
+    };
+    let initcalls = initcalls::place(
+        &inp.initcalls,
+        |s| {
+            let fit = rate?;
+            let t = initcalls::tsc_of(initcall_clock.as_deref(), s, zero_tsc, &fit)?;
+            Some(phases::ns_u64(
+                fit.ticks_to_ns(t.saturating_sub(base))
+                    .saturating_sub(origin_ns),
+            ))
+        },
+        kernel_boot,
+        inp.top,
+    );
     let spans = Spans {
         old_kernel_ns: off(MarkId::MachineKexec),
         handoff_ns: match (off(MarkId::MachineKexec), off(MarkId::KernelClockZero)) {
@@ -742,6 +769,7 @@ pub fn build(inp: &Inputs) -> Report {
         notifiers,
         unseen,
         clock,
+        initcalls,
         notes,
     }
 }
@@ -865,6 +893,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
     let release = fs::read_to_string(opts.root.join("proc/sys/kernel/osrelease"))
         .ok()
         .map(|s| s.trim().to_string());
+    let initcalls = initcalls::capture(&opts.root, &cmdline, live);
     Ok(build(&Inputs {
         record,
         facts: BootFacts {
@@ -878,6 +907,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
         now_fit: Fit::from_samples(&samples),
         top: opts.top,
         release,
+        initcalls,
     }))
 }
 
@@ -992,6 +1022,8 @@ impl fmt::Display for Report {
                 writeln!(f, "{:>10.3} ms  {}", ms(n.duration_ns), n.symbol)?;
             }
         }
+        writeln!(f)?;
+        write!(f, "{}", self.initcalls)?;
         if !self.unseen.is_empty() {
             writeln!(f)?;
             writeln!(f, "not on the timeline:")?;
@@ -1110,6 +1142,7 @@ pub(crate) mod tests {
             now_fit: None,
             top: 2,
             release: Some("6.1.0-56-cloud-amd64".into()),
+            initcalls: Capture::NotRequested,
         }
     }
 
@@ -1256,6 +1289,57 @@ pub(crate) mod tests {
         let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
         assert_eq!(get("relocation"), Some(900_000));
         assert!(!r.notes.iter().any(|n| n.contains("probe returned")));
+    }
+
+    #[test]
+    fn initcalls_land_under_kernel_boot_by_either_trace_clock() {
+        let ms = 2_000_000u64; // ticks per ms
+        let zero = tsc(15_000_000);
+        let line = |ts: &str, what: &str, f: &str, ret: &str| {
+            format!("  swapper/0-1 [000] ..... {ts}: initcall_{what}: func={f}+0x0/0x10{ret}\n")
+        };
+        // Two initcalls 100..140 ms and 150..160 ms after the new kernel's clock zero.
+        let at = |t: u64| (zero + t * ms).to_string();
+        let on_tsc = [
+            line(&at(100), "start", "a", ""),
+            line(&at(140), "finish", "a", " ret=0"),
+            line(&at(150), "start", "b", ""),
+            line(&at(160), "finish", "b", " ret=-19"),
+        ]
+        .concat();
+        // The same in the local clock: raw sched_clock, 0 at the clock zero.
+        let on_local = on_tsc
+            .replace(&at(100), "0.100000")
+            .replace(&at(140), "0.140000")
+            .replace(&at(150), "0.150000")
+            .replace(&at(160), "0.160000");
+        for (clock, text) in [("x86-tsc", on_tsc), ("local", on_local)] {
+            let mut inp = inputs(Ok(good_record(&events())));
+            inp.initcalls = Capture::Read {
+                clock: Some(clock.into()),
+                trace: initcalls::parse_trace(&text),
+            };
+            let r = build(&inp);
+            let ic = &r.initcalls;
+            assert_eq!(ic.status, "ok", "{clock}: {ic:?}");
+            // The timeline starts at the request, 10 ms before the clock zero.
+            assert_eq!(ic.top[0].func, "a", "{clock}");
+            assert_eq!(ic.top[0].start_ns, 110_000_000, "{clock}");
+            assert_eq!(ic.top[0].duration_ns, 40_000_000, "{clock}");
+            assert_eq!(ic.top[1].ret, -19, "{clock}");
+            assert_eq!(ic.sum_ns, 50_000_000, "{clock}");
+            assert_eq!(ic.kernel_boot_ns, Some(300_000_000), "{clock}");
+            assert_eq!(ic.unexplained_ns, Some(250_000_000), "{clock}");
+            assert_eq!(ic.before_first_ns, Some(100_000_000), "{clock}");
+            assert!(
+                r.to_string().contains("slowest initcalls (2 of 2)"),
+                "{clock}"
+            );
+        }
+        // Not asked: said, and nothing shown.
+        let r = build(&inputs(Ok(good_record(&events()))));
+        assert_eq!(r.initcalls.status, "not_requested");
+        assert!(r.initcalls.top.is_empty());
     }
 
     #[test]

@@ -63,6 +63,7 @@ use crate::ops::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode
 use crate::plan::segments::PlanExtras;
 use crate::record::clock::{self, Fit, Sample};
 use crate::record::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
+use crate::record::initcalls;
 use crate::trace::btf::Btf;
 use crate::{host::hostinfo, ops::exec, Error, Result};
 use ebpf::ProbePoint;
@@ -93,6 +94,9 @@ pub struct TraceOptions {
     pub verbose: bool,
     /// Only the phase-boundary probes: no per-device, no per-notifier stamps.
     pub lean: bool,
+    /// Ask the next kernel for its initcall trace events on its command line
+    /// ([`crate::record::initcalls::cmdline_words`]).
+    pub initcalls: bool,
     /// Printed on stdout right before the reboot request (a stopwatch mark).
     pub mark: Option<String>,
     pub damage: Option<Damage>,
@@ -1298,6 +1302,35 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     let footprint = kernel_footprint(&lopts)?;
     let mut tracer = Tracer::start(opts.verbose, opts.lean)?;
     let mut extras = tracer.load_extras();
+    let initcall_words = if opts.initcalls {
+        let (line, _) = load::build_cmdline(&lopts.cmdline, &lopts.root)?;
+        let words = initcalls::cmdline_words(&line).join(" ");
+        tracer.notes.push(if words.is_empty() {
+            "initcalls: the command line already asks for the initcall trace events".into()
+        } else {
+            format!(
+                "initcalls: the next kernel records its initcalls for `report` ({words}; \
+                 --no-initcalls leaves them out)"
+            )
+        });
+        extras.cmdline_append = Some(
+            [
+                extras.cmdline_append.take().unwrap_or_default(),
+                words.clone(),
+            ]
+            .join(" ")
+            .trim()
+            .to_string(),
+        );
+        words
+    } else {
+        tracer.notes.push(
+            "initcalls: --no-initcalls: the next kernel is not asked for its initcall events; \
+             `report` shows none"
+                .into(),
+        );
+        String::new()
+    };
     if let Some(fp) = footprint {
         let host = hostinfo::read(&lopts.root)?;
         // A staged load ignores this: its kernel goes into the crashkernel
@@ -1317,9 +1350,25 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         Some(KexecLock::acquire(&lopts.root, "trace")?)
     };
     let report = match &lock {
-        Some(l) => load::load_locked(&lopts, &extras, l)?,
-        None => load::load_with(&lopts, &extras)?,
-    };
+        Some(l) => load::load_locked(&lopts, &extras, l),
+        None => load::load_with(&lopts, &extras),
+    }
+    .map_err(|e| match e {
+        Error::CmdlineTooLong {
+            len,
+            max,
+            limit_from,
+        } if !initcall_words.is_empty() => Error::CmdlineTooLong {
+            len,
+            max,
+            limit_from: format!(
+                "{limit_from} (trace added {} bytes of initcall trace words: --no-initcalls \
+                 leaves them out)",
+                initcall_words.len() + 1
+            ),
+        },
+        e => e,
+    })?;
     tracer.load_flags = handoff::load_mode_flags(report.mode);
     if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
         tracer.notes.push(format!(
