@@ -40,7 +40,7 @@ if [ "$TRACE" = 1 ]; then
 	if [ "$(arg fklab.initcall_check)" = 1 ]; then
 		# The kernel's own initcall_debug lines and the raw events, for the host to compare.
 		echo "FKLAB: initcall-debug-begin"
-		dmesg | grep -E '\] (calling  |initcall .* returned )'
+		dmesg | grep -E '\] (calling  |initcall .* returned |clocksource: Switched to)'
 		echo "FKLAB: initcall-debug-end"
 		mkdir -p /sys/kernel/tracing
 		mount -t tracefs tracefs /sys/kernel/tracing

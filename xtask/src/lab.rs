@@ -752,11 +752,14 @@ pub fn run_once(
             report.timeline_svg = svg;
         }
         if opts.initcall_check {
-            let ic = crate::labinitcalls::check(&serial.lines, json.as_ref(), &dir);
+            let hz = crate::labinitcalls::config_hz(kernel.config.as_deref()).unwrap_or(250);
+            let ic = crate::labinitcalls::check(&serial.lines, json.as_ref(), hz, &dir);
             if !ic.ok() && report.error.is_none() && report.booted {
                 report.error = Some(format!(
                     "the report's initcalls do not agree with initcall_debug: {}",
-                    ic.error.clone().unwrap_or_else(|| "see initcalls.compared".into())
+                    ic.error
+                        .clone()
+                        .unwrap_or_else(|| "see initcalls.compared".into())
                 ));
             }
             report.ok &= ic.ok();

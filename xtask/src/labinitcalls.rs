@@ -23,8 +23,11 @@
 //! `%pS` and storing it) and the two probes' own cost: a few µs, always positive. And
 //! `ktime_get()` reads the clocksource timekeeping runs on, which is jiffies until
 //! `clocksource_done_booting()` (an fs_initcall) switches to the TSC: before that, N moves in
-//! whole ticks. The printk stamps of the two lines (local_clock, µs) are kept as a second
-//! figure; they bracket the interval the same way.
+//! whole ticks (1/HZ). Such an initcall is held to the kernel's figure within one tick on top
+//! of the tolerance, and marked `kernel_clock: jiffies`; the others (`tsc`) to the tolerance
+//! alone. The printk stamps of the two lines (local_clock, µs) are kept as a second figure:
+//! they include the "calling" printk as the events do, but before `sched_clock` is marked
+//! stable (a late initcall) the local clock is held back to the tick and lags.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -33,9 +36,7 @@ use serde_json::Value;
 pub fn cmdline_words(check: bool, no_initcalls: bool) -> Vec<String> {
     let mut v = Vec::new();
     if check {
-        v.extend(
-            ["fklab.initcall_check=1", "initcall_debug", "log_buf_len=8M"].map(String::from),
-        );
+        v.extend(["fklab.initcall_check=1", "initcall_debug", "log_buf_len=8M"].map(String::from));
     }
     if no_initcalls {
         v.push("fklab.no_initcalls=1".to_string());
@@ -60,6 +61,9 @@ pub struct KernelLine {
     /// printk stamps (µs) of the "calling" and the "returned" line.
     pub calling_us: Option<u64>,
     pub returned_us: u64,
+    /// The kernel's timekeeping still ran on jiffies when this initcall returned (before its
+    /// "clocksource: Switched to clocksource" line).
+    pub jiffies: bool,
 }
 
 /// `[    1.234567] text` → (1234567 µs, text).
@@ -88,11 +92,14 @@ fn strip_offset(sym: &str) -> String {
 pub fn parse_kernel_lines(lines: &[&str]) -> Vec<KernelLine> {
     let mut calling: Vec<(String, u64)> = Vec::new();
     let mut out = Vec::new();
+    let mut jiffies = true;
     for l in lines {
         let Some((ts, text)) = printk_line(l) else {
             continue;
         };
-        if let Some(rest) = text.strip_prefix("calling  ") {
+        if text.starts_with("clocksource: Switched to clocksource") {
+            jiffies = false;
+        } else if let Some(rest) = text.strip_prefix("calling  ") {
             if let Some((sym, _pid)) = rest.rsplit_once(" @ ") {
                 calling.push((strip_offset(sym), ts));
             }
@@ -105,7 +112,9 @@ pub fn parse_kernel_lines(lines: &[&str]) -> Vec<KernelLine> {
             };
             let (Ok(ret), Some(Ok(usecs))) = (
                 ret.trim().parse::<i64>(),
-                after.strip_suffix(" usecs").map(|u| u.trim().parse::<u64>()),
+                after
+                    .strip_suffix(" usecs")
+                    .map(|u| u.trim().parse::<u64>()),
             ) else {
                 continue;
             };
@@ -120,6 +129,7 @@ pub fn parse_kernel_lines(lines: &[&str]) -> Vec<KernelLine> {
                 usecs,
                 calling_us,
                 returned_us: ts,
+                jiffies,
             });
         }
     }
@@ -136,6 +146,8 @@ pub struct Compared {
     /// The printk stamps' difference ("returned" − "calling"), µs.
     pub printk_us: Option<u64>,
     pub diff_us: Option<f64>,
+    /// `tsc` or `jiffies`: the clocksource under the kernel's figure.
+    pub kernel_clock: Option<&'static str>,
     pub tolerance_us: Option<f64>,
     pub within: bool,
     /// More than one kernel line had this name: the one nearest in duration was taken.
@@ -154,6 +166,10 @@ pub struct InitcallCheck {
     pub compared: Vec<Compared>,
     /// Mean of (ours − the kernel's) over the compared initcalls, µs: the systematic part.
     pub mean_diff_us: Option<f64>,
+    /// The same over the initcalls timed on the TSC by the kernel too.
+    pub mean_diff_tsc_us: Option<f64>,
+    /// One jiffy, µs (from the kernel's CONFIG_HZ).
+    pub tick_us: f64,
     pub all_within: bool,
     /// Where the tracefs dump was saved.
     pub tracefs_dump: Option<String>,
@@ -177,9 +193,11 @@ pub fn section<'a>(lines: &'a [(f64, String)], what: &str) -> Option<Vec<&'a str
 }
 
 /// Compares the report's slowest initcalls with the kernel's lines.
-pub fn compare(report: Option<&Value>, kernel: &[KernelLine]) -> InitcallCheck {
+pub fn compare(report: Option<&Value>, kernel: &[KernelLine], hz: u32) -> InitcallCheck {
+    let tick_us = 1e6 / f64::from(hz.max(1));
     let mut c = InitcallCheck {
         kernel_lines: kernel.len(),
+        tick_us,
         ..InitcallCheck::default()
     };
     let Some(ic) = report.and_then(|r| r.get("initcalls")) else {
@@ -200,9 +218,17 @@ pub fn compare(report: Option<&Value>, kernel: &[KernelLine]) -> InitcallCheck {
         c.error = Some("no initcall_debug line in the new kernel's log".into());
         return c;
     }
-    let top = ic.get("top").and_then(Value::as_array).cloned().unwrap_or_default();
+    let top = ic
+        .get("top")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for t in top.iter().take(COMPARED) {
-        let func = t.get("func").and_then(Value::as_str).unwrap_or("").to_string();
+        let func = t
+            .get("func")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let ours_us = t.get("duration_ns").and_then(Value::as_u64).unwrap_or(0) as f64 / 1e3;
         let same: Vec<&KernelLine> = kernel.iter().filter(|k| k.func == func).collect();
         let k = same.iter().copied().min_by(|a, b| {
@@ -210,23 +236,37 @@ pub fn compare(report: Option<&Value>, kernel: &[KernelLine]) -> InitcallCheck {
                 .abs()
                 .total_cmp(&(b.usecs as f64 - ours_us).abs())
         });
-        let tol = k.map(|k| (k.usecs as f64 * TOLERANCE_SHARE).max(TOLERANCE_US));
+        let tol = k.map(|k| {
+            let t = (k.usecs as f64 * TOLERANCE_SHARE).max(TOLERANCE_US);
+            if k.jiffies {
+                t + tick_us
+            } else {
+                t
+            }
+        });
         let diff = k.map(|k| ours_us - k.usecs as f64);
         c.compared.push(Compared {
             func,
             ours_us,
             kernel_us: k.map(|k| k.usecs),
-            printk_us: k.and_then(|k| Some(k.returned_us.checked_sub(k.calling_us?)?)),
+            printk_us: k.and_then(|k| k.returned_us.checked_sub(k.calling_us?)),
             diff_us: diff,
+            kernel_clock: k.map(|k| if k.jiffies { "jiffies" } else { "tsc" }),
             tolerance_us: tol,
             within: matches!((diff, tol), (Some(d), Some(t)) if d.abs() <= t),
             ambiguous: same.len() > 1,
         });
     }
     let diffs: Vec<f64> = c.compared.iter().filter_map(|x| x.diff_us).collect();
-    if !diffs.is_empty() {
-        c.mean_diff_us = Some(diffs.iter().sum::<f64>() / diffs.len() as f64);
-    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    c.mean_diff_us = mean(&diffs);
+    let tsc: Vec<f64> = c
+        .compared
+        .iter()
+        .filter(|x| x.kernel_clock == Some("tsc"))
+        .filter_map(|x| x.diff_us)
+        .collect();
+    c.mean_diff_tsc_us = mean(&tsc);
     c.all_within = !c.compared.is_empty() && c.compared.iter().all(|x| x.within);
     if c.compared.is_empty() {
         c.error = Some("the report lists no initcall".into());
@@ -234,12 +274,25 @@ pub fn compare(report: Option<&Value>, kernel: &[KernelLine]) -> InitcallCheck {
     c
 }
 
+/// CONFIG_HZ from a kernel config (the lab kernels: 250).
+pub fn config_hz(config: Option<&std::path::Path>) -> Option<u32> {
+    std::fs::read_to_string(config?)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+}
+
 /// The whole check of one run: decodes round 2's sections, saves the tracefs dump in `dir`.
-pub fn check(lines: &[(f64, String)], report: Option<&Value>, dir: &std::path::Path) -> InitcallCheck {
+pub fn check(
+    lines: &[(f64, String)],
+    report: Option<&Value>,
+    hz: u32,
+    dir: &std::path::Path,
+) -> InitcallCheck {
     let kernel = section(lines, "initcall-debug")
         .map(|l| parse_kernel_lines(&l))
         .unwrap_or_default();
-    let mut c = compare(report, &kernel);
+    let mut c = compare(report, &kernel, hz);
     if let Some(t) = section(lines, "tracefs") {
         let path = dir.join("tracefs-trace.txt");
         let mut text = t.join("\n");
@@ -261,29 +314,43 @@ pub fn print(c: &InitcallCheck) {
         c.kernel_lines
     );
     println!(
-        "{:>12} {:>12} {:>12} {:>10} {:>8}  initcall",
-        "ours µs", "kernel µs", "printk µs", "diff µs", "within"
+        "{:>12} {:>12} {:>12} {:>10} {:>8} {:>8}  initcall",
+        "ours µs", "kernel µs", "printk µs", "diff µs", "clock", "within"
     );
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for x in &c.compared {
         println!(
-            "{:>12.1} {:>12} {:>12} {:>10} {:>8}  {}{}",
+            "{:>12.1} {:>12} {:>12} {:>10} {:>8} {:>8}  {}{}",
             x.ours_us,
             opt(x.kernel_us),
             opt(x.printk_us),
             x.diff_us.map_or("-".into(), |d| format!("{d:+.1}")),
+            x.kernel_clock.unwrap_or("-"),
             if x.within { "yes" } else { "NO" },
             x.func,
-            if x.ambiguous { " (name seen twice)" } else { "" }
+            if x.ambiguous {
+                " (name seen twice)"
+            } else {
+                ""
+            }
         );
     }
     if let Some(m) = c.mean_diff_us {
-        println!("mean (ours − kernel): {m:+.1} µs");
+        println!(
+            "mean (ours − kernel): {m:+.1} µs; where the kernel timed on the TSC too: {}; one \
+             jiffy: {:.0} µs",
+            c.mean_diff_tsc_us
+                .map_or("-".into(), |t| format!("{t:+.1} µs")),
+            c.tick_us
+        );
     }
     if let Some(e) = &c.error {
         println!("INITCALL CHECK FAILED: {e}");
     } else if !c.all_within {
-        println!("INITCALL CHECK FAILED: not every initcall within 10 % or 50 µs");
+        println!(
+            "INITCALL CHECK FAILED: not every initcall within 10 % or 50 µs (plus one jiffy \
+             where the kernel's figure is in jiffies)"
+        );
     }
 }
 
@@ -309,11 +376,34 @@ mod tests {
         );
         assert_eq!(k[1].func, "virtio_blk_init [virtio_blk]");
         assert_eq!(k[1].ret, -19);
+        assert!(
+            k[0].jiffies && k[1].jiffies,
+            "no clocksource switch seen yet"
+        );
+    }
+
+    #[test]
+    fn before_the_clocksource_switch_the_kernel_figure_is_held_to_one_tick() {
+        let kernel = parse_kernel_lines(&[
+            "[    0.300000] initcall early+0x0/0x8 returned 0 after 16000 usecs",
+            "[    0.600000] clocksource: Switched to clocksource tsc-early",
+            "[    0.700000] initcall late+0x0/0x8 returned 0 after 16000 usecs",
+        ]);
+        let report = serde_json::json!({"initcalls": {"status": "ok", "count": 2, "top": [
+            {"func": "early", "duration_ns": 14_161_000u64},
+            {"func": "late", "duration_ns": 14_161_000u64},
+        ]}});
+        let c = compare(Some(&report), &kernel, 250);
+        assert_eq!(c.compared[0].kernel_clock, Some("jiffies"));
+        assert!(c.compared[0].within, "{c:?}");
+        assert_eq!(c.compared[1].kernel_clock, Some("tsc"));
+        assert!(!c.compared[1].within, "{c:?}");
     }
 
     #[test]
     fn the_comparison_holds_each_of_the_top_to_its_tolerance() {
         let kernel = parse_kernel_lines(&[
+            "[    0.050000] clocksource: Switched to clocksource tsc-early",
             "[    0.100000] calling  a+0x0/0x8 @ 1",
             "[    0.200000] initcall a+0x0/0x8 returned 0 after 1000 usecs",
             "[    0.300000] initcall b+0x0/0x8 returned 0 after 100 usecs",
@@ -322,7 +412,7 @@ mod tests {
             {"func": "a", "duration_ns": 1_090_000u64},
             {"func": "b", "duration_ns": 160_000u64},
         ]}});
-        let c = compare(Some(&report), &kernel);
+        let c = compare(Some(&report), &kernel, 250);
         assert!(c.compared[0].within, "{c:?}");
         assert!(!c.compared[1].within, "60 µs off a 100 µs figure: {c:?}");
         assert!(!c.all_within);
@@ -332,7 +422,7 @@ mod tests {
     #[test]
     fn a_report_without_initcalls_fails_the_check() {
         let report = serde_json::json!({"initcalls": {"status": "not_requested"}});
-        let c = compare(Some(&report), &[]);
+        let c = compare(Some(&report), &[], 250);
         assert!(!c.ok());
     }
 }
