@@ -33,7 +33,9 @@ if [ "$TRACE" = 1 ]; then
 	echo "FKLAB: report-begin"
 	# stderr (the reason for a non-zero exit) went out with the table above.
 	# This run folds the boot in (chained runs): once per boot id.
-	fastkexec report --json $FOLD --state-dir "$STATE" --until-kmsg "FKLAB: new-init" 2>/tmp/report.err
+	# The initcall check compares ten; one listed initcall may be set aside (labinitcalls).
+	[ "$(arg fklab.initcall_check)" = 1 ] && TOP="--top 12"
+	fastkexec report --json $FOLD $TOP --state-dir "$STATE" --until-kmsg "FKLAB: new-init" 2>/tmp/report.err
 	echo "FKLAB: report-end rc=$?"
 	# What the JSON run said on stderr (e.g. why a fold failed), after the markers.
 	sed 's/^/FKLAB: report-stderr /' /tmp/report.err

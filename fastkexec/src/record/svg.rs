@@ -423,6 +423,7 @@ mod tests {
             ret: 0,
             start_ns: kb.start_ns + at,
             duration_ns: d,
+            note: None,
         };
         r.initcalls = Initcalls {
             status: "ok",

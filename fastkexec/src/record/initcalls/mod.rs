@@ -15,7 +15,7 @@ mod parse;
 mod place;
 
 pub use parse::{pair, parse_trace, short_name, Call, Event, Stamp, Trace};
-pub use place::{place, tsc_of, InitcallTime, Initcalls};
+pub use place::{place, tsc_of, InitcallTime, Initcalls, REENABLES_EVENTS};
 
 use std::fs;
 use std::io::Read;

@@ -31,7 +31,15 @@ pub struct InitcallTime {
     /// Offset from the report's origin.
     pub start_ns: u64,
     pub duration_ns: u64,
+    /// Why this initcall's figure is not the kernel's alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
+
+/// The early initcall that disables and re-enables every boot-time trace event (those on the
+/// command line: the initcall events included). Its time is partly the events' own: taking
+/// them off and putting them back waits for RCU grace periods.
+pub const REENABLES_EVENTS: &str = "event_trace_enable_again";
 
 /// The initcall level of the report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -141,11 +149,18 @@ pub fn place(
             ));
             return out;
         };
+        let func = short_name(&c.func);
+        let note = (func == REENABLES_EVENTS).then(|| {
+            "re-enables the boot-time trace events, these included: part of its time is their \
+             own cost (absent with trace --no-initcalls)"
+                .to_string()
+        });
         placed.push(InitcallTime {
-            func: short_name(&c.func),
+            func,
             ret: c.ret,
             start_ns: a,
             duration_ns: b.saturating_sub(a),
+            note,
         });
     }
     // Without the phase every initcall counts, and nothing is said about the rest.
@@ -265,6 +280,9 @@ impl std::fmt::Display for Initcalls {
             if c.ret != 0 {
                 write!(f, " (returned {})", c.ret)?;
             }
+            if let Some(n) = &c.note {
+                write!(f, "  [{n}]")?;
+            }
             writeln!(f)?;
         }
         if self.later > 0 {
@@ -379,6 +397,15 @@ mod tests {
             assert_eq!(ic.top[0].func, short_name(&longest.func), "{k}");
             let text = ic.to_string();
             assert!(text.contains("slowest initcalls (5 of"), "{k}: {text}");
+            // The initcall that re-enables the boot-time events carries their cost: said.
+            let all = place(&cap, counter_offset(first), Some(kb), usize::MAX);
+            let noted: Vec<&str> = all
+                .top
+                .iter()
+                .filter(|c| c.note.is_some())
+                .map(|c| c.func.as_str())
+                .collect();
+            assert_eq!(noted, [REENABLES_EVENTS], "{k}");
         }
     }
 
