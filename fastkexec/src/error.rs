@@ -139,9 +139,6 @@ pub enum Error {
     /// Two segments (or a segment and a reserved range) overlap.
     #[error("{first} overlaps {second}")]
     SegmentOverlap { first: String, second: String },
-    /// More segments than `kexec_load` accepts.
-    #[error("{count} kexec segments, the kernel accepts at most {max}")]
-    TooManySegments { count: usize, max: usize },
     /// The uncompressed-load plan is impossible for another reason, named in `problem`.
     #[error("cannot plan the load: {problem}")]
     Plan { problem: String },

@@ -13,7 +13,7 @@ const FORBIDDEN: &[(&str, &str)] = &[("record", "trace"), ("record", "metrics")]
 
 /// Loader-side edges that close cycles on main and are being removed (issue 12, the loader
 /// folders). Each must still exist: delete an entry as soon as its edge is gone.
-const PENDING: &[(&str, &str)] = &[("files", "image")];
+const PENDING: &[(&str, &str)] = &[];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -20,7 +20,7 @@ use crate::{Error, Result};
 /// Largest kernel image (bzImage or vmlinux) accepted: 1 GiB. Real x86-64 bzImages are
 /// 5–20 MB and vmlinux files 30–80 MB (debug builds ~ 500 MB); the decompressor's output is
 /// capped at the same 1 GiB (`decompress::MAX_OUTPUT`).
-pub const MAX_KERNEL_SIZE: u64 = crate::image::bzimage::MAX_IMAGE_SIZE;
+pub const MAX_KERNEL_SIZE: u64 = 1 << 30;
 /// Why `MAX_KERNEL_SIZE`, for messages.
 pub const MAX_KERNEL_WHY: &str = "no x86-64 kernel image comes near 1 GiB";
 

@@ -2,5 +2,6 @@
 
 pub mod e820;
 pub mod hostinfo;
+pub mod modes;
 pub mod staged_record;
 pub mod status;

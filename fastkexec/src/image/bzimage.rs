@@ -38,7 +38,7 @@ pub const MIN_64BIT_PROTOCOL: u16 = 0x020c;
 pub const MIN_PAYLOAD_PROTOCOL: u16 = 0x0208;
 
 /// Largest bzImage accepted (real ones are 5–20 MB).
-pub const MAX_IMAGE_SIZE: u64 = 1 << 30;
+pub const MAX_IMAGE_SIZE: u64 = crate::files::input::MAX_KERNEL_SIZE;
 
 /// The parsed boot-protocol setup header of a bzImage.
 #[derive(Debug, Clone, PartialEq, Eq)]

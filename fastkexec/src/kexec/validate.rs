@@ -9,10 +9,29 @@ use crate::{Error, Result};
 /// plus that `entry` lies inside a segment, so a bad plan is refused with a precise message
 /// before the syscall instead of as a bare EINVAL/EADDRNOTAVAIL.
 pub fn validate_segments(entry: u64, segments: &[SegmentSpec<'_>]) -> Result<()> {
-    let bad = |msg: String| Err(Error::InvalidSegments(msg));
     if segments.is_empty() {
-        return bad("no segments (an empty list would unload the current image)".into());
+        return Err(Error::InvalidSegments(
+            "no segments (an empty list would unload the current image)".into(),
+        ));
     }
+    check_list(segments, &|i| format!("segment {i}"))?;
+    let inside = segments
+        .iter()
+        .any(|s| entry >= s.mem && entry - s.mem < s.memsz);
+    if !inside {
+        return Err(Error::InvalidSegments(format!(
+            "entry {entry:#x} is not inside any segment"
+        )));
+    }
+    Ok(())
+}
+
+/// The kernel's rules for the list itself — at most [`KEXEC_SEGMENT_MAX`] segments, each page
+/// aligned with its bytes fitting its memsz and its end an address, none overlapping another —
+/// with `name(i)` naming segment `i` in the message. The one place these rules live: the
+/// planner adds its own (RAM, reserved ranges) on top.
+pub fn check_list(segments: &[SegmentSpec<'_>], name: &dyn Fn(usize) -> String) -> Result<()> {
+    let bad = |msg: String| Err(Error::InvalidSegments(msg));
     if segments.len() > KEXEC_SEGMENT_MAX {
         return bad(format!(
             "{} segments, the kernel accepts at most {KEXEC_SEGMENT_MAX}",
@@ -23,25 +42,30 @@ pub fn validate_segments(entry: u64, segments: &[SegmentSpec<'_>]) -> Result<()>
     for (i, s) in segments.iter().enumerate() {
         if !s.mem.is_multiple_of(PAGE_SIZE) || !s.memsz.is_multiple_of(PAGE_SIZE) {
             return bad(format!(
-                "segment {i}: destination {:#x}+{:#x} is not page aligned",
-                s.mem, s.memsz
+                "{}: destination {:#x}+{:#x} is not page aligned",
+                name(i),
+                s.mem,
+                s.memsz
             ));
         }
         let bufsz = s.data.len() as u64;
         if bufsz > s.memsz {
             return bad(format!(
-                "segment {i}: {bufsz:#x} bytes do not fit its memsz {:#x}",
+                "{}: {bufsz:#x} bytes do not fit its memsz {:#x}",
+                name(i),
                 s.memsz
             ));
         }
-        let end = s.mem.checked_add(s.memsz).ok_or_else(|| {
-            Error::InvalidSegments(format!(
-                "segment {i}: {:#x}+{:#x} overflows",
-                s.mem, s.memsz
-            ))
-        })?;
+        let Some(end) = s.mem.checked_add(s.memsz) else {
+            return bad(format!(
+                "{}: {:#x}+{:#x} overflows",
+                name(i),
+                s.mem,
+                s.memsz
+            ));
+        };
         if usize::try_from(end).is_err() {
-            return bad(format!("segment {i}: end {end:#x} does not fit an address"));
+            return bad(format!("{}: end {end:#x} does not fit an address", name(i)));
         }
         ranges.push((s.mem, end, i));
     }
@@ -49,15 +73,9 @@ pub fn validate_segments(entry: u64, segments: &[SegmentSpec<'_>]) -> Result<()>
     for w in ranges.windows(2) {
         if let [(_, a_end, a), (b_start, _, b)] = w {
             if b_start < a_end {
-                return bad(format!("segments {a} and {b} overlap"));
+                return bad(format!("{} and {} overlap", name(*a), name(*b)));
             }
         }
-    }
-    if !ranges
-        .iter()
-        .any(|&(start, end, _)| entry >= start && entry < end)
-    {
-        return bad(format!("entry {entry:#x} is not inside any segment"));
     }
     Ok(())
 }

@@ -210,7 +210,11 @@ impl Tracer {
     pub fn load_extras(&self) -> LoadExtras {
         let head = self.phys.first().copied().unwrap_or(0);
         LoadExtras {
-            reserved: self.reserved(),
+            reserved: self
+                .reserved()
+                .into_iter()
+                .map(|(start, size)| crate::host::e820::PhysRange::from_len(start, size))
+                .collect(),
             plan: PlanExtras {
                 setup_data: Vec::new(),
                 setup_data_tail: head,
