@@ -223,6 +223,7 @@ fuzz_target!(|data: &[u8]| {
         now_fit: (ctl & 0x04 != 0).then_some(now_fit),
         top,
         release: Some("6.1.0-fuzz".into()),
+        initcalls: fastkexec::record::initcalls::Capture::NotRequested,
     };
     let rep = report::build(&inputs);
     // The timeline's own promise: phases tile it, in order.

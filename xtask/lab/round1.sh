@@ -41,9 +41,10 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 	esac
 	DAMAGE=$(arg fklab.damage)
 	LEAN=$(arg fklab.lean)
+	NOINIT=$(arg fklab.no_initcalls)
 	if [ -z "$DAMAGE" ]; then
 		# The preflight: attach every probe, say what times each phase, detach, load nothing.
-		fastkexec trace --dry-run ${LEAN:+--lean} --mode "$TMODE" --kernel /lab/vmlinuz \
+		fastkexec trace --dry-run ${LEAN:+--lean} ${NOINIT:+--no-initcalls} --mode "$TMODE" --kernel /lab/vmlinuz \
 			--cache-dir /lab/cache --initrd "$INITRD" --append "$NEXT" >/tmp/preflight.out 2>&1
 		rc=$?
 		sed 's/^/FKLAB: preflight | /' /tmp/preflight.out
@@ -56,7 +57,7 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 		# something else starts the reboot, as `systemctl kexec` would.
 		mkdir -p /sys/fs/bpf
 		mount -t bpf bpf /sys/fs/bpf || fail "cannot mount bpffs"
-		(RUST_LOG_STYLE=never fastkexec trace ${LEAN:+--lean} --mode "$TMODE" --kernel /lab/vmlinuz \
+		(RUST_LOG_STYLE=never fastkexec trace ${LEAN:+--lean} ${NOINIT:+--no-initcalls} --mode "$TMODE" --kernel /lab/vmlinuz \
 			--cache-dir /lab/cache --initrd "$INITRD" --append "$NEXT" 2>&1 | tee /tmp/trace.out) &
 		i=0
 		until grep -q 'waiting for a kexec reboot' /tmp/trace.out 2>/dev/null; do
@@ -71,7 +72,7 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 		fail "fastkexec exec returned rc=$?"
 	fi
 	sync
-	RUST_LOG=info RUST_LOG_STYLE=never fastkexec trace --exec --force --mark "FKLAB: exec" ${DAMAGE:+--damage "$DAMAGE"} ${LEAN:+--lean} \
+	RUST_LOG=info RUST_LOG_STYLE=never fastkexec trace --exec --force --mark "FKLAB: exec" ${DAMAGE:+--damage "$DAMAGE"} ${LEAN:+--lean} ${NOINIT:+--no-initcalls} \
 		--mode "$TMODE" --kernel /lab/vmlinuz --cache-dir /lab/cache \
 		--initrd "$INITRD" --append "$NEXT" || fail "fastkexec trace failed rc=$?"
 	fail "fastkexec trace --exec returned"

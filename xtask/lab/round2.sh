@@ -33,10 +33,25 @@ if [ "$TRACE" = 1 ]; then
 	echo "FKLAB: report-begin"
 	# stderr (the reason for a non-zero exit) went out with the table above.
 	# This run folds the boot in (chained runs): once per boot id.
-	fastkexec report --json $FOLD --state-dir "$STATE" --until-kmsg "FKLAB: new-init" 2>/tmp/report.err
+	# The initcall check compares ten; one listed initcall may be set aside (labinitcalls).
+	[ "$(arg fklab.initcall_check)" = 1 ] && TOP="--top 12"
+	fastkexec report --json $FOLD $TOP --state-dir "$STATE" --until-kmsg "FKLAB: new-init" 2>/tmp/report.err
 	echo "FKLAB: report-end rc=$?"
 	# What the JSON run said on stderr (e.g. why a fold failed), after the markers.
 	sed 's/^/FKLAB: report-stderr /' /tmp/report.err
+	if [ "$(arg fklab.initcall_check)" = 1 ]; then
+		# The kernel's own initcall_debug lines and the raw events, for the host to compare.
+		echo "FKLAB: initcall-debug-begin"
+		dmesg | grep -E '\] (calling  |initcall .* returned |clocksource: Switched to)'
+		echo "FKLAB: initcall-debug-end"
+		mkdir -p /sys/kernel/tracing
+		mount -t tracefs tracefs /sys/kernel/tracing
+		echo "FKLAB: tracefs-begin"
+		cat /sys/kernel/tracing/trace_clock
+		cat /sys/kernel/tracing/trace
+		echo "FKLAB: tracefs-end"
+		umount /sys/kernel/tracing
+	fi
 	dmesg -n "$CONSOLE_LEVEL"
 fi
 if [ "$(arg fklab.unit)" = 1 ]; then

@@ -266,6 +266,11 @@ pub struct RunOptions {
     pub icount: Option<u32>,
     /// Round 2 runs the boot-time unit's logic (`labunit`) and prints the textfile it left.
     pub unit: bool,
+    /// With `trace`: the new kernel also runs `initcall_debug`; the report's initcalls are
+    /// held to its lines (`labinitcalls`).
+    pub initcall_check: bool,
+    /// With `trace`: `fastkexec trace --no-initcalls`.
+    pub no_initcalls: bool,
 }
 
 impl RunOptions {
@@ -286,6 +291,8 @@ impl RunOptions {
             state_out: None,
             icount: None,
             unit: false,
+            initcall_check: false,
+            no_initcalls: false,
         }
     }
 
@@ -433,6 +440,9 @@ pub struct RunReport {
     /// `--reboots`/`--state-out`: the chained run's state and its export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<crate::labchain::ChainCheck>,
+    /// `--initcall-check`: the report's slowest initcalls against the kernel's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initcalls: Option<crate::labinitcalls::InitcallCheck>,
     pub serial_log: PathBuf,
     pub error: Option<String>,
     pub tail: Vec<String>,
@@ -803,6 +813,10 @@ pub fn run_once(
         append.push("fklab.unit=1".to_string());
     }
     append.extend(opts.machine.cmdline_words());
+    append.extend(crate::labinitcalls::cmdline_words(
+        opts.trace && opts.initcall_check,
+        opts.trace && opts.no_initcalls,
+    ));
     opts.check_icount(accel)?;
     let state_img = dir.join("state.img");
     if opts.chained() {
@@ -905,6 +919,20 @@ pub fn run_once(
             }
             report.ok &= good;
             report.timeline_svg = svg;
+        }
+        if opts.initcall_check {
+            let hz = crate::labinitcalls::config_hz(kernel.config.as_deref()).unwrap_or(250);
+            let ic = crate::labinitcalls::check(&serial.lines, json.as_ref(), hz, &dir);
+            if !ic.ok() && report.error.is_none() && report.booted {
+                report.error = Some(format!(
+                    "the report's initcalls do not agree with initcall_debug: {}",
+                    ic.error
+                        .clone()
+                        .unwrap_or_else(|| "see initcalls.compared".into())
+                ));
+            }
+            report.ok &= ic.ok();
+            report.initcalls = Some(ic);
         }
         report.report_table = crate::labtrace::table(&serial.lines);
         report.report = json;
@@ -1135,6 +1163,7 @@ pub fn analyse(
         timeline_svg: None,
         unit: None,
         chain: None,
+        initcalls: None,
         serial_log: log,
         error,
         tail: vec![],

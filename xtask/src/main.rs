@@ -10,6 +10,7 @@ mod initramfs;
 mod kernels;
 mod lab;
 mod labchain;
+mod labinitcalls;
 mod labpreflight;
 mod labsvg;
 mod labsystem;
@@ -216,6 +217,15 @@ enum LabCmd {
         /// textfile it leaves with promtool
         #[arg(long)]
         unit: bool,
+        /// With --trace: the new kernel also runs `initcall_debug`; the report's 10 slowest
+        /// initcalls must agree with the kernel's own figures (10 % or 50 µs each); the JSON
+        /// holds the comparison under `initcalls`, the run directory the raw tracefs events
+        #[arg(long, requires = "trace")]
+        initcall_check: bool,
+        /// With --trace: `fastkexec trace --no-initcalls` (the next kernel is not asked for
+        /// its initcall events), to measure what they cost
+        #[arg(long, requires = "trace")]
+        trace_no_initcalls: bool,
     },
     /// An interactive guest for exploration (Ctrl-A X quits)
     Shell {
@@ -412,6 +422,8 @@ fn main() -> Result<()> {
                     reboots,
                     state_out,
                     unit,
+                    initcall_check,
+                    trace_no_initcalls,
                     ..
                 } => {
                     let mode = match mode.as_slice() {
@@ -429,6 +441,8 @@ fn main() -> Result<()> {
                         reboots,
                         state_out,
                         unit,
+                        initcall_check,
+                        no_initcalls: trace_no_initcalls,
                         ..run_options(&k, mode, timeout)
                     };
                     if opts.chained() && trace_follow {
@@ -443,6 +457,9 @@ fn main() -> Result<()> {
                     let report = lab::run_once(&kernel, &initrd, &accel, &opts)?;
                     for l in &report.report_table {
                         println!("{l}");
+                    }
+                    if let Some(c) = &report.initcalls {
+                        labinitcalls::print(c);
                     }
                     if let Some(c) = &report.chain {
                         println!(

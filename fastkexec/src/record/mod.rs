@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod handoff;
+pub mod initcalls;
 pub mod phases;
 pub mod probes;
 pub mod report;

@@ -133,6 +133,7 @@ pub fn render(report: &Report) -> String {
             zoom_end,
         );
     }
+    y = initcall_panel(&mut body, y, report);
     let height = y + ROW;
     let mut svg = String::new();
     let _ = write!(
@@ -143,11 +144,79 @@ pub fn render(report: &Report) -> String {
          <style>.title{{font-size:16px;font-weight:bold}} .heading{{font-weight:bold}} \
          .axis{{fill:#666;font-size:10px}} .old{{fill:#4a7fc1}} .handoff{{fill:#e08a2c}} \
          .new{{fill:#4f9d4f}} .user{{fill:#8a5fb0}} .unattributed{{fill:#bbb}} \
-         .device{{fill:#8fb3e0}} .notifier{{fill:#8fb3e0}} \
+         .device{{fill:#8fb3e0}} .notifier{{fill:#8fb3e0}} .initcall{{fill:#9fd09f}} \
          .tracer{{fill:#d9534f;fill-opacity:0.5;stroke:#d9534f;stroke-dasharray:3,2}}</style>\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
     );
     svg
+}
+
+/// Panel 3: "kernel boot" zoomed, with its slowest initcalls under it; or why there are none.
+fn initcall_panel(body: &mut String, y: f64, report: &Report) -> f64 {
+    let ic = &report.initcalls;
+    let Some(kb) = report.phases.iter().find(|p| p.name == "kernel_boot") else {
+        return y;
+    };
+    let mut y = y + ROW;
+    if ic.status != "ok" {
+        text(
+            body,
+            10.0,
+            y,
+            "heading",
+            &format!("initcalls: {}", ic.status.replace('_', " ")),
+        );
+        return y + ROW;
+    }
+    let (from, to) = (
+        kb.start_ns,
+        kb.start_ns
+            .saturating_add(kb.duration_ns)
+            .max(kb.start_ns + 1),
+    );
+    y = panel_heading(
+        body,
+        y,
+        &format!(
+            "kernel boot and its slowest initcalls (zoomed; {} initcalls, {} in all, {} outside them)",
+            ic.count,
+            ms(ic.sum_ns),
+            ms(ic.unexplained_ns.unwrap_or(0))
+        ),
+        from,
+        to,
+    );
+    y = bar_row(
+        body,
+        y,
+        &Bar {
+            class: "phase-zoom",
+            group: "new",
+            label: phases::label(&kb.name),
+            id: &kb.name,
+            start: kb.start_ns,
+            duration: kb.duration_ns,
+        },
+        from,
+        to,
+    );
+    for c in &ic.top {
+        y = bar_row(
+            body,
+            y,
+            &Bar {
+                class: "initcall",
+                group: "initcall",
+                label: &c.func,
+                id: &c.func,
+                start: c.start_ns,
+                duration: c.duration_ns,
+            },
+            from,
+            to,
+        );
+    }
+    y
 }
 
 struct Bar<'a> {
@@ -202,7 +271,7 @@ fn bar_row(out: &mut String, y: f64, bar: &Bar<'_>, from: u64, to: u64) -> f64 {
     let x = x_of(bar.start, from, to);
     let w = (x_of(bar.start.saturating_add(bar.duration), from, to) - x).max(1.0);
     // Rows under a phase (its devices, its notifiers) are indented.
-    let indent = if bar.class == "device" || bar.class == "notifier" {
+    let indent = if matches!(bar.class, "device" | "notifier" | "initcall") {
         26.0
     } else {
         10.0
@@ -337,6 +406,59 @@ mod tests {
         assert_eq!(of("device"), r.devices.len());
         assert_eq!(of("notifier"), r.notifiers.len());
         assert_eq!(of("tracer"), usize::from(r.record.tracer_self_ns > 0));
+    }
+
+    #[test]
+    fn initcalls_sit_under_kernel_boot_zoomed_or_their_absence_is_said() {
+        use crate::record::initcalls::{InitcallTime, Initcalls};
+        let mut r = build(&inputs(Ok(good_record(&events()))));
+        let kb = r
+            .phases
+            .iter()
+            .find(|p| p.name == "kernel_boot")
+            .unwrap()
+            .clone();
+        let call = |func: &str, at: u64, d: u64| InitcallTime {
+            func: func.into(),
+            ret: 0,
+            start_ns: kb.start_ns + at,
+            duration_ns: d,
+            note: None,
+        };
+        r.initcalls = Initcalls {
+            status: "ok",
+            count: 2,
+            top: vec![
+                call("<a&b>", 0, kb.duration_ns / 2),
+                call("c", kb.duration_ns / 2, 1_000),
+            ],
+            ..Initcalls::default()
+        };
+        let svg = render(&r);
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+        let bars: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("initcall initcall"))
+            .collect();
+        assert_eq!(bars.len(), 2);
+        assert_eq!(bars[0].attribute("data-id"), Some("<a&b>"));
+        // Zoomed to kernel boot: the first fills half of the plot from its left edge.
+        let zoomed = doc
+            .descendants()
+            .rfind(|n| n.attribute("data-id") == Some("kernel_boot"))
+            .unwrap();
+        assert!((attr(&bars[0], "x") - attr(&zoomed, "x")).abs() < 1e-6);
+        let half = attr(&zoomed, "width") / 2.0;
+        assert!((attr(&bars[0], "width") - half).abs() < 0.01);
+        assert!((attr(&bars[1], "x") - (attr(&zoomed, "x") + half)).abs() < 0.01);
+
+        r.initcalls = Initcalls {
+            status: "not_requested",
+            ..Initcalls::default()
+        };
+        let svg = render(&r);
+        assert!(svg.contains("initcalls: not requested"));
+        assert!(!svg.contains("class=\"initcall"));
     }
 
     #[test]

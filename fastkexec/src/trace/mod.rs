@@ -67,6 +67,7 @@ use crate::ops::load::{self, LoadExtras, LoadMode, LoadOptions, LoadReport, Mode
 use crate::plan::segments::PlanExtras;
 use crate::record::clock::{self, Fit, Sample};
 use crate::record::handoff::{self, HeaderInfo, CMDLINE_BOOT_ID};
+use crate::record::initcalls;
 use crate::trace::btf::Btf;
 use crate::{host::hostinfo, ops::exec, Error, Result};
 use ebpf::ProbePoint;
@@ -104,6 +105,9 @@ pub struct TraceOptions {
     pub verbose: bool,
     /// Only the phase-boundary probes: no per-device, no per-notifier stamps.
     pub lean: bool,
+    /// Ask the next kernel for its initcall trace events on its command line
+    /// ([`crate::record::initcalls::cmdline_words`]).
+    pub initcalls: bool,
     /// Printed on stdout right before the reboot request (a stopwatch mark).
     pub mark: Option<String>,
     pub damage: Option<Damage>,

@@ -129,6 +129,35 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     let footprint = kernel_footprint(&lopts, &mut image)?;
     let mut tracer = Tracer::start(opts.verbose, opts.lean)?;
     let mut extras = tracer.load_extras();
+    let initcall_words = if opts.initcalls {
+        let (line, _) = crate::plan::cmdline::build_cmdline(&lopts.cmdline, &lopts.root)?;
+        let words = initcalls::cmdline_words(&line).join(" ");
+        tracer.notes.push(if words.is_empty() {
+            "initcalls: the command line already asks for the initcall trace events".into()
+        } else {
+            format!(
+                "initcalls: the next kernel records its initcalls for `report` ({words}; \
+                 --no-initcalls leaves them out)"
+            )
+        });
+        extras.cmdline_append = Some(
+            [
+                extras.cmdline_append.take().unwrap_or_default(),
+                words.clone(),
+            ]
+            .join(" ")
+            .trim()
+            .to_string(),
+        );
+        words
+    } else {
+        tracer.notes.push(
+            "initcalls: --no-initcalls: the next kernel is not asked for its initcall events; \
+             `report` shows none"
+                .into(),
+        );
+        String::new()
+    };
     if let Some(fp) = footprint {
         let host = hostinfo::read(&lopts.root)?;
         // A staged load ignores this: its kernel goes into the crashkernel
@@ -147,7 +176,24 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     } else {
         Some(KexecLock::acquire(&lopts.root, "trace")?)
     };
-    let report = load::load_image(&lopts, &mut image, &extras, lock.as_ref())?;
+    // A line too long because of the initcall words says so, and how to leave them out.
+    let hint = |e| match e {
+        Error::CmdlineTooLong {
+            len,
+            max,
+            limit_from,
+        } if !initcall_words.is_empty() => Error::CmdlineTooLong {
+            len,
+            max,
+            limit_from: format!(
+                "{limit_from} (trace added {} bytes of initcall trace words: --no-initcalls \
+                 leaves them out)",
+                initcall_words.len() + 1
+            ),
+        },
+        e => e,
+    };
+    let report = load::load_image(&lopts, &mut image, &extras, lock.as_ref()).map_err(hint)?;
     tracer.load_flags = handoff::load_mode_flags(report.mode);
     if extras.phys_delta != 0 && report.mode == LoadMode::Uncompressed {
         tracer.notes.push(format!(

@@ -332,6 +332,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub lean: bool,
 
+    /// Do not ask the next kernel for its initcall trace events (by default its command line
+    /// gets trace_event=initcall:initcall_start,initcall:initcall_finish trace_buf_size=512K
+    /// trace_clock=x86-tsc, and `report` shows the slowest initcalls under kernel boot).
+    #[arg(long)]
+    pub no_initcalls: bool,
+
     /// Print TEXT on stdout right before requesting the reboot (a stopwatch mark for the lab).
     #[arg(long, hide = true, value_name = "TEXT")]
     pub mark: Option<String>,
@@ -347,7 +353,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// How many of the slowest devices and notifiers to list.
+    /// How many of the slowest devices, notifiers and initcalls to list.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 
@@ -398,7 +404,12 @@ TSC stamps of the purgatory (and, in staged mode, of the trampoline); `fastkexec
 the next kernel reads them. The uncompressed and staged modes carry them (--mode auto picks
 between those two as `load` does); with --mode file the next kernel's report shows only its
 own phases. The next kernel's command line gets
-fastkexec.boot_id=<this boot>, which ties the record to this reboot.
+fastkexec.boot_id=<this boot>, which ties the record to this reboot, and (unless
+--no-initcalls) trace_event=initcall:initcall_start,initcall:initcall_finish
+trace_buf_size=512K trace_clock=x86-tsc: the next kernel records every initcall in its ftrace
+buffer, stamped with the TSC, and `report` reads them from tracefs (an existing trace_event=
+is extended, a trace_buf_size= or trace_clock= already given is kept). --dry-run prints the
+words in its command line and notes.
 
 With --exec the reboot follows at once (--force: reboot(2) directly; else `systemctl kexec`
 when PID 1 is systemd, with the probes pinned in /sys/fs/bpf/fastkexec so they survive
@@ -444,9 +455,18 @@ implausible record is reported as such, only this kernel's own phases are shown,
 status is 2. With a record, the boot is folded
 into the histograms in --state-dir (see `fastkexec export`).
 
+Initcalls: when the kernel's command line asked for the initcall trace events (`trace` does,
+unless --no-initcalls), report reads them from tracefs (mounting it read-only for the read when
+it is not mounted), pairs each start with its finish and places them on the timeline: the
+slowest (--top) under kernel boot, their sum, and the part of kernel boot outside every
+initcall (before the first, between them, after the last). A kernel not asked, without
+readable tracefs or without the events is reported as such.
+
 JSON: phases (name, start_ns, duration_ns, share, note), total_ns (= the sum of the phases),
 spans, devices, notifiers, unseen, record (with mode: uncompressed or staged, as the record
-says), clock.";
+says), clock, initcalls (status: ok, not_requested, unavailable, no_events or unplaced; detail,
+clock, count, sum_ns, kernel_boot_ns, unexplained_ns, before_first_ns, between_ns,
+after_last_ns, later, unmatched, overwritten, top: func, ret, start_ns, duration_ns).";
 
 const EXPORT_AFTER_HELP: &str = "\
 The histograms are the ones `fastkexec report` folds each boot into (one HdrHistogram per

@@ -365,6 +365,28 @@ fn on_ns_axis(
             (Vec::new(), 0, Vec::new(), None)
         }
     };
+    let kernel_boot = phases_out
+        .iter()
+        .find(|p| p.name == "kernel_boot")
+        .map(|p| (p.start_ns, p.start_ns.saturating_add(p.duration_ns)));
+    let zero_tsc = marks.at.get(&MarkId::KernelClockZero).copied();
+    let initcall_clock = match &inp.initcalls {
+        Capture::Read { clock, .. } => clock.clone(),
+        _ => None,
+    };
+    let initcalls = initcalls::place(
+        &inp.initcalls,
+        |s| {
+            let fit = rate?;
+            let t = initcalls::tsc_of(initcall_clock.as_deref(), s, zero_tsc, &fit)?;
+            Some(phases::ns_u64(
+                fit.ticks_to_ns(t.saturating_sub(base))
+                    .saturating_sub(origin_ns),
+            ))
+        },
+        kernel_boot,
+        inp.top,
+    );
     let spans = Spans {
         old_kernel_ns: off(MarkId::MachineKexec),
         handoff_ns: match (off(MarkId::MachineKexec), off(MarkId::KernelClockZero)) {
@@ -408,6 +430,7 @@ fn on_ns_axis(
         notifiers,
         unseen,
         clock,
+        initcalls,
         notes: Vec::new(),
     }
 }

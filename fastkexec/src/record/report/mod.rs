@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::ops::load::LoadMode;
 use crate::record::clock::{self, Fit};
 use crate::record::handoff::{self, BootFacts, Record, RecordError};
+use crate::record::initcalls::{self, Capture, Initcalls};
 use crate::record::phases::{self, Mark, MarkId, Tiling};
 use crate::record::probes::{DEVICE_PROBE, PHASE_PROBES, REBOOT_FALLBACK};
 use crate::{Error, Result};
@@ -67,6 +68,8 @@ pub struct Inputs {
     pub top: usize,
     /// This kernel's release.
     pub release: Option<String>,
+    /// The initcall events found in tracefs.
+    pub initcalls: Capture,
 }
 
 /// The state of the record, for the report.
@@ -202,6 +205,8 @@ pub struct Report {
     pub notifiers: Vec<NotifierTime>,
     pub unseen: Vec<phases::Unseen>,
     pub clock: ClockInfo,
+    /// The new kernel's initcalls under "kernel boot".
+    pub initcalls: Initcalls,
     pub notes: Vec<String>,
 }
 
@@ -244,6 +249,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
     let release = fs::read_to_string(opts.root.join("proc/sys/kernel/osrelease"))
         .ok()
         .map(|s| s.trim().to_string());
+    let initcalls = initcalls::capture(&opts.root, &cmdline, live);
     Ok(build(&Inputs {
         record,
         facts: BootFacts {
@@ -257,6 +263,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
         now_fit: Fit::from_samples(&samples),
         top: opts.top,
         release,
+        initcalls,
     }))
 }
 

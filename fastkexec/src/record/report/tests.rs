@@ -93,6 +93,7 @@ pub(crate) fn inputs(record: std::result::Result<Record, RecordError>) -> Inputs
         now_fit: None,
         top: 2,
         release: Some("6.1.0-56-cloud-amd64".into()),
+        initcalls: Capture::NotRequested,
     }
 }
 
@@ -239,6 +240,57 @@ fn relocation_starts_when_the_machine_kexec_probe_returns() {
     let get = |n: &str| r.phases.iter().find(|p| p.name == n).map(|p| p.duration_ns);
     assert_eq!(get("relocation"), Some(900_000));
     assert!(!r.notes.iter().any(|n| n.contains("probe returned")));
+}
+
+#[test]
+fn initcalls_land_under_kernel_boot_by_either_trace_clock() {
+    let ms = 2_000_000u64; // ticks per ms
+    let zero = tsc(15_000_000);
+    let line = |ts: &str, what: &str, f: &str, ret: &str| {
+        format!("  swapper/0-1 [000] ..... {ts}: initcall_{what}: func={f}+0x0/0x10{ret}\n")
+    };
+    // Two initcalls 100..140 ms and 150..160 ms after the new kernel's clock zero.
+    let at = |t: u64| (zero + t * ms).to_string();
+    let on_tsc = [
+        line(&at(100), "start", "a", ""),
+        line(&at(140), "finish", "a", " ret=0"),
+        line(&at(150), "start", "b", ""),
+        line(&at(160), "finish", "b", " ret=-19"),
+    ]
+    .concat();
+    // The same in the local clock: raw sched_clock, 0 at the clock zero.
+    let on_local = on_tsc
+        .replace(&at(100), "0.100000")
+        .replace(&at(140), "0.140000")
+        .replace(&at(150), "0.150000")
+        .replace(&at(160), "0.160000");
+    for (clock, text) in [("x86-tsc", on_tsc), ("local", on_local)] {
+        let mut inp = inputs(Ok(good_record(&events())));
+        inp.initcalls = Capture::Read {
+            clock: Some(clock.into()),
+            trace: initcalls::parse_trace(&text),
+        };
+        let r = build(&inp);
+        let ic = &r.initcalls;
+        assert_eq!(ic.status, "ok", "{clock}: {ic:?}");
+        // The timeline starts at the request, 10 ms before the clock zero.
+        assert_eq!(ic.top[0].func, "a", "{clock}");
+        assert_eq!(ic.top[0].start_ns, 110_000_000, "{clock}");
+        assert_eq!(ic.top[0].duration_ns, 40_000_000, "{clock}");
+        assert_eq!(ic.top[1].ret, -19, "{clock}");
+        assert_eq!(ic.sum_ns, 50_000_000, "{clock}");
+        assert_eq!(ic.kernel_boot_ns, Some(300_000_000), "{clock}");
+        assert_eq!(ic.unexplained_ns, Some(250_000_000), "{clock}");
+        assert_eq!(ic.before_first_ns, Some(100_000_000), "{clock}");
+        assert!(
+            r.to_string().contains("slowest initcalls (2 of 2)"),
+            "{clock}"
+        );
+    }
+    // Not asked: said, and nothing shown.
+    let r = build(&inputs(Ok(good_record(&events()))));
+    assert_eq!(r.initcalls.status, "not_requested");
+    assert!(r.initcalls.top.is_empty());
 }
 
 #[test]

@@ -113,6 +113,8 @@ impl fmt::Display for Report {
                 writeln!(f, "{:>10.3} ms  {}", ms(n.duration_ns), n.symbol)?;
             }
         }
+        writeln!(f)?;
+        write!(f, "{}", self.initcalls)?;
         if !self.unseen.is_empty() {
             writeln!(f)?;
             writeln!(f, "not on the timeline:")?;

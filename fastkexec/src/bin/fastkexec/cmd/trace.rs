@@ -21,6 +21,7 @@ pub fn run(args: TraceArgs, verbose: u8, root: &Path) -> Result<()> {
         force: args.force,
         verbose: verbose > 0,
         lean: args.lean,
+        initcalls: !args.no_initcalls,
         mark: args.mark,
         damage: args.damage.map(|d| match d {
             DamageArg::HeaderByte => trace::Damage::HeaderByte,
