@@ -165,6 +165,17 @@ pub struct UncompressedInput<'a> {
     pub phys_delta: i64,
 }
 
+impl UncompressedInput<'_> {
+    /// The reserved ranges that can collide with anything (empty ones cannot).
+    pub fn reserved_ranges(&self) -> Vec<PhysRange> {
+        self.reserved
+            .iter()
+            .copied()
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+}
+
 /// Additions a caller can chain into boot_params beyond the basics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlanExtras {
@@ -227,12 +238,7 @@ fn plan_impl(
             })
     };
 
-    let reserved: Vec<PhysRange> = input
-        .reserved
-        .iter()
-        .copied()
-        .filter(|r| !r.is_empty())
-        .collect();
+    let reserved = input.reserved_ranges();
 
     // --- kernel ---
     let mut segments = kernel_segments(&input.kernel.path, &input.kernel.bytes, vm, &shift)?;

@@ -310,12 +310,7 @@ pub fn plan_staged(
         memsz: header_memsz,
         what: "staged header (nonce, checks)".into(),
     });
-    let reserved: Vec<PhysRange> = input
-        .reserved
-        .iter()
-        .copied()
-        .filter(|r| !r.is_empty())
-        .collect();
+    let reserved = input.reserved_ranges();
     segments::validate(&crash.segments, &host.memmap, &reserved)?;
     let staged_bytes: u64 = crash.segments.iter().map(|s| s.memsz).sum();
     let free_after = res.len().saturating_sub(staged_bytes);

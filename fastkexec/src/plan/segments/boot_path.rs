@@ -196,12 +196,7 @@ pub fn add_boot_path(
 ) -> Result<ExtraBootPath> {
     let caps = bootparams::header_caps(input.setup_header);
     check_cmdline(cmdline, &caps)?;
-    let reserved: Vec<PhysRange> = input
-        .reserved
-        .iter()
-        .copied()
-        .filter(|r| !r.is_empty())
-        .collect();
+    let reserved = input.reserved_ranges();
     let mut used: Vec<PhysRange> = plan.segments.iter().map(Segment::range).collect();
     used.extend(reserved.iter().copied());
     let path = boot_path(
