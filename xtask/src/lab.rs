@@ -264,6 +264,10 @@ pub struct RunOptions {
     /// not TCG's translation overhead; the host stopwatch no longer times
     /// the guest's clock.
     pub icount: Option<u32>,
+    /// Under icount, let guest time jump to the next timer when the vCPU idles (QEMU's
+    /// `sleep=off`) instead of following the host's clock while it sleeps: a sleeping
+    /// initcall then costs the same in every boot, so small differences become measurable.
+    pub icount_no_sleep: bool,
     /// Round 2 runs the boot-time unit's logic (`labunit`) and prints the textfile it left.
     pub unit: bool,
     /// With `trace`: the new kernel also runs `initcall_debug`; the report's initcalls are
@@ -290,6 +294,7 @@ impl RunOptions {
             reboots: 1,
             state_out: None,
             icount: None,
+            icount_no_sleep: false,
             unit: false,
             initcall_check: false,
             no_initcalls: false,
@@ -580,11 +585,13 @@ fn qemu_args(
     .iter()
     .map(|s| s.to_string())
     .chain(opts.machine.qemu_args(opts.chained()))
-    .chain(
-        opts.icount
-            .into_iter()
-            .flat_map(|shift| ["-icount".to_string(), format!("shift={shift},sleep=on")]),
-    )
+    .chain(opts.icount.into_iter().flat_map(|shift| {
+        let sleep = if opts.icount_no_sleep { "off" } else { "on" };
+        [
+            "-icount".to_string(),
+            format!("shift={shift},sleep={sleep}"),
+        ]
+    }))
     .collect()
 }
 
@@ -1271,6 +1278,9 @@ mod tests {
         let a = args(&opts);
         let at = a.iter().position(|x| x == "-icount").unwrap();
         assert_eq!(a[at + 1], "shift=0,sleep=on");
+        opts.icount_no_sleep = true;
+        let a = args(&opts);
+        assert!(a.contains(&"shift=0,sleep=off".to_string()), "{a:?}");
     }
 
     #[test]
