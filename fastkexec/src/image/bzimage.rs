@@ -626,13 +626,8 @@ mod tests {
 
     #[test]
     fn mutated_images_never_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::image::decompress::tests::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rnd = || rng.next();
         for c in Compression::ALL {
             let img = image(c);
             for _ in 0..200 {
