@@ -982,26 +982,9 @@ pub fn run(plan: &Plan, options: &dyn Fn(Mode, bool) -> RunOptions) -> Result<()
 mod tests {
     use super::*;
 
-    fn kernel() -> KernelInfo {
-        KernelInfo {
-            name: "6.1".into(),
-            suite: "bookworm".into(),
-            packages: vec!["linux-image-6.1.0-1-cloud-amd64=6.1.1-1".into()],
-            version: "6.1.1-1".into(),
-            release: "6.1.0-1-cloud-amd64".into(),
-            vmlinuz: PathBuf::new(),
-            vmlinux: PathBuf::new(),
-            config: None,
-            modules: None,
-            compression: "lz4".into(),
-            vmlinuz_bytes: 0,
-            vmlinux_bytes: 0,
-        }
-    }
-
     /// A lab report made the lab's way: serial lines through `lab::analyse`.
     fn report(mode: Mode, load: f64, first: f64, init: f64, initrd_ok: bool) -> RunReport {
-        let k = kernel();
+        let k = KernelInfo::fixture();
         let exec = 1001.0 + load + 10.0;
         let m = mode.name();
         let lines: Vec<(f64, String)> = [
@@ -1064,7 +1047,7 @@ mod tests {
     }
 
     fn meta(modes: &[Mode]) -> Meta {
-        let k = kernel();
+        let k = KernelInfo::fixture();
         Meta {
             command: "cargo xtask bench --kernel 6.1 --runs 3".into(),
             date_utc: utc_date(1_700_000_000),

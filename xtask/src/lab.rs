@@ -1300,23 +1300,6 @@ mod tests {
         assert_ne!(Machine::server().suffix(), Machine::bare().suffix());
     }
 
-    fn kernel() -> KernelInfo {
-        KernelInfo {
-            name: "6.1".into(),
-            suite: "bookworm".into(),
-            packages: vec![],
-            version: "6.1.1-1".into(),
-            release: "6.1.0-1-cloud-amd64".into(),
-            vmlinuz: PathBuf::new(),
-            vmlinux: PathBuf::new(),
-            config: None,
-            modules: None,
-            compression: "lz4".into(),
-            vmlinuz_bytes: 0,
-            vmlinux_bytes: 0,
-        }
-    }
-
     fn lines(v: &[(f64, &str)]) -> Vec<(f64, String)> {
         v.iter().map(|(t, l)| (*t, l.to_string())).collect()
     }
@@ -1341,7 +1324,13 @@ mod tests {
             (8514.0, "FKLAB: initrd=ok"),
             (8515.0, "FKLAB: done"),
         ]);
-        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        let r = analyse(
+            &KernelInfo::fixture(),
+            Mode::KexecToolsL,
+            "tcg",
+            &l,
+            PathBuf::from("x"),
+        );
         assert!(r.booted && r.ok, "{r:?}");
         assert_eq!(r.host_ms.exec_to_first_new_kernel_line, Some(2000.0));
         assert_eq!(r.host_ms.exec_to_new_init, Some(7000.0));
@@ -1361,7 +1350,13 @@ mod tests {
                 "Kernel panic - not syncing: VFS: Unable to mount root fs",
             ),
         ]);
-        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        let r = analyse(
+            &KernelInfo::fixture(),
+            Mode::KexecToolsL,
+            "tcg",
+            &l,
+            PathBuf::from("x"),
+        );
         assert!(!r.booted && !r.ok);
         assert_eq!(r.host_ms.exec_to_new_init, None);
         assert_eq!(r.host_ms.exec_to_first_new_kernel_line, Some(2000.0));
@@ -1378,7 +1373,13 @@ mod tests {
             (8514.0, "FKLAB: initrd=missing"),
             (8515.0, "FKLAB: done"),
         ]);
-        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        let r = analyse(
+            &KernelInfo::fixture(),
+            Mode::KexecToolsL,
+            "tcg",
+            &l,
+            PathBuf::from("x"),
+        );
         assert!(r.booted && !r.ok);
         assert_eq!(r.new_kernel.initrd_seen, Some(false));
     }
@@ -1399,7 +1400,7 @@ mod tests {
             (6004.0, "FKLAB: initrd=ok"),
             (6005.0, "FKLAB: done"),
         ]);
-        analyse(&kernel(), mode, "tcg", &l, PathBuf::from("x"))
+        analyse(&KernelInfo::fixture(), mode, "tcg", &l, PathBuf::from("x"))
     }
 
     #[test]
@@ -1450,7 +1451,7 @@ mod tests {
         ];
         let run = |v: &[(f64, &str)]| {
             analyse(
-                &kernel(),
+                &KernelInfo::fixture(),
                 Mode::FastkexecStagedReplaced,
                 "tcg",
                 &lines(v),
@@ -1501,7 +1502,7 @@ mod tests {
             (6005.0, "FKLAB: done"),
         ]);
         analyse(
-            &kernel(),
+            &KernelInfo::fixture(),
             Mode::FastkexecHangup,
             "tcg",
             &lines(&v),
@@ -1533,7 +1534,13 @@ mod tests {
     #[test]
     fn analyse_reports_guest_errors() {
         let l = lines(&[(900.0, "FKLAB: error kexec -l failed rc=1")]);
-        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
+        let r = analyse(
+            &KernelInfo::fixture(),
+            Mode::KexecToolsL,
+            "tcg",
+            &l,
+            PathBuf::from("x"),
+        );
         assert_eq!(r.error.as_deref(), Some("kexec -l failed rc=1"));
     }
 }
