@@ -1,8 +1,7 @@
 use super::*;
 use crate::host::e820::{E820Entry, E820Type};
-use crate::plan::bootparams::{
-    get32, get64, walk_setup_data, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
-};
+use crate::image::bootproto::{get32, get64};
+use crate::plan::bootparams::{walk_setup_data, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED};
 
 use super::fixtures::{leak_kernel, TINY};
 
