@@ -982,9 +982,13 @@ pub fn run(plan: &Plan, options: &dyn Fn(Mode, bool) -> RunOptions) -> Result<()
 mod tests {
     use super::*;
 
+    fn kernel() -> KernelInfo {
+        KernelInfo::fixture()
+    }
+
     /// A lab report made the lab's way: serial lines through `lab::analyse`.
     fn report(mode: Mode, load: f64, first: f64, init: f64, initrd_ok: bool) -> RunReport {
-        let k = KernelInfo::fixture();
+        let k = kernel();
         let exec = 1001.0 + load + 10.0;
         let m = mode.name();
         let lines: Vec<(f64, String)> = [
@@ -1047,7 +1051,7 @@ mod tests {
     }
 
     fn meta(modes: &[Mode]) -> Meta {
-        let k = KernelInfo::fixture();
+        let k = kernel();
         Meta {
             command: "cargo xtask bench --kernel 6.1 --runs 3".into(),
             date_utc: utc_date(1_700_000_000),

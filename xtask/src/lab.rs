@@ -1257,6 +1257,10 @@ pub fn summary_line(r: &RunReport) -> String {
 mod tests {
     use super::*;
 
+    fn kernel() -> KernelInfo {
+        KernelInfo::fixture()
+    }
+
     #[test]
     fn icount_reaches_qemu_only_when_asked() {
         let mut opts = RunOptions::new(Mode::FastkexecStaged, Duration::from_secs(1), "2G", 1);
@@ -1324,13 +1328,7 @@ mod tests {
             (8514.0, "FKLAB: initrd=ok"),
             (8515.0, "FKLAB: done"),
         ]);
-        let r = analyse(
-            &KernelInfo::fixture(),
-            Mode::KexecToolsL,
-            "tcg",
-            &l,
-            PathBuf::from("x"),
-        );
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
         assert!(r.booted && r.ok, "{r:?}");
         assert_eq!(r.host_ms.exec_to_first_new_kernel_line, Some(2000.0));
         assert_eq!(r.host_ms.exec_to_new_init, Some(7000.0));
@@ -1350,13 +1348,7 @@ mod tests {
                 "Kernel panic - not syncing: VFS: Unable to mount root fs",
             ),
         ]);
-        let r = analyse(
-            &KernelInfo::fixture(),
-            Mode::KexecToolsL,
-            "tcg",
-            &l,
-            PathBuf::from("x"),
-        );
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
         assert!(!r.booted && !r.ok);
         assert_eq!(r.host_ms.exec_to_new_init, None);
         assert_eq!(r.host_ms.exec_to_first_new_kernel_line, Some(2000.0));
@@ -1373,13 +1365,7 @@ mod tests {
             (8514.0, "FKLAB: initrd=missing"),
             (8515.0, "FKLAB: done"),
         ]);
-        let r = analyse(
-            &KernelInfo::fixture(),
-            Mode::KexecToolsL,
-            "tcg",
-            &l,
-            PathBuf::from("x"),
-        );
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
         assert!(r.booted && !r.ok);
         assert_eq!(r.new_kernel.initrd_seen, Some(false));
     }
@@ -1400,7 +1386,7 @@ mod tests {
             (6004.0, "FKLAB: initrd=ok"),
             (6005.0, "FKLAB: done"),
         ]);
-        analyse(&KernelInfo::fixture(), mode, "tcg", &l, PathBuf::from("x"))
+        analyse(&kernel(), mode, "tcg", &l, PathBuf::from("x"))
     }
 
     #[test]
@@ -1451,7 +1437,7 @@ mod tests {
         ];
         let run = |v: &[(f64, &str)]| {
             analyse(
-                &KernelInfo::fixture(),
+                &kernel(),
                 Mode::FastkexecStagedReplaced,
                 "tcg",
                 &lines(v),
@@ -1502,7 +1488,7 @@ mod tests {
             (6005.0, "FKLAB: done"),
         ]);
         analyse(
-            &KernelInfo::fixture(),
+            &kernel(),
             Mode::FastkexecHangup,
             "tcg",
             &lines(&v),
@@ -1534,13 +1520,7 @@ mod tests {
     #[test]
     fn analyse_reports_guest_errors() {
         let l = lines(&[(900.0, "FKLAB: error kexec -l failed rc=1")]);
-        let r = analyse(
-            &KernelInfo::fixture(),
-            Mode::KexecToolsL,
-            "tcg",
-            &l,
-            PathBuf::from("x"),
-        );
+        let r = analyse(&kernel(), Mode::KexecToolsL, "tcg", &l, PathBuf::from("x"));
         assert_eq!(r.error.as_deref(), Some("kexec -l failed rc=1"));
     }
 }
