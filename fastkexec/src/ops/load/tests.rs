@@ -129,6 +129,13 @@ impl Machine {
     fn load(&self, kernel: &str, mode: Mode) -> Result<LoadReport> {
         load(&self.opts(kernel, mode))
     }
+
+    /// Not a dry run: what a real load on this machine would do first.
+    fn load_for_real(&self, kernel: &str, mode: Mode) -> Result<LoadReport> {
+        let mut o = self.opts(kernel, mode);
+        o.dry_run = false;
+        load(&o)
+    }
 }
 
 #[test]
@@ -254,26 +261,14 @@ fn refusals_happen_before_any_syscall() {
     let e = load(&o).unwrap_err();
     assert!(e.to_string().contains("no-such-initrd"), "{e}");
     // Without privilege a real load stops before touching the kernel.
-    let unpriv = machine("unprivileged");
-    let mut o = opts(
-        unpriv.path(),
-        "bzImage-tiny.gzip",
-        Mode::File,
-        m.cache.path(),
-    );
-    o.dry_run = false;
-    let e = load(&o).unwrap_err();
-    assert!(matches!(e, Error::NotPrivileged { .. }), "{e}");
+    let unpriv = Machine::new(machine("unprivileged"));
+    let e = unpriv.load_for_real("bzImage-tiny.gzip", Mode::File);
+    assert!(matches!(e, Err(Error::NotPrivileged { .. })), "{e:?}");
     // kexec_load_disabled stops a real load, with the reason.
-    let disabled = machine("disabled");
-    let mut o = opts(
-        disabled.path(),
-        "bzImage-tiny.gzip",
-        Mode::Auto,
-        m.cache.path(),
-    );
-    o.dry_run = false;
-    let e = load(&o).unwrap_err();
+    let disabled = Machine::new(machine("disabled"));
+    let e = disabled
+        .load_for_real("bzImage-tiny.gzip", Mode::Auto)
+        .unwrap_err();
     assert!(e.to_string().contains("kexec_load_disabled"), "{e}");
 }
 
@@ -386,9 +381,9 @@ fn staged_without_a_reservation_is_refused_before_any_syscall() {
     assert!(matches!(e, Error::NoCrashReservation { .. }), "{e}");
     assert!(e.to_string().contains("crashkernel="), "{e}");
     // A real load stops at the mode check.
-    let mut o = m.opts("bzImage-tiny.zstd", Mode::Staged);
-    o.dry_run = false;
-    let e = load(&o).unwrap_err();
+    let e = m
+        .load_for_real("bzImage-tiny.zstd", Mode::Staged)
+        .unwrap_err();
     assert!(
         matches!(e, Error::ModeUnavailable { mode: "staged", .. }),
         "{e}"
