@@ -1264,6 +1264,10 @@ pub fn summary_line(r: &RunReport) -> String {
 mod tests {
     use super::*;
 
+    fn kernel() -> KernelInfo {
+        KernelInfo::fixture()
+    }
+
     #[test]
     fn icount_reaches_qemu_only_when_asked() {
         let mut opts = RunOptions::new(Mode::FastkexecStaged, Duration::from_secs(1), "2G", 1);
@@ -1308,23 +1312,6 @@ mod tests {
         assert_eq!(Machine::server().cmdline_words(), ["fklab.server=1"]);
         assert_eq!(Machine::server().initrd_bytes(), 32 << 20);
         assert_ne!(Machine::server().suffix(), Machine::bare().suffix());
-    }
-
-    fn kernel() -> KernelInfo {
-        KernelInfo {
-            name: "6.1".into(),
-            suite: "bookworm".into(),
-            packages: vec![],
-            version: "6.1.1-1".into(),
-            release: "6.1.0-1-cloud-amd64".into(),
-            vmlinuz: PathBuf::new(),
-            vmlinux: PathBuf::new(),
-            config: None,
-            modules: None,
-            compression: "lz4".into(),
-            vmlinuz_bytes: 0,
-            vmlinux_bytes: 0,
-        }
     }
 
     fn lines(v: &[(f64, &str)]) -> Vec<(f64, String)> {

@@ -6,6 +6,7 @@
 //! ([`Loadable`]: bytes and validated ELF) is made once — from the prepare cache, extracted in
 //! memory, or the file itself when it is a vmlinux.
 
+pub mod bootproto;
 pub mod bzimage;
 pub mod decompress;
 pub mod prepare;

@@ -341,7 +341,7 @@ pub fn plan_staged(
         nonce: opts.nonce,
     };
     let mut t = Trampoline::new()?;
-    t.set_target(crash.entry);
+    t.set(tramp::TARGET, crash.entry);
     t.set_header(href.addr, href.len, href.sum);
     t.set_nonce(&opts.nonce);
     if opts.trampoline_tsc_out != 0 {
@@ -357,7 +357,7 @@ pub fn plan_staged(
                 ),
             });
         }
-        t.set_tsc_out(opts.trampoline_tsc_out);
+        t.set(tramp::TSC_OUT, opts.trampoline_tsc_out);
     }
     let t_bytes = t.into_bytes();
     let t_memsz = page_up(t_bytes.len() as u64)?;
