@@ -328,8 +328,13 @@ pub struct LoadExtras {
 
 /// [`load`] with the tracer's [`LoadExtras`]: opens `opts.kernel` (read once) and loads it.
 pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
+    let t0 = Instant::now();
     let mut image = KernelImage::open(&opts.kernel)?;
-    load_image(opts, &mut image, extras, None)
+    let opened = vec![Timing {
+        phase: "open kernel",
+        ns: ns(t0.elapsed()),
+    }];
+    load_image_since(opts, &mut image, extras, None, t0, opened)
 }
 
 /// Loads an already opened kernel image (`opts.kernel` must name it); the vmlinux it may already
@@ -343,11 +348,29 @@ pub fn load_image(
     extras: &LoadExtras,
     lock: Option<&KexecLock>,
 ) -> Result<LoadReport> {
+    load_image_since(opts, image, extras, lock, Instant::now(), Vec::new())
+}
+
+/// [`load_image`] whose `total` runs from `t0`, with the laps taken before it (opening the
+/// kernel) in `timings`: every part of `load`'s wall time is in its printed breakdown.
+fn load_image_since(
+    opts: &LoadOptions,
+    image: &mut KernelImage,
+    extras: &LoadExtras,
+    lock: Option<&KexecLock>,
+    t0: Instant,
+    mut timings: Vec<Timing>,
+) -> Result<LoadReport> {
     if opts.dry_run || lock.is_some() {
-        return load_inner(opts, image, extras);
+        return load_inner(opts, image, extras, t0, timings);
     }
+    let t = Instant::now();
     let _lock = KexecLock::acquire(&opts.root, "load")?;
-    load_inner(opts, image, extras)
+    timings.push(Timing {
+        phase: "lock",
+        ns: ns(t.elapsed()),
+    });
+    load_inner(opts, image, extras, t0, timings)
 }
 
 /// Whether this process may not even look at `path` (a dry run as a user, with root's 0700
@@ -360,9 +383,10 @@ fn load_inner(
     opts: &LoadOptions,
     image: &mut KernelImage,
     extras: &LoadExtras,
+    t0: Instant,
+    mut timings: Vec<Timing>,
 ) -> Result<LoadReport> {
-    let t0 = Instant::now();
-    let mut timings = Vec::new();
+    let t_inspect = Instant::now();
     let status = status::status(&opts.root)?;
     // What an earlier staged load left: this load replaces or reconciles it, so it must be
     // readable (an unusable record stops the load, naming the file).
@@ -423,7 +447,7 @@ fn load_inner(
     }
     timings.push(Timing {
         phase: "inspect",
-        ns: ns(t0.elapsed()),
+        ns: ns(t_inspect.elapsed()),
     });
 
     let mut report = LoadReport {
@@ -600,6 +624,8 @@ fn load_uncompressed(
         }
         None => None,
     };
+    report.lap("read initrd", t);
+    let t = Instant::now();
     let host = hostinfo::read(&opts.root)?;
     let input = segments::UncompressedInput {
         kernel: &kernel,
@@ -615,7 +641,7 @@ fn load_uncompressed(
         Staging::No => {}
         Staging::Asked => {
             let plan = plan_staged(status, &input, extras)?;
-            return load_staged(opts, status, &plan, staged_before, report);
+            return load_staged(opts, status, &plan, staged_before, report, t);
         }
         Staging::Auto(why) => match plan_staged(status, &input, extras) {
             Ok(plan) if plan.free_after >= staged::MIN_PANIC_FREE => {
@@ -624,7 +650,7 @@ fn load_uncompressed(
                     "auto: {why} and large enough, so the kernel is staged in it (the relocation \
                      at exec copies one page)"
                 );
-                return load_staged(opts, status, &plan, staged_before, report);
+                return load_staged(opts, status, &plan, staged_before, report, t);
             }
             Ok(plan) => report.notes.push(format!(
                 "auto: not staged: only {} MiB of the crashkernel reservation would stay free \
@@ -693,8 +719,9 @@ fn load_staged(
     plan: &staged::StagedPlan,
     ours_before: bool,
     report: &mut LoadReport,
+    // When planning began (the host's boot information, `plan_staged`): the `plan` lap's start.
+    t: Instant,
 ) -> Result<()> {
-    let t = Instant::now();
     let displaced = status.crash_loaded == Some(true) && !ours_before;
     report.notes.extend(plan.notes.iter().cloned());
     if displaced {
@@ -758,6 +785,7 @@ fn load_staged(
     }
     report.lap("kexec_load (trampoline)", t);
     report.loaded = true;
+    let t = Instant::now();
     let state = staged::record(
         plan,
         &opts.kernel,
@@ -765,6 +793,8 @@ fn load_staged(
         &report.cmdline,
         staged::boot_id(&opts.root),
     );
+    report.lap("record (full checksums)", t);
+    let t = Instant::now();
     if let Err(e) = staged::write_state(&opts.root, &state) {
         report.notes.push(format!(
             "could not record the staged load ({e}): `fastkexec exec` cannot check it beforehand \
@@ -772,6 +802,7 @@ fn load_staged(
              kernel)"
         ));
     }
+    report.lap("write state", t);
     Ok(())
 }
 
