@@ -70,7 +70,11 @@ impl fmt::Display for LoadReport {
             .collect();
         // The laps and `total` come from separate clock reads; what lies between them (the
         // report's own bookkeeping) is shown, so a large gap cannot hide.
-        let total = self.timings.iter().find(|t| t.phase == "total").map(|t| t.ns);
+        let total = self
+            .timings
+            .iter()
+            .find(|t| t.phase == "total")
+            .map(|t| t.ns);
         let laps: u64 = self
             .timings
             .iter()
