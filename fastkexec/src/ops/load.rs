@@ -619,7 +619,7 @@ fn load_uncompressed(
         Some(p) => {
             let (f, max, why) = open_initrd(p, &opts.root)?;
             report.initrd_size = Some(f.len);
-            let bytes = bytes::Bytes::from(f.read_all(p, "the initrd", max, &why)?);
+            let bytes = f.map_or_read(p, "the initrd", max, &why)?;
             Some((p.as_path(), bytes))
         }
         None => None,
