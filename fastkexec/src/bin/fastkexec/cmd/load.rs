@@ -60,13 +60,14 @@ pub fn load_options(args: &LoadArgs, root: &Path) -> LoadOptions {
 }
 
 /// The process's own start (the kernel's exec of this binary, the runtime, parsing the command
-/// line) leads the breakdown and counts in `total`: it is part of what a caller waits for.
+/// line; to the 10 ms tick, see [`since_exec`]) leads the breakdown and counts in `total`: it is
+/// part of what a caller waits for.
 fn add_process_start(report: &mut LoadReport, d: Duration) {
     let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     report.timings.insert(
         0,
         Timing {
-            phase: "process start (exec to here, whole 10 ms ticks)",
+            phase: "process start",
             ns,
         },
     );
