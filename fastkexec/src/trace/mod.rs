@@ -35,6 +35,7 @@ pub mod btf;
 pub mod ebpf;
 pub mod preflight;
 pub mod support;
+pub mod units;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -563,6 +564,8 @@ pub struct Tracer {
     pub notes: Vec<String>,
     /// How the next kernel was loaded: `flags::LOAD_*` for the header.
     load_flags: u32,
+    /// The unit probes are attached (see `units`).
+    units: bool,
 }
 
 impl Tracer {
@@ -599,7 +602,8 @@ impl Tracer {
         };
 
         let devices = count_devices(Path::new("/sys/devices"), 0);
-        let pages = event_pages_for(devices);
+        let pages =
+            event_pages_for(devices).saturating_add(if lean { 0 } else { units::record_pages() });
         let (mut ebpf, mapped, phys) = allocate_record(1 + pages as usize)?;
         log::info!(
             "record: {} pages at {:.1} ms",
@@ -636,6 +640,11 @@ impl Tracer {
                 notes.push(
                     "BTF lacks a struct device member: devices are stamped without names".into(),
                 );
+            }
+            if !lean {
+                if let Err(e) = units::offsets(b, &mut cfg) {
+                    notes.push(format!("systemd units are not traced: {e}"));
+                }
             }
             let nb_ok = off("notifier_block", "notifier_call") == Some(0)
                 && off("notifier_block", "next") == Some(8);
@@ -698,6 +707,7 @@ impl Tracer {
             logger: None,
             notes,
             load_flags: 0,
+            units: false,
         };
 
         // --- probes ---
@@ -722,8 +732,11 @@ impl Tracer {
         if lean {
             tracer
                 .notes
-                .push("--lean: no per-device and no per-notifier stamps".into());
+                .push("--lean: no per-device, per-notifier or per-unit stamps".into());
         } else {
+            if cfg.flags & config::UNIT_OFFSETS != 0 {
+                tracer.attach_units();
+            }
             tracer.attach_point(
                 &ebpf::DEVICE_PROBE,
                 btf.as_ref(),
@@ -1373,6 +1386,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             if let Some(m) = opts.mark.as_deref() {
                 say(out, format_args!("{m}"));
             }
+            tracer.arm_units()?;
             let request = (clock::rdtsc(), clock::monotonic_ns());
             tracer.seal(Some(request), opts.damage)
         };
@@ -1386,6 +1400,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
     }
 
     // Follow mode.
+    tracer.arm_units()?;
     unpin(Path::new(PIN_DIR));
     tracer.pin(Path::new(PIN_DIR))?;
     tracer.seal(None, opts.damage)?;

@@ -1,0 +1,194 @@
+//! The unit level of the shutdown: which systemd unit stopped when.
+//!
+//! Two raw tracepoints, seen from the kernel without systemd's help:
+//! `signal_generate` stamps the first signal PID 1 sends to a task of a cgroup
+//! (systemd starting a unit's stop, later systemd-shutdown's kill spree), and
+//! `cgroup_rmdir` stamps that cgroup's removal (systemd saw it empty: the unit
+//! is stopped). The probe finds the task's cgroup by following
+//! `task->cgroups->dfl_cgrp->kn->name`, whose offsets come from this kernel's
+//! BTF like the device-name offsets. On a kernel without one of the offsets or
+//! tracepoints the level is absent and `status`/`trace` say so.
+//!
+//! The probes stamp nothing until armed: `trace --exec` arms them with its
+//! reboot request, follow mode when it attaches (it cannot know when the
+//! shutdown starts).
+
+use aya::maps::Array;
+use aya::programs::links::FdLink;
+use aya::programs::RawTracePoint;
+use fastkexec_common::{config, EventKind, ProbeConfig, EVENTS_PER_PAGE, UNIT_MAX};
+
+use super::btf::Btf;
+use super::{ebpf, render, Attachment, Tracer};
+use crate::{Error, Result};
+
+/// The `struct` members the probe follows, in order: (struct, member).
+pub const CHAIN: [(&str, &str); 4] = [
+    ("task_struct", "cgroups"),
+    ("css_set", "dfl_cgrp"),
+    ("cgroup", "kn"),
+    ("kernfs_node", "name"),
+];
+
+/// The raw tracepoints: (tracepoint, program, the kind it stamps).
+pub const TRACEPOINTS: [(&str, &str, EventKind); 2] = [
+    (
+        "signal_generate",
+        ebpf::PROG_UNIT_SIGNAL,
+        EventKind::UNIT_STOP,
+    ),
+    ("cgroup_rmdir", ebpf::PROG_UNIT_RMDIR, EventKind::UNIT_GONE),
+];
+
+/// Record pages the unit events may need: a stop and a removal per unit, and
+/// the one cap stamp.
+pub fn record_pages() -> u32 {
+    (2 * UNIT_MAX + 1).div_ceil(EVENTS_PER_PAGE as u32)
+}
+
+/// Fills the cgroup-name offsets from BTF; `Err` says which member is missing.
+pub fn offsets(btf: &Btf, cfg: &mut ProbeConfig) -> std::result::Result<(), String> {
+    let mut got = [0u32; 4];
+    for (slot, (s, m)) in got.iter_mut().zip(CHAIN) {
+        *slot = btf
+            .member_offset(s, m)
+            .ok_or_else(|| format!("BTF has no struct {s} member {m}"))?;
+    }
+    let [task, cset, cgrp, kn] = got;
+    cfg.task_cgroups_off = task;
+    cfg.cset_dfl_cgrp_off = cset;
+    cfg.cgroup_kn_off = cgrp;
+    cfg.kn_name_off = kn;
+    cfg.flags |= config::UNIT_OFFSETS;
+    Ok(())
+}
+
+impl Tracer {
+    /// Attaches both unit tracepoints (their links are kept for pinning).
+    /// Either both attach or neither stays: a stop without its removal
+    /// measures nothing.
+    pub(super) fn attach_units(&mut self) {
+        let mut links: Vec<FdLink> = Vec::new();
+        let mut failed = None;
+        for (tp, prog, _) in TRACEPOINTS {
+            match attach_raw(&mut self.ebpf, prog, tp) {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    failed = Some(format!("raw tracepoint {tp}: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failed {
+            // Dropping the links detaches what did attach.
+            drop(links);
+            self.notes
+                .push(format!("systemd units are not traced: {why}"));
+            for (tp, _, kind) in TRACEPOINTS {
+                self.attachments
+                    .push(unit_attachment(tp, kind, "none", Some(why.clone())));
+            }
+            return;
+        }
+        self.links.extend(links);
+        for (tp, _, kind) in TRACEPOINTS {
+            self.attached |= kind.bit();
+            self.attachments
+                .push(unit_attachment(tp, kind, "raw_tracepoint", None));
+        }
+        self.units = true;
+    }
+
+    /// Starts stamping units (see the module documentation for when).
+    pub fn arm_units(&mut self) -> Result<()> {
+        if !self.units {
+            return Ok(());
+        }
+        let mut cfg: Array<_, ProbeConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(ebpf::MAP_CONFIG)
+                .ok_or_else(|| Error::Tracer {
+                    problem: "the eBPF object has no CONFIG map".into(),
+                })?,
+        )
+        .map_err(|e| Error::Tracer {
+            problem: format!("the CONFIG map: {}", render(&e)),
+        })?;
+        let mut c = cfg.get(&0, 0).map_err(|e| Error::Tracer {
+            problem: format!("reading the probe configuration failed: {}", render(&e)),
+        })?;
+        c.flags |= config::UNITS_ARMED;
+        cfg.set(0, c, 0).map_err(|e| Error::Tracer {
+            problem: format!("arming the unit probes failed: {}", render(&e)),
+        })
+    }
+}
+
+fn unit_attachment(
+    tp: &str,
+    kind: EventKind,
+    how: &'static str,
+    why: Option<String>,
+) -> Attachment {
+    Attachment {
+        function: format!("raw_tracepoint/{tp}"),
+        kind: kind.name().unwrap_or("?").into(),
+        how,
+        why,
+    }
+}
+
+fn attach_raw(ebpf: &mut aya::Ebpf, prog: &str, tp: &str) -> std::result::Result<FdLink, String> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or("missing program")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| render(&e))?;
+    p.load().map_err(|e| render(&e))?;
+    let id = p.attach(tp).map_err(|e| render(&e))?;
+    let link = p.take_link(id).map_err(|e| render(&e))?;
+    Ok(link.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_has_room_for_every_unit_twice() {
+        let events = record_pages() as usize * EVENTS_PER_PAGE;
+        assert!(events > 2 * UNIT_MAX as usize);
+        assert!(events < 2 * UNIT_MAX as usize + 2 * EVENTS_PER_PAGE);
+    }
+
+    #[test]
+    fn running_kernel_btf_has_the_cgroup_chain() {
+        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            // Not every test host has BTF; the lab kernels all do.
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let mut cfg = ProbeConfig::default();
+        offsets(&btf, &mut cfg).unwrap();
+        assert_ne!(cfg.flags & config::UNIT_OFFSETS, 0);
+        // `name` is not the first member of a kernfs_node, nor `kn` of a cgroup.
+        assert_ne!(cfg.kn_name_off, 0);
+        assert_ne!(cfg.cgroup_kn_off, 0);
+        assert_ne!(cfg.task_cgroups_off, 0);
+    }
+
+    #[test]
+    fn a_missing_member_names_itself() {
+        let btf = Btf::parse(&crate::trace::btf::tests::with_struct(
+            "task_struct",
+            "cgroups",
+        ))
+        .unwrap();
+        let mut cfg = ProbeConfig::default();
+        assert_eq!(btf.member_offset("task_struct", "cgroups"), Some(8));
+        let e = offsets(&btf, &mut cfg).unwrap_err();
+        assert!(e.contains("css_set") && e.contains("dfl_cgrp"), "{e}");
+        assert_eq!(cfg.flags & config::UNIT_OFFSETS, 0);
+    }
+}
