@@ -3,3 +3,4 @@
 pub mod e820;
 pub mod hostinfo;
 pub mod status;
+pub mod systemd;

@@ -30,7 +30,10 @@ use serde::Serialize;
 use crate::ops::load::LoadMode;
 use crate::record::clock::{self, Fit};
 use crate::record::handoff::{self, BootFacts, Record, RecordError};
+use crate::record::next;
 use crate::record::phases::{self, Mark, MarkId, Tiling};
+use crate::record::units_start::{self, Pid1, UnitsStart};
+use crate::record::units_stop::{self, UnitsStop};
 use crate::trace::ebpf::{PHASE_PROBES, REBOOT_FALLBACK};
 use crate::{Error, Result};
 
@@ -157,6 +160,8 @@ pub struct Inputs {
     pub top: usize,
     /// This kernel's release.
     pub release: Option<String>,
+    /// Who PID 1 is and, for systemd, its timestamps (`None`: not asked).
+    pub pid1: Option<Pid1>,
 }
 
 /// The state of the record, for the report.
@@ -290,6 +295,14 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_prologue_ns: Option<u64>,
     pub notifiers: Vec<NotifierTime>,
+    /// Units stopping in the old kernel (the unit probes' stamps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_stop: Option<UnitsStop>,
+    /// Units starting in this boot (systemd's own timestamps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_start: Option<UnitsStart>,
+    /// The largest single contributors across the levels (`record::next`).
+    pub where_next: Vec<next::Contributor>,
     pub unseen: Vec<phases::Unseen>,
     pub clock: ClockInfo,
     pub notes: Vec<String>,
@@ -467,6 +480,15 @@ pub fn build(inp: &Inputs) -> Report {
             "no kernel log line contains {want:?}: the timeline ends when report ran instead"
         )),
         (None, None) => {}
+    }
+    if until.is_none() {
+        if let Some((t, text)) = units_start::end_mark(inp.pid1.as_ref(), inp.now_fit, &mut notes) {
+            marks.set(MarkId::End, t);
+            end = EndMark {
+                kind: "systemd",
+                text: Some(text),
+            };
+        }
     }
     if !marks.at.contains_key(&MarkId::End) {
         marks.set(MarkId::End, i128::from(inp.facts.now_tsc));
@@ -653,6 +675,40 @@ pub fn build(inp: &Inputs) -> Report {
         (Ok(r), Some(fit)) => breakdown(r, fit, base, origin_ns, inp.top),
         _ => (Vec::new(), 0, None, Vec::new()),
     };
+    let units_stop = match (&record, rate) {
+        (Ok(r), Some(fit)) => {
+            let reboot = r
+                .events
+                .iter()
+                .find(|e| e.kind() == EventKind::REBOOT_ENTER)
+                .map(|e| e.ts_ns);
+            units_stop::build(
+                &r.events,
+                r.counters.state,
+                reboot,
+                |ts| {
+                    i64::try_from(fit.ticks_to_ns(fit.tsc_at(ts).saturating_sub(base)) - origin_ns)
+                        .unwrap_or(0)
+                },
+                inp.top,
+            )
+        }
+        _ => None,
+    };
+    let units_start = match (&inp.pid1, inp.now_fit, rate) {
+        (Some(Pid1::Systemd(t)), Some(now), Some(fit)) => Some(units_start::build(
+            t,
+            &now,
+            |tsc| {
+                phases::ns_u64(
+                    fit.ticks_to_ns(tsc.saturating_sub(base))
+                        .saturating_sub(origin_ns),
+                )
+            },
+            inp.top,
+        )),
+        _ => None,
+    };
 
     let (phases_out, total_ns, unseen, origin) = match tiling {
         Some(t) => {
@@ -728,7 +784,7 @@ pub fn build(inp: &Inputs) -> Report {
             ));
         }
     }
-    Report {
+    let mut rep = Report {
         record: status,
         new_kernel: inp.release.clone(),
         origin,
@@ -740,11 +796,19 @@ pub fn build(inp: &Inputs) -> Report {
         device_count,
         device_prologue_ns: prologue,
         notifiers,
+        units_stop,
+        units_start,
+        where_next: Vec::new(),
         unseen,
         clock,
         notes,
-    }
+    };
+    rep.where_next = next::contributors(&rep, WHERE_NEXT);
+    rep
 }
+
+/// Items in "where to look next".
+const WHERE_NEXT: usize = 5;
 
 type Breakdown = (Vec<DeviceTime>, usize, Option<u64>, Vec<NotifierTime>);
 
@@ -878,6 +942,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
         now_fit: Fit::from_samples(&samples),
         top: opts.top,
         release,
+        pid1: Some(crate::host::systemd::read(&opts.root)),
     }))
 }
 
@@ -913,6 +978,7 @@ impl fmt::Display for Report {
         }
         let end = match (&self.end.kind, &self.end.text) {
             (&"kmsg", Some(t)) => format!("the kernel log line {t:?}"),
+            (&"systemd", Some(t)) => t.clone(),
             _ => "this report".to_string(),
         };
         writeln!(
@@ -992,6 +1058,14 @@ impl fmt::Display for Report {
                 writeln!(f, "{:>10.3} ms  {}", ms(n.duration_ns), n.symbol)?;
             }
         }
+        if let Some(u) = &self.units_stop {
+            writeln!(f)?;
+            write!(f, "{u}")?;
+        }
+        if let Some(u) = &self.units_start {
+            writeln!(f)?;
+            write!(f, "{u}")?;
+        }
         if !self.unseen.is_empty() {
             writeln!(f)?;
             writeln!(f, "not on the timeline:")?;
@@ -1005,6 +1079,10 @@ impl fmt::Display for Report {
                 "tracer: {:.3} ms inside the probes themselves",
                 ms(r.tracer_self_ns)
             )?;
+        }
+        if !self.where_next.is_empty() {
+            writeln!(f)?;
+            write!(f, "{}", next::WhereNext(&self.where_next))?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
@@ -1110,6 +1188,7 @@ pub(crate) mod tests {
             now_fit: None,
             top: 2,
             release: Some("6.1.0-56-cloud-amd64".into()),
+            pid1: None,
         }
     }
 

@@ -1,0 +1,127 @@
+//! "Where to look next": the few largest single contributors across every
+//! level of the report (a unit stopping or starting, a device, a reboot
+//! notifier, the loader's own phases), each with its share of the blackout.
+//!
+//! Only measured durations of this reboot are listed. Units overlap each other
+//! (and a stopping unit lies inside "userspace shutdown"), so the shares are
+//! not meant to add up: each says how much of the blackout that one item
+//! spans.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::record::report::Report;
+
+/// Phases the loader itself causes: what to try instead, said without a
+/// figure (this report measured only the mode it ran).
+const LOADER_PHASES: [(&str, &str); 3] = [
+    (
+        "relocation",
+        "the kernel copies the image into place at exec; a staged load (`--mode staged`) puts \
+         it there before the reboot",
+    ),
+    (
+        "trampoline",
+        "the staged trampoline's check of the staged image",
+    ),
+    ("purgatory", "the purgatory's checksum of the segments"),
+];
+
+/// One contributor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contributor {
+    /// `unit_stop`, `unit_start`, `device`, `notifier` or `phase`.
+    pub level: &'static str,
+    pub name: String,
+    pub duration_ns: u64,
+    /// Of the report's total.
+    pub share: f64,
+    /// For loader phases: what removes or shrinks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<&'static str>,
+}
+
+/// The `n` largest contributors of a report, largest first.
+pub fn contributors(rep: &Report, n: usize) -> Vec<Contributor> {
+    let mut all: Vec<(&'static str, String, u64, Option<&'static str>)> = Vec::new();
+    if let Some(u) = &rep.units_stop {
+        all.extend(
+            u.slowest
+                .iter()
+                .map(|s| ("unit_stop", s.unit.clone(), s.duration_ns, None)),
+        );
+    }
+    if let Some(u) = &rep.units_start {
+        all.extend(
+            u.slowest
+                .iter()
+                .map(|s| ("unit_start", s.unit.clone(), s.duration_ns, None)),
+        );
+    }
+    all.extend(
+        rep.devices
+            .iter()
+            .map(|d| ("device", d.device.clone(), d.duration_ns, None)),
+    );
+    all.extend(
+        rep.notifiers
+            .iter()
+            .map(|d| ("notifier", d.symbol.clone(), d.duration_ns, None)),
+    );
+    for p in &rep.phases {
+        if let Some((_, why)) = LOADER_PHASES.iter().find(|(id, _)| *id == p.name) {
+            all.push(("phase", p.name.clone(), p.duration_ns, Some(*why)));
+        }
+    }
+    all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
+    all.into_iter()
+        .filter(|c| c.2 > 0)
+        .take(n)
+        .map(|(level, name, duration_ns, remedy)| Contributor {
+            level,
+            name,
+            duration_ns,
+            share: if rep.total_ns > 0 {
+                duration_ns as f64 / rep.total_ns as f64
+            } else {
+                0.0
+            },
+            remedy,
+        })
+        .collect()
+}
+
+/// The text report's closing section.
+pub struct WhereNext<'a>(pub &'a [Contributor]);
+
+impl fmt::Display for WhereNext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "where to look next (largest single items; they may overlap, shares do not add up):"
+        )?;
+        for c in self.0 {
+            let level = match c.level {
+                "unit_stop" => "unit stop",
+                "unit_start" => "unit start",
+                l => l,
+            };
+            write!(
+                f,
+                "  {:>10.3} ms {:>5.1}%  {level} {}",
+                c.duration_ns as f64 / 1e6,
+                c.share * 100.0,
+                c.name
+            )?;
+            if let Some(r) = c.remedy {
+                write!(f, " — {r} (no figure for another mode in this record)")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

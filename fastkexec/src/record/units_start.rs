@@ -1,0 +1,269 @@
+//! Units starting: systemd's own timestamps of this boot (the ones
+//! `systemd-analyze blame` / `time` read over D-Bus, gathered by
+//! `host::systemd`) placed on the report's TSC timeline, and the moment the
+//! default target was reached, where the report's total ends when PID 1 is
+//! systemd.
+//!
+//! systemd stamps CLOCK_MONOTONIC of this boot in µs; this kernel's
+//! CLOCK_MONOTONIC → TSC fit (taken when `report` runs) turns them into TSC.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::clock::Fit;
+
+/// One unit's activation, as systemd stamped it (µs of CLOCK_MONOTONIC, 0 =
+/// never).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitTimes {
+    pub unit: String,
+    /// `InactiveExitTimestampMonotonic`: its start job began.
+    pub inactive_exit_us: u64,
+    /// `ActiveEnterTimestampMonotonic`: it became active.
+    pub active_enter_us: u64,
+}
+
+/// What systemd says about this boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemdTimes {
+    /// The manager's `UserspaceTimestampMonotonic`.
+    pub userspace_us: u64,
+    /// The manager's `FinishTimestampMonotonic` (0: the boot has not finished).
+    pub finish_us: u64,
+    /// `GetDefaultTarget()`.
+    pub default_target: String,
+    /// The default target's `ActiveEnterTimestampMonotonic` (0: not reached).
+    pub default_target_us: u64,
+    pub units: Vec<UnitTimes>,
+}
+
+/// Who PID 1 is, and what it told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pid1 {
+    Systemd(SystemdTimes),
+    /// PID 1 is not systemd (its comm): the timeline keeps its own end.
+    NotSystemd(String),
+    /// PID 1 is systemd but its D-Bus answers could not be read (why).
+    Unreadable(String),
+}
+
+/// One unit's start on the timeline (offsets from the report's origin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitStart {
+    pub unit: String,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+}
+
+/// The unit level of the new boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitsStart {
+    pub default_target: String,
+    /// Offset of "default target reached" (`None`: not reached yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_target_ns: Option<u64>,
+    /// Offset of systemd's own start (`UserspaceTimestampMonotonic`).
+    pub userspace_ns: u64,
+    /// Units that activated in this boot.
+    pub count: usize,
+    /// The slowest (at most `--top`), longest first.
+    pub slowest: Vec<UnitStart>,
+}
+
+/// Maps this boot's CLOCK_MONOTONIC µs onto TSC ticks.
+pub fn tsc_of_us(now_fit: &Fit, us: u64) -> i128 {
+    now_fit.tsc_at(us.saturating_mul(1000))
+}
+
+/// The level: `offset` maps TSC ticks to ns from the report's origin.
+pub fn build(
+    t: &SystemdTimes,
+    now_fit: &Fit,
+    offset: impl Fn(i128) -> u64,
+    top: usize,
+) -> UnitsStart {
+    let at = |us: u64| offset(tsc_of_us(now_fit, us));
+    let mut started: Vec<UnitStart> = t
+        .units
+        .iter()
+        .filter(|u| u.inactive_exit_us > 0 && u.active_enter_us >= u.inactive_exit_us)
+        .map(|u| UnitStart {
+            unit: u.unit.clone(),
+            start_ns: at(u.inactive_exit_us),
+            duration_ns: (u.active_enter_us - u.inactive_exit_us).saturating_mul(1000),
+        })
+        .collect();
+    let count = started.len();
+    // Ties by name, so two reports of one boot list the same units.
+    started.sort_by(|a, b| {
+        b.duration_ns
+            .cmp(&a.duration_ns)
+            .then_with(|| a.unit.cmp(&b.unit))
+    });
+    started.truncate(top);
+    UnitsStart {
+        default_target: t.default_target.clone(),
+        default_target_ns: (t.default_target_us > 0).then(|| at(t.default_target_us)),
+        userspace_ns: at(t.userspace_us),
+        count,
+        slowest: started,
+    }
+}
+
+/// Where PID 1 being systemd ends the report's timeline: its default target
+/// reached (TSC, and the end mark's text). Says in `notes` why not otherwise.
+pub fn end_mark(
+    pid1: Option<&Pid1>,
+    now_fit: Option<Fit>,
+    notes: &mut Vec<String>,
+) -> Option<(i128, String)> {
+    match pid1? {
+        Pid1::Systemd(t) if t.default_target_us > 0 => match now_fit {
+            Some(fit) => Some((
+                tsc_of_us(&fit, t.default_target_us),
+                format!("{} reached", t.default_target),
+            )),
+            None => {
+                notes.push(
+                    "no TSC fit of this kernel's clock: the default target cannot be placed, the \
+                     timeline ends when report ran"
+                        .into(),
+                );
+                None
+            }
+        },
+        Pid1::Systemd(t) => {
+            notes.push(format!(
+                "systemd has not reached {} yet: the timeline ends when report ran",
+                t.default_target
+            ));
+            None
+        }
+        Pid1::NotSystemd(comm) => {
+            notes.push(format!(
+                "PID 1 is not systemd ({comm}): the timeline ends when report ran"
+            ));
+            None
+        }
+        Pid1::Unreadable(why) => {
+            notes.push(format!("{why}: the timeline ends when report ran"));
+            None
+        }
+    }
+}
+
+impl fmt::Display for UnitsStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "units starting ({} units; systemd's InactiveExit → ActiveEnter; systemd started at \
+             {:.3} ms{}):",
+            self.count,
+            self.userspace_ns as f64 / 1e6,
+            match self.default_target_ns {
+                Some(d) => format!(
+                    ", {} reached at {:.3} ms",
+                    self.default_target,
+                    d as f64 / 1e6
+                ),
+                None => format!(", {} not reached yet", self.default_target),
+            }
+        )?;
+        writeln!(f, "  slowest units to start:")?;
+        for u in &self.slowest {
+            writeln!(
+                f,
+                "    {:>10.3} ms  {}  (from {:.3} ms)",
+                u.duration_ns as f64 / 1e6,
+                u.unit,
+                u.start_ns as f64 / 1e6
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::clock::Fit;
+
+    fn fit() -> Fit {
+        // 2 GHz, CLOCK_MONOTONIC 0 at TSC 1_000_000.
+        Fit::from_rate(1_000_000, 0, 2e9).unwrap()
+    }
+
+    fn times() -> SystemdTimes {
+        SystemdTimes {
+            userspace_us: 1_000_000,
+            finish_us: 4_000_000,
+            default_target: "multi-user.target".into(),
+            default_target_us: 3_900_000,
+            units: vec![
+                UnitTimes {
+                    unit: "slow-start.service".into(),
+                    inactive_exit_us: 1_800_000,
+                    active_enter_us: 3_850_000,
+                },
+                UnitTimes {
+                    unit: "fast.service".into(),
+                    inactive_exit_us: 1_800_000,
+                    active_enter_us: 1_810_000,
+                },
+                // Never started in this boot.
+                UnitTimes {
+                    unit: "unused.service".into(),
+                    inactive_exit_us: 0,
+                    active_enter_us: 0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn monotonic_us_lands_on_the_tsc() {
+        assert_eq!(tsc_of_us(&fit(), 0), 1_000_000);
+        assert_eq!(tsc_of_us(&fit(), 1), 1_002_000);
+    }
+
+    #[test]
+    fn the_slow_starter_comes_first_and_the_target_is_placed() {
+        // Origin at TSC 0: offset in ns = ticks / 2.
+        let u = build(&times(), &fit(), |t| (t / 2) as u64, 5);
+        assert_eq!(u.count, 2);
+        assert_eq!(u.slowest[0].unit, "slow-start.service");
+        assert_eq!(u.slowest[0].duration_ns, 2_050_000_000);
+        assert_eq!(u.slowest[0].start_ns, 500_000 + 1_800_000_000);
+        assert_eq!(u.default_target_ns, Some(500_000 + 3_900_000_000));
+        assert!(u.to_string().contains("multi-user.target reached at"));
+    }
+
+    #[test]
+    fn the_end_is_the_default_target_where_pid_1_is_systemd() {
+        let mut notes = Vec::new();
+        let t = Pid1::Systemd(times());
+        let (tsc, text) = end_mark(Some(&t), Some(fit()), &mut notes).unwrap();
+        assert_eq!(tsc, 1_000_000 + 2 * 3_900_000_000);
+        assert_eq!(text, "multi-user.target reached");
+        assert!(notes.is_empty());
+        let busybox = Pid1::NotSystemd("init".into());
+        assert_eq!(end_mark(Some(&busybox), Some(fit()), &mut notes), None);
+        assert_eq!(
+            notes,
+            ["PID 1 is not systemd (init): the timeline ends when report ran"]
+        );
+        assert_eq!(end_mark(None, Some(fit()), &mut notes), None);
+        assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn a_target_not_reached_is_said() {
+        let mut t = times();
+        t.default_target_us = 0;
+        let u = build(&t, &fit(), |t| (t / 2) as u64, 1);
+        assert_eq!(u.default_target_ns, None);
+        assert_eq!(u.slowest.len(), 1);
+        assert!(u.to_string().contains("not reached yet"));
+    }
+}
