@@ -179,10 +179,16 @@ fn companions(image_pkg: &str) -> Vec<String> {
     }
 }
 
+/// Where [`download`] keeps a package's .deb (the system image installs them).
+pub fn deb_file(pkg: &str, version: &str) -> PathBuf {
+    apt_dir()
+        .join("debs")
+        .join(format!("{pkg}_{}_amd64.deb", version.replace(':', "%3a")))
+}
+
 fn download(pkg: &str, version: &str) -> Result<PathBuf> {
     let debs = apt_dir().join("debs");
-    let arch = "amd64";
-    let file = debs.join(format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a")));
+    let file = deb_file(pkg, version);
     if file.is_file() {
         return Ok(file);
     }

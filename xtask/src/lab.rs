@@ -321,6 +321,18 @@ pub struct RunReport {
     pub tail: Vec<String>,
 }
 
+/// The kernel as the lab JSON names it.
+pub fn kernel_ref(kernel: &KernelInfo) -> KernelRef {
+    KernelRef {
+        name: kernel.name.clone(),
+        suite: kernel.suite.clone(),
+        packages: kernel.packages.clone(),
+        version: kernel.version.clone(),
+        release: kernel.release.clone(),
+        compression: kernel.compression.clone(),
+    }
+}
+
 /// The lab's static fastkexec (musl), built for the initramfs.
 pub fn build_static_fastkexec() -> Result<PathBuf> {
     step("building static fastkexec (x86_64-unknown-linux-musl, release)");
@@ -943,14 +955,7 @@ pub fn analyse(
     let ok = meets(expect, reported, &nk, &r1, booted);
     RunReport {
         schema_version: 1,
-        kernel: KernelRef {
-            name: kernel.name.clone(),
-            suite: kernel.suite.clone(),
-            packages: kernel.packages.clone(),
-            version: kernel.version.clone(),
-            release: kernel.release.clone(),
-            compression: kernel.compression.clone(),
-        },
+        kernel: kernel_ref(kernel),
         mode,
         accel: accel.to_string(),
         qemu: vec![],

@@ -2,6 +2,7 @@
 
 mod apt;
 mod bench;
+mod benchsystem;
 mod chart;
 mod fresh;
 mod fuzz;
@@ -11,9 +12,11 @@ mod lab;
 mod labchain;
 mod labpreflight;
 mod labsvg;
+mod labsystem;
 mod labtrace;
 mod labunit;
 mod setup;
+mod system;
 mod test;
 mod util;
 
@@ -62,9 +65,15 @@ enum Cmd {
         /// Write every run and the summary here as JSON (rewritten after each run)
         #[arg(long, required_unless_present = "from_json")]
         json: Option<PathBuf>,
-        /// Write the stacked-bar chart here (SVG)
-        #[arg(long)]
-        svg: PathBuf,
+        /// Write the stacked-bar chart here (SVG; required without --system)
+        #[arg(long, required_unless_present = "system")]
+        svg: Option<PathBuf>,
+        /// Bench a real system instead of the busybox initramfs: the clean reboot of the Debian
+        /// image under systemd (`lab run --system debian --scenario clean`) per mode
+        /// (kexec-tools-l, fastkexec-uncompressed, fastkexec-staged), interleaved; JSON and
+        /// markdown, no chart
+        #[arg(long, value_enum, conflicts_with_all = ["trace", "from_json"])]
+        system: Option<System>,
         /// Write the markdown table here
         #[arg(long)]
         markdown: Option<PathBuf>,
@@ -128,21 +137,38 @@ struct KernelArgs {
     icount: Option<u32>,
 }
 
+/// A real system for the lab to boot (`--system`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum System {
+    /// Debian trixie under systemd, with prometheus-node-exporter and kexec-tools
+    Debian,
+}
+
 #[derive(Subcommand)]
 enum LabCmd {
     /// Boot, load and execute the next kernel per mode, report timings as JSON
     Run {
         #[command(flatten)]
         k: KernelArgs,
-        /// How round 1 loads the next kernel
+        /// How round 1 loads the next kernel (with --system: the loader of --scenario clean)
+        #[arg(long, value_enum, required_unless_present = "system")]
+        mode: Option<lab::Mode>,
+        /// Boot a real system instead of the busybox initramfs: `debian` is a minimal Debian
+        /// trixie under systemd (built once into target/lab/system/ by mmdebstrap; each run
+        /// boots a throw-away overlay of it), root on virtio-blk, node_exporter's port 9100
+        /// forwarded to the host
         #[arg(long, value_enum)]
-        mode: lab::Mode,
+        system: Option<System>,
+        /// With --system: what to exercise (see each scenario's text)
+        #[arg(long, value_enum, requires = "system", default_value = "clean")]
+        scenario: labsystem::Scenario,
         /// Write the run's JSON report here (schema in README.md)
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Give up after this many seconds (a hang is `booted: false`)
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// Give up after this many seconds (a hang is `booted: false`); default 300, with
+        /// --system 600 per boot (TCG boots of systemd are slow, slower still on a loaded host)
+        #[arg(long)]
+        timeout: Option<u64>,
         /// Trace the reboot: round 1 runs `fastkexec trace --exec`, round 2
         /// `fastkexec report --json` (in the JSON under `report`, compared
         /// with the host stopwatch under `trace`); fastkexec modes only
@@ -207,6 +233,65 @@ fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions
     }
 }
 
+/// The system image for this fastkexec build, with every lab kernel in it.
+fn system_image() -> Result<system::Image> {
+    let all = kernels::KERNELS
+        .iter()
+        .map(|s| kernels::ensure(s.name, false))
+        .collect::<Result<Vec<_>>>()?;
+    system::ensure_image(&all, &lab::build_static_fastkexec()?)
+}
+
+fn system_options(
+    k: &KernelArgs,
+    scenario: labsystem::Scenario,
+    modes: Vec<lab::Mode>,
+    timeout: Option<u64>,
+) -> labsystem::SystemOptions {
+    let boots = modes.len() as u64 + 1;
+    labsystem::SystemOptions {
+        scenario,
+        modes,
+        timeout: Duration::from_secs(timeout.unwrap_or(600 * boots)),
+        memory: k.memory.clone(),
+        smp: k.smp,
+        append: k.append.clone(),
+    }
+}
+
+/// `lab run --system debian --scenario S`.
+fn system_run(
+    k: &KernelArgs,
+    scenario: labsystem::Scenario,
+    mode: Option<lab::Mode>,
+    json: Option<&std::path::Path>,
+    timeout: Option<u64>,
+) -> Result<()> {
+    if k.icount.is_some() {
+        bail!("--system runs do not take --icount (systemd's boot would take hours)");
+    }
+    let modes = scenario.modes(mode)?;
+    let kernel = kernel_of(k)?;
+    let image = system_image()?;
+    let tools = initramfs::Tools::find(lab::static_fastkexec())?;
+    let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+    let opts = system_options(k, scenario, modes, timeout);
+    let report = labsystem::run(&kernel, &image, &accel, &opts)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = json {
+        util::write_atomic(p, text.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{}", labsystem::summary_line(&report));
+    if !report.ok {
+        bail!(
+            "the system run failed its checks: {}",
+            report.problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -229,7 +314,31 @@ fn main() -> Result<()> {
             trace,
             timeout,
             from_json,
+            system,
         } => {
+            if system.is_some() {
+                let json = json.context("--json is required")?;
+                let modes = if modes.is_empty() {
+                    benchsystem::MODES.to_vec()
+                } else {
+                    modes
+                };
+                let kernel = kernel_of(&k)?;
+                let image = system_image()?;
+                let tools = initramfs::Tools::find(lab::static_fastkexec())?;
+                let accel = lab::resolve_accel(k.accel, &kernel, &tools)?;
+                return benchsystem::run(
+                    &kernel,
+                    &image,
+                    &accel,
+                    &modes,
+                    runs,
+                    &|m| system_options(&k, labsystem::Scenario::Clean, m, Some(timeout.max(600))),
+                    &json,
+                    markdown.as_deref(),
+                );
+            }
+            let svg = svg.context("--svg is required")?;
             if let Some(from) = from_json {
                 return bench::render_from(&from, &svg, markdown.as_deref());
             }
@@ -260,6 +369,15 @@ fn main() -> Result<()> {
                 LabCmd::Run {
                     k,
                     mode,
+                    system: Some(System::Debian),
+                    scenario,
+                    json,
+                    timeout,
+                    ..
+                } => system_run(&k, scenario, mode, json.as_deref(), timeout),
+                LabCmd::Run {
+                    k,
+                    mode,
                     json,
                     timeout,
                     trace,
@@ -269,7 +387,10 @@ fn main() -> Result<()> {
                     reboots,
                     state_out,
                     unit,
+                    ..
                 } => {
+                    let mode = mode.context("--mode is required")?;
+                    let timeout = timeout.unwrap_or(300);
                     let kernel = kernel_of(&k)?;
                     let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
                     let opts = lab::RunOptions {

@@ -31,6 +31,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "systemd",
     // `python3 -m venv` for the Python checkers when python3 is Debian's.
     "python3-venv",
+    // The lab's Debian system image (`lab run --system debian`): mmdebstrap builds the root
+    // file system, mke2fs -d turns it into ext4 without mounting, qemu-img makes each run's
+    // throw-away overlay.
+    "mmdebstrap",
+    "e2fsprogs",
+    "qemu-utils",
 ];
 
 /// PyPI packages the export tests check our output with: independent implementations of the

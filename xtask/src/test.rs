@@ -2,9 +2,10 @@
 //! tests, then real kexec round trips in the QEMU lab.
 
 use crate::lab::{self, Mode};
+use crate::labsystem::Scenario;
 use crate::labtrace::Damage;
 use crate::util::{run, step, workspace_root};
-use crate::{fresh, fuzz, initramfs, kernels, setup};
+use crate::{fresh, fuzz, initramfs, kernels, labsystem, setup, system};
 use anyhow::{bail, Result};
 use std::process::Command;
 use std::time::Duration;
@@ -93,6 +94,12 @@ fn tcg_flake(r: &lab::RunReport) -> Option<&'static str> {
     log.contains("Oops: int3")
         .then_some("a kernel oopsed on int3 while patching its text (TCG)")
 }
+
+/// The kernel the Debian system scenarios run on, and which ones (issue 15: scenario 1 in one
+/// mode, 3 and 4; the rest by `lab run --system debian`).
+pub const SYSTEM_KERNEL: &str = "6.12";
+pub const SYSTEM_SCENARIOS: &[Scenario] =
+    &[Scenario::Clean, Scenario::Follow, Scenario::ReportUnit];
 
 /// Modes every lab kernel is tested with.
 pub const LAB_MODES: &[Mode] = &[
@@ -190,6 +197,44 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
             println!("{line}");
             // `ok` covers a traced run's agreement with the host stopwatch too (the total
             // and the phase boundaries the serial log places: labtrace::TraceCheck::ok).
+            if r.ok {
+                passed += 1;
+                lines.push(format!("PASS {line}"));
+            } else {
+                failed += 1;
+                for t in &r.tail {
+                    println!("    | {t}");
+                }
+                lines.push(format!(
+                    "FAIL {line} (serial log {})",
+                    r.serial_log.display()
+                ));
+            }
+        }
+    }
+    if kernel_names.iter().any(|k| k == SYSTEM_KERNEL) {
+        // The Debian system image under systemd (issue 15): the clean path, follow mode, and
+        // the boot-time unit with node_exporter, on one kernel.
+        let all = kernels::KERNELS
+            .iter()
+            .map(|s| kernels::ensure(s.name, false))
+            .collect::<Result<Vec<_>>>()?;
+        let image = system::ensure_image(&all, &lab::static_fastkexec())?;
+        let kernel = kernels::ensure(SYSTEM_KERNEL, false)?;
+        let accel = lab::resolve_accel(lab::Accel::Auto, &kernel, &tools)?;
+        for scenario in SYSTEM_SCENARIOS {
+            let modes = scenario.modes(None)?;
+            let opts = labsystem::SystemOptions {
+                timeout: Duration::from_secs(600 * (modes.len() as u64 + 1)),
+                scenario: *scenario,
+                modes,
+                memory: "2G".into(),
+                smp: 2,
+                append: vec![],
+            };
+            let r = labsystem::run(&kernel, &image, &accel, &opts)?;
+            let line = labsystem::summary_line(&r);
+            println!("{line}");
             if r.ok {
                 passed += 1;
                 lines.push(format!("PASS {line}"));
