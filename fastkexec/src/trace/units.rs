@@ -16,9 +16,12 @@
 use aya::maps::Array;
 use aya::programs::links::FdLink;
 use aya::programs::RawTracePoint;
+use std::path::Path;
+
 use fastkexec_common::{config, EventKind, ProbeConfig, EVENTS_PER_PAGE, UNIT_MAX};
 
 use super::btf::Btf;
+use super::support::ProbeSupport;
 use super::{ebpf, render, Attachment, Tracer};
 use crate::{Error, Result};
 
@@ -39,6 +42,45 @@ pub const TRACEPOINTS: [(&str, &str, EventKind); 2] = [
     ),
     ("cgroup_rmdir", ebpf::PROG_UNIT_RMDIR, EventKind::UNIT_GONE),
 ];
+
+/// The same tracepoints as `status` names them, with their tracefs event directory.
+const STATUS_NAMES: [(&str, &str); 2] = [
+    ("raw_tracepoint/signal_generate", "signal/signal_generate"),
+    ("raw_tracepoint/cgroup_rmdir", "cgroup/cgroup_rmdir"),
+];
+
+/// How the unit probes would attach here (`status`): both need the cgroup
+/// chain in BTF, and each its tracepoint (seen in tracefs' event list).
+pub fn support(btf: Option<&Btf>, tracefs: Option<&Path>) -> Vec<ProbeSupport> {
+    let chain = match btf {
+        None => Err("no kernel BTF: the cgroup names cannot be read".to_string()),
+        Some(b) => offsets(b, &mut ProbeConfig::default()),
+    };
+    STATUS_NAMES
+        .iter()
+        .map(|&(function, event)| {
+            let why = match (&chain, tracefs) {
+                (Err(e), _) => Some(e.clone()),
+                (Ok(()), Some(d)) if !d.join("events").join(event).is_dir() => {
+                    Some(format!("this kernel has no tracepoint {event}"))
+                }
+                (Ok(()), None) => Some(format!(
+                    "tracefs is not mounted: whether {event} exists is known when trace attaches"
+                )),
+                (Ok(()), Some(_)) => None,
+            };
+            ProbeSupport {
+                function,
+                how: if why.is_none() {
+                    "raw_tracepoint"
+                } else {
+                    "none"
+                },
+                why,
+            }
+        })
+        .collect()
+}
 
 /// Record pages the unit events may need: a stop and a removal per unit, and
 /// the one cap stamp.
@@ -176,6 +218,23 @@ mod tests {
         assert_ne!(cfg.kn_name_off, 0);
         assert_ne!(cfg.cgroup_kn_off, 0);
         assert_ne!(cfg.task_cgroups_off, 0);
+    }
+
+    #[test]
+    fn status_names_a_missing_tracepoint_and_a_missing_chain() {
+        let dir = std::env::temp_dir().join(format!("fk-units-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("events/signal/signal_generate")).unwrap();
+        let partial = Btf::parse(&crate::trace::btf::tests::with_struct(
+            "task_struct",
+            "cgroups",
+        ))
+        .unwrap();
+        let s = support(Some(&partial), Some(&dir));
+        assert!(s.iter().all(|p| p.how == "none"));
+        assert!(s[0].why.as_deref().unwrap().contains("css_set"));
+        let none = support(None, Some(&dir));
+        assert!(none[1].why.as_deref().unwrap().contains("no kernel BTF"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
