@@ -125,3 +125,39 @@ impl fmt::Display for WhereNext<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::report::build;
+    use crate::record::report::tests::{events, good_record, inputs};
+
+    #[test]
+    fn the_largest_items_of_every_level_come_first_with_their_share() {
+        let rep = build(&inputs(Ok(good_record(&events()))));
+        let next = contributors(&rep, 5);
+        assert_eq!(next.len(), 5);
+        for w in next.windows(2) {
+            assert!(w[0].duration_ns >= w[1].duration_ns, "{w:?}");
+        }
+        // The relocation (mono 12.1 ms → the purgatory at 13 ms) is a loader phase: it says
+        // what to try, and no figure.
+        let reloc = next.iter().find(|c| c.name == "relocation").unwrap();
+        assert_eq!(reloc.level, "phase");
+        assert!(reloc.remedy.is_some());
+        let dev = next.iter().find(|c| c.level == "device").unwrap();
+        let share = dev.duration_ns as f64 / rep.total_ns as f64;
+        assert!((dev.share - share).abs() < 1e-12);
+        let text = WhereNext(&next).to_string();
+        assert!(text.contains("no figure for another mode"), "{text}");
+    }
+
+    #[test]
+    fn nothing_measured_nothing_listed() {
+        let rep = build(&inputs(Err(crate::record::handoff::RecordError::Missing(
+            "test".into(),
+        ))));
+        assert!(contributors(&rep, 5).iter().all(|c| c.level == "phase"));
+        assert_eq!(WhereNext(&[]).to_string(), "");
+    }
+}
