@@ -254,7 +254,7 @@ fn layer_key(base: &BaseInfo, fastkexec: &Path) -> Result<String> {
         all.extend(text.as_bytes());
         all.extend(mode.to_le_bytes());
     }
-    Ok(fastkexec::prepare::sha256_hex(&all))
+    Ok(fastkexec::image::prepare::sha256_hex(&all))
 }
 
 /// The image for this fastkexec build: reused when its key matches, else rebuilt from the
@@ -381,7 +381,7 @@ fn layer(tree: &Path, fastkexec: &Path) -> Result<()> {
     // computes what the guest would).
     let cache = tree.join("var/cache/fastkexec");
     for k in kernel_images(tree)? {
-        fastkexec::prepare::prepare(&k, &cache)
+        fastkexec::image::prepare::prepare(&k, &cache)
             .with_context(|| format!("fastkexec prepare {}", k.display()))?;
     }
     // The machine: root on the virtio disk, a fixed machine id (the journal of the previous
