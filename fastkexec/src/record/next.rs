@@ -46,11 +46,13 @@ pub struct Contributor {
 pub fn contributors(rep: &Report, n: usize) -> Vec<Contributor> {
     let mut all: Vec<(&'static str, String, u64, Option<&'static str>)> = Vec::new();
     if let Some(u) = &rep.units_stop {
-        all.extend(
-            u.slowest
-                .iter()
-                .map(|s| ("unit_stop", s.unit.clone(), s.duration_ns, None)),
-        );
+        // Only the part on the timeline counts: in follow mode the timeline starts at
+        // reboot(2), after most units stopped.
+        all.extend(u.slowest.iter().map(|s| {
+            let end = s.start_ns.saturating_add_unsigned(s.duration_ns);
+            let on = u64::try_from(end.saturating_sub(s.start_ns.max(0))).unwrap_or(0);
+            ("unit_stop", s.unit.clone(), on, None)
+        }));
     }
     if let Some(u) = &rep.units_start {
         all.extend(
@@ -150,6 +152,33 @@ mod tests {
         assert!((dev.share - share).abs() < 1e-12);
         let text = WhereNext(&next).to_string();
         assert!(text.contains("no figure for another mode"), "{text}");
+    }
+
+    #[test]
+    fn a_unit_counts_only_on_the_timeline() {
+        use crate::record::units_stop::{UnitStop, UnitsStop};
+        let mut rep = build(&inputs(Ok(good_record(&events()))));
+        let unit = |name: &str, start_ns: i64, duration_ns: u64| UnitStop {
+            unit: name.into(),
+            start_ns,
+            end_ns: Some(start_ns + duration_ns as i64),
+            duration_ns,
+        };
+        // Follow mode: the timeline starts at reboot(2), after these began.
+        rep.units_stop = Some(UnitsStop {
+            count: 2,
+            slowest: vec![
+                unit("before.service", -900_000_000, 800_000_000),
+                unit("across.service", -100_000_000, 400_000_000),
+            ],
+            chain: Vec::new(),
+            chain_ns: 0,
+            cap_hit_at: None,
+        });
+        let next = contributors(&rep, 10);
+        assert!(next.iter().all(|c| c.name != "before.service"));
+        let across = next.iter().find(|c| c.name == "across.service").unwrap();
+        assert_eq!(across.duration_ns, 300_000_000);
     }
 
     #[test]
