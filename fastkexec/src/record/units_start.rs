@@ -257,6 +257,59 @@ mod tests {
         assert_eq!(notes.len(), 1);
     }
 
+    /// systemd's real answers (tests/fixtures/systemd/): `manager`/`unit NAME` then busctl's
+    /// `{"type":"t","data":N}`, two lines each, in the order the module documents.
+    fn lab_fixture() -> SystemdTimes {
+        let text = include_str!("../../tests/fixtures/systemd/slow-units-6.12.busctl");
+        let mut manager = Vec::new();
+        let mut units: Vec<(String, Vec<u64>)> = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (who, json) = line.split_at(line.find('{').unwrap());
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let n = v["data"].as_u64().unwrap();
+            match who.trim().strip_prefix("unit ") {
+                None => manager.push(n),
+                Some(u) => match units.iter_mut().find(|(name, _)| name == u) {
+                    Some((_, vals)) => vals.push(n),
+                    None => units.push((u.to_string(), vec![n])),
+                },
+            }
+        }
+        SystemdTimes {
+            userspace_us: manager[0],
+            finish_us: manager[1],
+            default_target: "graphical.target".into(),
+            default_target_us: units
+                .iter()
+                .find(|(u, _)| u == "graphical.target")
+                .unwrap()
+                .1[1],
+            units: units
+                .into_iter()
+                .map(|(unit, v)| UnitTimes {
+                    unit,
+                    inactive_exit_us: v[0],
+                    active_enter_us: v[1],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_lab_systems_own_answers_place_the_slow_starter_and_the_target() {
+        let t = lab_fixture();
+        let u = build(&t, &fit(), |t| (t / 2) as u64, 5);
+        // The 2 s ExecStartPre= unit, stretched by TCG on a loaded host, as systemd saw it
+        // (the report of that boot listed the same 9738.370 ms).
+        assert_eq!(u.slowest[0].unit, "fklab-slow-start.service");
+        assert_eq!(u.slowest[0].duration_ns, 9_738_370_000);
+        // A Type=simple service is active the moment it leaves inactive: zero, listed last.
+        assert_eq!(u.slowest.last().unwrap().duration_ns, 0);
+        assert_eq!(u.default_target_ns, Some(500_000 + 108_143_379_000));
+        // The boot was not finished (the lab's driver unit still ran): finish 0.
+        assert_eq!(t.finish_us, 0);
+    }
+
     #[test]
     fn a_target_not_reached_is_said() {
         let mut t = times();
