@@ -15,6 +15,7 @@ pub fn run(args: ReportArgs, root: &Path) -> Result<()> {
         root: root.to_path_buf(),
         until_kmsg: args.until_kmsg.clone(),
         top: args.top,
+        pid1: Some(fastkexec::host::systemd::read(root)),
     })
     .context("cannot build the report")?;
     if let Some(svg) = &args.svg {
