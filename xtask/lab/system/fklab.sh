@@ -100,6 +100,8 @@ slow-units)
 			busctl --json=short get-property org.freedesktop.systemd1 "$p" org.freedesktop.systemd1.Unit \
 				InactiveExitTimestampMonotonic ActiveEnterTimestampMonotonic | sed "s/^/FKLAB: dbus unit $u /"
 		done
+		# The reference our start figures must match: systemd-analyze's own blame.
+		systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^ */FKLAB: blame /'
 		# Both units' own start/stop entries: Starting/Started, Stopping/Stopped.
 		for b in -1 0; do
 			journalctl -b $b -o json --no-pager -u fklab-slow-stop.service -u fklab-slow-start.service \
