@@ -40,7 +40,12 @@ pub fn run(args: ReportArgs, root: &Path) -> Result<()> {
         return Err(ExitStatus(exit::NOTHING, detail).into());
     }
     if !args.no_fold {
-        if let Err(e) = fastkexec::metrics::fold::fold_report(&rep, root, &args.state_dir) {
+        if let Err(e) = fastkexec::metrics::fold::fold_report(
+            &rep,
+            root,
+            &args.state_dir,
+            usize::from(args.unit_histograms),
+        ) {
             log::warn!(
                 "the reboot was not folded into {}: {e:#}",
                 args.state_dir.display()
