@@ -9,44 +9,10 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::host::systemd::{Pid1, SystemdTimes, UnitTimes};
 use crate::record::clock::Fit;
-
-/// One unit's activation, as systemd stamped it (µs of CLOCK_MONOTONIC, 0 =
-/// never).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitTimes {
-    pub unit: String,
-    /// `InactiveExitTimestampMonotonic`: its start job began.
-    pub inactive_exit_us: u64,
-    /// `ActiveEnterTimestampMonotonic`: it became active.
-    pub active_enter_us: u64,
-}
-
-/// What systemd says about this boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SystemdTimes {
-    /// The manager's `UserspaceTimestampMonotonic`.
-    pub userspace_us: u64,
-    /// The manager's `FinishTimestampMonotonic` (0: the boot has not finished).
-    pub finish_us: u64,
-    /// `GetDefaultTarget()`.
-    pub default_target: String,
-    /// The default target's `ActiveEnterTimestampMonotonic` (0: not reached).
-    pub default_target_us: u64,
-    pub units: Vec<UnitTimes>,
-}
-
-/// Who PID 1 is, and what it told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pid1 {
-    Systemd(SystemdTimes),
-    /// PID 1 is not systemd (its comm): the timeline keeps its own end.
-    NotSystemd(String),
-    /// PID 1 is systemd but its D-Bus answers could not be read (why).
-    Unreadable(String),
-}
 
 /// One unit's start on the timeline (offsets from the report's origin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
