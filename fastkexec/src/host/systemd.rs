@@ -2,7 +2,8 @@
 //! way `systemd-analyze blame` / `time` read them: the manager's
 //! `UserspaceTimestampMonotonic` / `FinishTimestampMonotonic`, the default
 //! target (`GetDefaultTarget`) and every loaded unit's
-//! `InactiveExitTimestampMonotonic` / `ActiveEnterTimestampMonotonic`.
+//! `InactiveExitTimestampMonotonic` / `ActiveEnterTimestampMonotonic` /
+//! `InactiveEnterTimestampMonotonic`.
 //!
 //! Nothing here fails the report: a PID 1 that is not systemd, or a bus that
 //! does not answer, is told as such ([`Pid1`]).
@@ -24,6 +25,10 @@ pub struct UnitTimes {
     pub inactive_exit_us: u64,
     /// `ActiveEnterTimestampMonotonic`: it became active.
     pub active_enter_us: u64,
+    /// `InactiveEnterTimestampMonotonic`: it became inactive again (a oneshot without
+    /// `RemainAfterExit=` never is active: its start ends here).
+    #[serde(default)]
+    pub inactive_enter_us: u64,
 }
 
 /// What systemd says about this boot.
@@ -104,6 +109,7 @@ fn read_bus() -> zbus::Result<SystemdTimes> {
         let unit = Proxy::new(&conn, DEST, path, UNIT)?;
         let active_enter_us: u64 = unit.get_property("ActiveEnterTimestampMonotonic")?;
         let inactive_exit_us: u64 = unit.get_property("InactiveExitTimestampMonotonic")?;
+        let inactive_enter_us: u64 = unit.get_property("InactiveEnterTimestampMonotonic")?;
         if name == default_target {
             default_target_us = active_enter_us;
         }
@@ -111,6 +117,7 @@ fn read_bus() -> zbus::Result<SystemdTimes> {
             unit: name,
             inactive_exit_us,
             active_enter_us,
+            inactive_enter_us,
         });
     }
     Ok(SystemdTimes {

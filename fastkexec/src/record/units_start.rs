@@ -31,8 +31,10 @@ pub struct UnitsStart {
     pub default_target_ns: Option<u64>,
     /// Offset of systemd's own start (`UserspaceTimestampMonotonic`).
     pub userspace_ns: u64,
-    /// Units that activated in this boot.
+    /// Units that started in this boot, up to the default target.
     pub count: usize,
+    /// Units whose start began after the default target was reached (not listed).
+    pub after_target: usize,
     /// The slowest (at most `--top`), longest first.
     pub slowest: Vec<UnitStart>,
 }
@@ -50,16 +52,26 @@ pub fn build(
     top: usize,
 ) -> UnitsStart {
     let at = |us: u64| offset(tsc_of_us(now_fit, us));
-    let mut started: Vec<UnitStart> = t
-        .units
-        .iter()
-        .filter(|u| u.inactive_exit_us > 0 && u.active_enter_us >= u.inactive_exit_us)
-        .map(|u| UnitStart {
+    // Target 0 is "not reached": nothing is left out then.
+    let end = (t.default_target_us > 0).then_some(t.default_target_us);
+    let mut after_target = 0;
+    let mut started: Vec<UnitStart> = Vec::new();
+    for u in &t.units {
+        let Some(us) = start_us(u) else {
+            continue;
+        };
+        // A unit whose start began once the default target was reached (a unit ordered after
+        // it) lies past the timeline's end: counted, not listed.
+        if end.is_some_and(|e| u.inactive_exit_us > e) {
+            after_target += 1;
+            continue;
+        }
+        started.push(UnitStart {
             unit: u.unit.clone(),
             start_ns: at(u.inactive_exit_us),
-            duration_ns: (u.active_enter_us - u.inactive_exit_us).saturating_mul(1000),
-        })
-        .collect();
+            duration_ns: us.saturating_mul(1000),
+        });
+    }
     let count = started.len();
     // Ties by name, so two reports of one boot list the same units.
     started.sort_by(|a, b| {
@@ -73,7 +85,24 @@ pub fn build(
         default_target_ns: (t.default_target_us > 0).then(|| at(t.default_target_us)),
         userspace_ns: at(t.userspace_us),
         count,
+        after_target,
         slowest: started,
+    }
+}
+
+/// A unit's start as `systemd-analyze blame` times it (µs): InactiveExit → ActiveEnter, or →
+/// InactiveEnter for one that went inactive without being active (a finished oneshot); `None`
+/// for a unit that did not start in this boot.
+pub fn start_us(u: &UnitTimes) -> Option<u64> {
+    if u.inactive_exit_us == 0 {
+        return None;
+    }
+    if u.active_enter_us >= u.inactive_exit_us {
+        Some(u.active_enter_us - u.inactive_exit_us)
+    } else if u.inactive_enter_us >= u.inactive_exit_us {
+        Some(u.inactive_enter_us - u.inactive_exit_us)
+    } else {
+        None
     }
 }
 
@@ -81,9 +110,14 @@ impl fmt::Display for UnitsStart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "units starting ({} units; systemd's InactiveExit → ActiveEnter; systemd started at \
-             {:.3} ms{}):",
+            "units starting ({} units{}; systemd's InactiveExit → ActiveEnter, as systemd-analyze \
+             blame; systemd started at {:.3} ms{}):",
             self.count,
+            if self.after_target > 0 {
+                format!(", {} more after the default target", self.after_target)
+            } else {
+                String::new()
+            },
             self.userspace_ns as f64 / 1e6,
             match self.default_target_ns {
                 Some(d) => format!(
@@ -129,17 +163,34 @@ pub(crate) mod tests {
                     unit: "slow-start.service".into(),
                     inactive_exit_us: 1_800_000,
                     active_enter_us: 3_850_000,
+                    inactive_enter_us: 0,
                 },
                 UnitTimes {
                     unit: "fast.service".into(),
                     inactive_exit_us: 1_800_000,
                     active_enter_us: 1_810_000,
+                    inactive_enter_us: 0,
+                },
+                // A oneshot that went inactive again: timed to its InactiveEnter.
+                UnitTimes {
+                    unit: "oneshot.service".into(),
+                    inactive_exit_us: 2_000_000,
+                    active_enter_us: 0,
+                    inactive_enter_us: 2_300_000,
+                },
+                // Ordered after the default target: past the end.
+                UnitTimes {
+                    unit: "after.service".into(),
+                    inactive_exit_us: 3_950_000,
+                    active_enter_us: 9_950_000,
+                    inactive_enter_us: 0,
                 },
                 // Never started in this boot.
                 UnitTimes {
                     unit: "unused.service".into(),
                     inactive_exit_us: 0,
                     active_enter_us: 0,
+                    inactive_enter_us: 0,
                 },
             ],
         }
@@ -155,8 +206,13 @@ pub(crate) mod tests {
     fn the_slow_starter_comes_first_and_the_target_is_placed() {
         // Origin at TSC 0: offset in ns = ticks / 2.
         let u = build(&times(), &fit(), |t| (t / 2) as u64, 5);
-        assert_eq!(u.count, 2);
+        assert_eq!((u.count, u.after_target), (3, 1));
         assert_eq!(u.slowest[0].unit, "slow-start.service");
+        // blame's rule for a oneshot that is inactive again: InactiveExit → InactiveEnter.
+        assert_eq!(u.slowest[1].unit, "oneshot.service");
+        assert_eq!(u.slowest[1].duration_ns, 300_000_000);
+        assert!(u.slowest.iter().all(|s| s.unit != "after.service"));
+        assert!(u.to_string().contains("1 more after the default target"));
         assert_eq!(u.slowest[0].duration_ns, 2_050_000_000);
         assert_eq!(u.slowest[0].start_ns, 500_000 + 1_800_000_000);
         assert_eq!(u.default_target_ns, Some(500_000 + 3_900_000_000));
@@ -196,6 +252,7 @@ pub(crate) mod tests {
                     unit,
                     inactive_exit_us: v[0],
                     active_enter_us: v[1],
+                    inactive_enter_us: 0,
                 })
                 .collect(),
         }
