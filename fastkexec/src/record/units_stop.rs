@@ -57,6 +57,20 @@ pub struct Interval {
 
 /// Pairs `unit_stop` with `unit_gone` by cgroup address (an address can be
 /// reused by a later cgroup: each stop pairs with the next removal after it).
+/// The name a cgroup is listed under: its kernfs name, or `/` for the root cgroup, whose name
+/// is empty (PID 1 signals tasks there too: kernel threads' neighbours, systemd-shutdown's
+/// kill spree).
+pub fn cgroup_name(b: &[u8]) -> String {
+    if b.is_empty() {
+        ROOT_CGROUP.to_string()
+    } else {
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
+/// How the root cgroup is named.
+pub const ROOT_CGROUP: &str = "/";
+
 pub fn intervals(events: &[Event]) -> Vec<Interval> {
     let mut evs: Vec<&Event> = events
         .iter()
@@ -69,7 +83,7 @@ pub fn intervals(events: &[Event]) -> Vec<Interval> {
         if e.kind() == EventKind::UNIT_STOP {
             open.insert(e.arg, out.len());
             out.push(Interval {
-                unit: String::from_utf8_lossy(e.name_bytes()).into_owned(),
+                unit: cgroup_name(e.name_bytes()),
                 start: e.ts_ns,
                 end: None,
             });
@@ -303,5 +317,13 @@ mod tests {
     fn no_unit_events_no_level() {
         let evs = vec![ev(EventKind::REBOOT_ENTER, 5, 1, "kexec")];
         assert_eq!(build(&evs, 0, Some(5), |t| t as i64, 5), None);
+    }
+
+    #[test]
+    fn the_root_cgroup_is_named_slash() {
+        assert_eq!(cgroup_name(b""), ROOT_CGROUP);
+        assert_eq!(cgroup_name(b"init.scope"), "init.scope");
+        let iv = intervals(&[ev(EventKind::UNIT_STOP, 5, 1, "")]);
+        assert_eq!(iv[0].unit, "/");
     }
 }
