@@ -983,20 +983,7 @@ mod tests {
     use super::*;
 
     fn kernel() -> KernelInfo {
-        KernelInfo {
-            name: "6.1".into(),
-            suite: "bookworm".into(),
-            packages: vec!["linux-image-6.1.0-1-cloud-amd64=6.1.1-1".into()],
-            version: "6.1.1-1".into(),
-            release: "6.1.0-1-cloud-amd64".into(),
-            vmlinuz: PathBuf::new(),
-            vmlinux: PathBuf::new(),
-            config: None,
-            modules: None,
-            compression: "lz4".into(),
-            vmlinuz_bytes: 0,
-            vmlinux_bytes: 0,
-        }
+        KernelInfo::fixture()
     }
 
     /// A lab report made the lab's way: serial lines through `lab::analyse`.

@@ -63,6 +63,25 @@ impl KernelInfo {
     fn complete(&self) -> bool {
         self.vmlinuz.is_file() && self.vmlinux.is_file()
     }
+
+    /// A 6.1 kernel's facts with no files behind them, for the lab's and the bench's tests.
+    #[cfg(test)]
+    pub fn fixture() -> Self {
+        KernelInfo {
+            name: "6.1".into(),
+            suite: "bookworm".into(),
+            packages: vec!["linux-image-6.1.0-1-cloud-amd64=6.1.1-1".into()],
+            version: "6.1.1-1".into(),
+            release: "6.1.0-1-cloud-amd64".into(),
+            vmlinuz: PathBuf::new(),
+            vmlinux: PathBuf::new(),
+            config: None,
+            modules: None,
+            compression: "lz4".into(),
+            vmlinuz_bytes: 0,
+            vmlinux_bytes: 0,
+        }
+    }
 }
 
 fn kernels_dir() -> PathBuf {

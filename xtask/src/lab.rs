@@ -264,6 +264,10 @@ pub struct RunOptions {
     /// not TCG's translation overhead; the host stopwatch no longer times
     /// the guest's clock.
     pub icount: Option<u32>,
+    /// Under icount, let guest time jump to the next timer when the vCPU idles (QEMU's
+    /// `sleep=off`) instead of following the host's clock while it sleeps: a sleeping
+    /// initcall then costs the same in every boot, so small differences become measurable.
+    pub icount_no_sleep: bool,
     /// Round 2 runs the boot-time unit's logic (`labunit`) and prints the textfile it left.
     pub unit: bool,
     /// With `trace`: the new kernel also runs `initcall_debug`; the report's initcalls are
@@ -290,6 +294,7 @@ impl RunOptions {
             reboots: 1,
             state_out: None,
             icount: None,
+            icount_no_sleep: false,
             unit: false,
             initcall_check: false,
             no_initcalls: false,
@@ -580,11 +585,13 @@ fn qemu_args(
     .iter()
     .map(|s| s.to_string())
     .chain(opts.machine.qemu_args(opts.chained()))
-    .chain(
-        opts.icount
-            .into_iter()
-            .flat_map(|shift| ["-icount".to_string(), format!("shift={shift},sleep=on")]),
-    )
+    .chain(opts.icount.into_iter().flat_map(|shift| {
+        let sleep = if opts.icount_no_sleep { "off" } else { "on" };
+        [
+            "-icount".to_string(),
+            format!("shift={shift},sleep={sleep}"),
+        ]
+    }))
     .collect()
 }
 
@@ -1257,6 +1264,10 @@ pub fn summary_line(r: &RunReport) -> String {
 mod tests {
     use super::*;
 
+    fn kernel() -> KernelInfo {
+        KernelInfo::fixture()
+    }
+
     #[test]
     fn icount_reaches_qemu_only_when_asked() {
         let mut opts = RunOptions::new(Mode::FastkexecStaged, Duration::from_secs(1), "2G", 1);
@@ -1271,6 +1282,9 @@ mod tests {
         let a = args(&opts);
         let at = a.iter().position(|x| x == "-icount").unwrap();
         assert_eq!(a[at + 1], "shift=0,sleep=on");
+        opts.icount_no_sleep = true;
+        let a = args(&opts);
+        assert!(a.contains(&"shift=0,sleep=off".to_string()), "{a:?}");
     }
 
     #[test]
@@ -1298,23 +1312,6 @@ mod tests {
         assert_eq!(Machine::server().cmdline_words(), ["fklab.server=1"]);
         assert_eq!(Machine::server().initrd_bytes(), 32 << 20);
         assert_ne!(Machine::server().suffix(), Machine::bare().suffix());
-    }
-
-    fn kernel() -> KernelInfo {
-        KernelInfo {
-            name: "6.1".into(),
-            suite: "bookworm".into(),
-            packages: vec![],
-            version: "6.1.1-1".into(),
-            release: "6.1.0-1-cloud-amd64".into(),
-            vmlinuz: PathBuf::new(),
-            vmlinux: PathBuf::new(),
-            config: None,
-            modules: None,
-            compression: "lz4".into(),
-            vmlinuz_bytes: 0,
-            vmlinux_bytes: 0,
-        }
     }
 
     fn lines(v: &[(f64, &str)]) -> Vec<(f64, String)> {

@@ -148,6 +148,11 @@ struct KernelArgs {
     /// --smp 1: with QEMU 7.2 a second vCPU never came up under icount
     #[arg(long, value_name = "SHIFT", value_parser = clap::value_parser!(u32).range(0..=10))]
     icount: Option<u32>,
+    /// With --icount: guest time jumps over the vCPU's idle waits (QEMU `sleep=off`)
+    /// instead of following the host's clock through them, so two boots of the same kernel
+    /// take the same guest time even when an initcall sleeps (for side-by-side overheads)
+    #[arg(long, requires = "icount")]
+    icount_no_sleep: bool,
 }
 
 /// A real system for the lab to boot (`--system`).
@@ -257,6 +262,7 @@ fn run_options(k: &KernelArgs, mode: lab::Mode, timeout: u64) -> lab::RunOptions
     lab::RunOptions {
         append: k.append.clone(),
         icount: k.icount,
+        icount_no_sleep: k.icount_no_sleep,
         machine: if k.bare {
             lab::Machine::bare()
         } else {

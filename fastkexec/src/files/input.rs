@@ -13,7 +13,10 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use bytes::Bytes;
 use nix::fcntl::OFlag;
+
+use super::map;
 
 use crate::{Error, Result};
 
@@ -85,6 +88,21 @@ impl Input {
             return Err(too_big(path, what, buf.len() as u64, max, why));
         }
         Ok(buf)
+    }
+}
+
+impl Input {
+    /// The whole file as bytes: mapped when only root or we can change it ([`map::untrusted`]:
+    /// then it cannot shrink or change under the mapping), else read like
+    /// [`Input::read_all`]. A map costs no copy: the kernel's own copy at `kexec_load` faults
+    /// the page-cache pages in, where a read first copies every byte into fresh heap pages.
+    pub fn map_or_read(&self, path: &Path, what: &str, max: u64, why: &str) -> Result<Bytes> {
+        let meta = self.file.metadata().map_err(|e| Error::io(path, e))?;
+        if map::untrusted(&meta).is_none() && meta.len() == self.len {
+            map::map_readonly(&self.file, self.len, path)
+        } else {
+            Ok(Bytes::from(self.read_all(path, what, max, why)?))
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! the mapping, so neither `prepare` nor the plan copies tens of MB (the pages are faulted in by
 //! the kernel's own copy).
 //!
-//! Only for files nobody but root (or the caller) can write — the prepare cache checks owner and
-//! mode first: a mapping shows later writes to the file and a truncation would turn reads past
+//! Only for files nobody but root (or the caller) can write ([`untrusted`] says which; the
+//! prepare cache and the initrd check it first): a mapping shows later writes to the file and a truncation would turn reads past
 //! the new end into SIGBUS, which a file under our control cannot suffer.
 
 use std::fs::File;
@@ -43,6 +43,29 @@ impl Drop for Mapping {
         // (every `Bytes` view holds this owner).
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
+}
+
+/// Why a file is not trusted to stay as mapped: someone other than root or this process's user
+/// owns it, or its mode lets group or others write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untrusted {
+    Owner { uid: u32, euid: u32 },
+    Mode(u32),
+}
+
+/// Whether only root or this process's user can change the file `meta` describes (the rule
+/// every mapping here relies on, and what the prepare cache demands of its files).
+pub fn untrusted(meta: &std::fs::Metadata) -> Option<Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+    if uid != 0 && uid != euid {
+        return Some(Untrusted::Owner { uid, euid });
+    }
+    if mode & 0o022 != 0 {
+        return Some(Untrusted::Mode(mode));
+    }
+    None
 }
 
 /// Maps the first `len` bytes of `file` (which `path` names in errors) read-only. `len` 0 gives
@@ -92,5 +115,20 @@ mod tests {
         drop(b);
         assert_eq!(&s[..], &data[4096..8192]);
         assert!(map_readonly(&file, 0, f.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_others_can_write_is_untrusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(untrusted(&std::fs::metadata(f.path()).unwrap()), None);
+        for mode in [0o664, 0o646] {
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                untrusted(&std::fs::metadata(f.path()).unwrap()),
+                Some(Untrusted::Mode(mode))
+            );
+        }
     }
 }

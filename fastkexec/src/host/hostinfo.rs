@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::host::e820::{self, E820Entry, PhysRange};
+use crate::image::bootproto::off::ACPI_RSDP_ADDR;
 
 /// Size of `struct boot_params` (the zero page).
 pub const BOOT_PARAMS_SIZE: usize = 4096;
-/// Offset of `acpi_rsdp_addr` in boot_params.
-const ACPI_RSDP_ADDR: usize = 0x070;
 
 /// The `KEY=0xADDR` lines of `/sys/firmware/efi/systab`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -106,15 +105,11 @@ impl HostBootInfo {
     }
 
     pub fn boot_param_u32(&self, off: usize) -> Option<u32> {
-        let b = self.boot_param_bytes(off, 4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        crate::bytes::u32_at(self.boot_params.as_ref()?, off)
     }
 
     pub fn boot_param_u64(&self, off: usize) -> Option<u64> {
-        let b = self.boot_param_bytes(off, 8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Some(u64::from_le_bytes(a))
+        crate::bytes::u64_at(self.boot_params.as_ref()?, off)
     }
 }
 
@@ -163,12 +158,7 @@ pub fn read(root: &Path) -> Result<HostBootInfo> {
 
     let from_boot_params = boot_params
         .as_ref()
-        .and_then(|bp| bp.get(ACPI_RSDP_ADDR..ACPI_RSDP_ADDR + 8))
-        .map(|b| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_le_bytes(a)
-        })
+        .and_then(|bp| crate::bytes::u64_at(bp, ACPI_RSDP_ADDR))
         .filter(|&a| a != 0);
     let acpi_rsdp = from_boot_params.or_else(|| {
         let t = efi_systab.as_ref()?;

@@ -12,26 +12,16 @@ use crate::image::decompress::{self, Compression};
 use crate::image::vmlinux::{self, Vmlinux};
 use crate::{Error, Result};
 
+use crate::bytes::{u16_at as le16, u32_at as le32, u64_at as le64};
+use crate::image::bootproto::{off, BOOT_FLAG, HEADER_MAGIC};
+pub use crate::image::bootproto::{LOADED_HIGH, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64};
+
 /// Start of the setup header in the image (and in boot_params).
-pub const SETUP_HEADER_OFFSET: usize = 0x1f1;
-const BOOT_FLAG_OFFSET: usize = 0x1fe;
-const BOOT_FLAG: u16 = 0xaa55;
-/// The byte after the 2-byte jump at 0x200 is the jump's displacement; the
-/// header ends where the jump lands: 0x202 + that byte.
-const JUMP_LEN_OFFSET: usize = 0x201;
-const HEADER_MAGIC_OFFSET: usize = 0x202;
-const HEADER_MAGIC: &[u8; 4] = b"HdrS";
-const VERSION_OFFSET: usize = 0x206;
+pub const SETUP_HEADER_OFFSET: usize = off::HDR;
 /// `setup_sects == 0` means 4 for historical reasons (boot.rst).
 const DEFAULT_SETUP_SECTS: u8 = 4;
 const SECTOR: usize = 512;
 
-/// xloadflags bit: the kernel has the legacy 64-bit entry point at 0x200.
-pub const XLF_KERNEL_64: u16 = 1 << 0;
-/// xloadflags bit: kernel/boot_params/cmdline/ramdisk may live above 4 GiB.
-pub const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 1 << 1;
-/// loadflags bit: protected-mode code is loaded at 0x100000.
-pub const LOADED_HIGH: u8 = 1 << 0;
 /// Boot protocol 2.12 introduced xloadflags (and with it XLF_KERNEL_64).
 pub const MIN_64BIT_PROTOCOL: u16 = 0x020c;
 /// Boot protocol 2.08 introduced payload_offset/payload_length.
@@ -63,14 +53,14 @@ pub struct SetupHeader {
     pub init_size: u32,
     pub handover_offset: u32,
     pub kernel_info_offset: u32,
-    /// raw bytes of the setup header: image[0x1f1 .. 0x202 + image[0x201]]
+    /// Raw bytes of the setup header: from `setup_sects` to where the jump at 0x200 lands.
     pub raw: Vec<u8>,
 }
 
 /// The kernel release (`uname -r`) from the setup header's kernel_version
-/// pointer (0x20e: offset of a NUL-terminated string, minus 0x200), if any.
+/// pointer (the offset of a NUL-terminated string, minus 0x200), if any.
 pub fn kernel_release(image: &[u8]) -> Option<String> {
-    let ptr = u16::from_le_bytes([*image.get(0x20e)?, *image.get(0x20f)?]);
+    let ptr = le16(image, off::KERNEL_VERSION)?;
     if ptr == 0 {
         return None;
     }
@@ -105,8 +95,9 @@ impl SetupHeader {
             return Err(bad(
                 path,
                 format!(
-                    "boot protocol {} (version at 0x206) is older than 2.12, so the kernel declares no 64-bit entry point; use a kernel from v3.8 or later",
-                    self.version_string()
+                    "boot protocol {} (version at {:#x}) is older than 2.12, so the kernel declares no 64-bit entry point; use a kernel from v3.8 or later",
+                    self.version_string(),
+                    off::VERSION
                 ),
             ));
         }
@@ -114,7 +105,8 @@ impl SetupHeader {
             return Err(bad(
                 path,
                 format!(
-                    "xloadflags at 0x236 is {:#06x} without XLF_KERNEL_64; this is not a 64-bit x86_64 kernel — use an x86_64 (amd64) kernel",
+                    "xloadflags at {:#x} is {:#06x} without XLF_KERNEL_64; this is not a 64-bit x86_64 kernel — use an x86_64 (amd64) kernel",
+                    off::XLOADFLAGS,
                     self.xloadflags
                 ),
             ));
@@ -132,24 +124,14 @@ fn bad(path: &Path, problem: String) -> Error {
 
 /// Whether `image` carries the boot sector flag and the "HdrS" header magic.
 pub fn is_bzimage(image: &[u8]) -> bool {
-    le16(image, BOOT_FLAG_OFFSET) == Some(BOOT_FLAG)
-        && image.get(HEADER_MAGIC_OFFSET..HEADER_MAGIC_OFFSET + 4) == Some(&HEADER_MAGIC[..])
+    le16(image, off::BOOT_FLAG) == Some(BOOT_FLAG)
+        && image.get(off::HEADER_MAGIC..off::HEADER_MAGIC + 4) == Some(&HEADER_MAGIC[..])
 }
 
-fn le16(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(*b.get(o..)?.first_chunk::<2>()?))
-}
-fn le32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(*b.get(o..)?.first_chunk::<4>()?))
-}
-fn le64(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(*b.get(o..)?.first_chunk::<8>()?))
-}
-
-/// Parses the setup header: boot_flag 0xAA55 at 0x1fe and "HdrS" at 0x202.
+/// Parses the setup header: boot_flag 0xAA55 and the "HdrS" magic.
 pub fn parse_setup_header(path: &Path, image: &[u8]) -> Result<SetupHeader> {
     crate::image::count::bump(crate::image::count::Kind::HeaderParse);
-    const MIN_LEN: usize = VERSION_OFFSET + 2;
+    const MIN_LEN: usize = off::VERSION + 2;
     if image.len() < MIN_LEN {
         return Err(bad(
             path,
@@ -159,7 +141,7 @@ pub fn parse_setup_header(path: &Path, image: &[u8]) -> Result<SetupHeader> {
             ),
         ));
     }
-    let boot_flag = le16(image, BOOT_FLAG_OFFSET).unwrap_or(0);
+    let boot_flag = le16(image, off::BOOT_FLAG).unwrap_or(0);
     if boot_flag != BOOT_FLAG {
         let hint = if vmlinux::is_elf(image) {
             "the file is an ELF (a vmlinux?), which needs no extraction: use it as the vmlinux directly"
@@ -169,26 +151,29 @@ pub fn parse_setup_header(path: &Path, image: &[u8]) -> Result<SetupHeader> {
         return Err(bad(
             path,
             format!(
-                "not a bzImage: boot_flag at 0x1fe is {boot_flag:#06x}, expected 0xAA55 — {hint}"
+                "not a bzImage: boot_flag at {:#x} is {boot_flag:#06x}, expected 0xAA55 — {hint}",
+                off::BOOT_FLAG
             ),
         ));
     }
-    let magic = &image[HEADER_MAGIC_OFFSET..HEADER_MAGIC_OFFSET + 4];
+    let magic = &image[off::HEADER_MAGIC..off::HEADER_MAGIC + 4];
     if magic != HEADER_MAGIC {
         return Err(bad(
             path,
             format!(
-                "not a bzImage: header magic at 0x202 is {magic:02x?}, expected \"HdrS\" (boot protocol 2.00+) — pass a bzImage (vmlinuz) or a vmlinux ELF"
+                "not a bzImage: header magic at {:#x} is {magic:02x?}, expected \"HdrS\" (boot protocol 2.00+) — pass a bzImage (vmlinuz) or a vmlinux ELF",
+                off::HEADER_MAGIC
             ),
         ));
     }
-    let header_end = HEADER_MAGIC_OFFSET + usize::from(image[JUMP_LEN_OFFSET]);
+    let header_end = off::HEADER_MAGIC + usize::from(image[off::JUMP_LEN]);
     if header_end < MIN_LEN {
         return Err(bad(
             path,
             format!(
-                "setup header length byte at 0x201 is {:#x}, so the header would end at {header_end:#x}, before its version field; the image is corrupt",
-                image[JUMP_LEN_OFFSET]
+                "setup header length byte at {:#x} is {:#x}, so the header would end at {header_end:#x}, before its version field; the image is corrupt",
+                off::JUMP_LEN,
+                image[off::JUMP_LEN]
             ),
         ));
     }
@@ -202,7 +187,7 @@ pub fn parse_setup_header(path: &Path, image: &[u8]) -> Result<SetupHeader> {
         ));
     }
     let raw = image[SETUP_HEADER_OFFSET..header_end].to_vec();
-    let version = le16(image, VERSION_OFFSET).unwrap_or(0);
+    let version = le16(image, off::VERSION).unwrap_or(0);
 
     // A field exists if the protocol version defines it and it lies inside
     // the header; otherwise it reads 0 (boot.rst: fields are only valid for
@@ -239,29 +224,30 @@ pub fn parse_setup_header(path: &Path, image: &[u8]) -> Result<SetupHeader> {
     };
 
     let header = SetupHeader {
-        setup_sects: image[SETUP_HEADER_OFFSET],
+        setup_sects: image[off::HDR],
         version,
-        loadflags: u8_at(0x211, 0x0200),
-        xloadflags: u16_at(0x236, 0x020c),
-        initrd_addr_max: u32_at(0x22c, 0x0203),
-        kernel_alignment: u32_at(0x230, 0x0205),
-        relocatable_kernel: u8_at(0x234, 0x0205) != 0,
-        min_alignment: u8_at(0x235, 0x020a),
-        cmdline_size: u32_at(0x238, 0x0206),
-        hardware_subarch: u32_at(0x23c, 0x0207),
-        payload_offset: u32_at(0x248, MIN_PAYLOAD_PROTOCOL),
-        payload_length: u32_at(0x24c, MIN_PAYLOAD_PROTOCOL),
-        pref_address: u64_at(0x258, 0x020a),
-        init_size: u32_at(0x260, 0x020a),
-        handover_offset: u32_at(0x264, 0x020b),
-        kernel_info_offset: u32_at(0x268, 0x020f),
+        loadflags: u8_at(off::LOADFLAGS, 0x0200),
+        xloadflags: u16_at(off::XLOADFLAGS, MIN_64BIT_PROTOCOL),
+        initrd_addr_max: u32_at(off::INITRD_ADDR_MAX, 0x0203),
+        kernel_alignment: u32_at(off::KERNEL_ALIGNMENT, 0x0205),
+        relocatable_kernel: u8_at(off::RELOCATABLE_KERNEL, 0x0205) != 0,
+        min_alignment: u8_at(off::MIN_ALIGNMENT, 0x020a),
+        cmdline_size: u32_at(off::CMDLINE_SIZE, 0x0206),
+        hardware_subarch: u32_at(off::HARDWARE_SUBARCH, 0x0207),
+        payload_offset: u32_at(off::PAYLOAD_OFFSET, MIN_PAYLOAD_PROTOCOL),
+        payload_length: u32_at(off::PAYLOAD_LENGTH, MIN_PAYLOAD_PROTOCOL),
+        pref_address: u64_at(off::PREF_ADDRESS, 0x020a),
+        init_size: u32_at(off::INIT_SIZE, 0x020a),
+        handover_offset: u32_at(off::HANDOVER_OFFSET, 0x020b),
+        kernel_info_offset: u32_at(off::KERNEL_INFO_OFFSET, 0x020f),
         raw,
     };
     if header.setup_size() > image.len() {
         return Err(bad(
             path,
             format!(
-                "truncated: setup_sects at 0x1f1 is {} so the protected-mode code starts at {:#x}, but the file is {} bytes — re-copy the image",
+                "truncated: setup_sects at {:#x} is {} so the protected-mode code starts at {:#x}, but the file is {} bytes — re-copy the image",
+                off::HDR,
                 header.setup_sects,
                 header.setup_size(),
                 image.len()
@@ -345,8 +331,9 @@ fn payload_range(path: &Path, h: &SetupHeader, image: &[u8]) -> Result<Range<usi
         return Err(bad(
             path,
             format!(
-                "boot protocol {} (version at 0x206) predates payload_offset/payload_length (2.08); the payload cannot be located — use a kernel from v2.6.26 or later",
-                h.version_string()
+                "boot protocol {} (version at {:#x}) predates payload_offset/payload_length (2.08); the payload cannot be located — use a kernel from v2.6.26 or later",
+                h.version_string(),
+                off::VERSION
             ),
         ));
     }
@@ -359,7 +346,8 @@ fn payload_range(path: &Path, h: &SetupHeader, image: &[u8]) -> Result<Range<usi
                 return Err(bad(
                     path,
                     format!(
-                        "payload_length at 0x24c is {}, too short for a compressed kernel plus its 4-byte size trailer; the image is corrupt",
+                        "payload_length at {:#x} is {}, too short for a compressed kernel plus its 4-byte size trailer; the image is corrupt",
+                        off::PAYLOAD_LENGTH,
                         h.payload_length
                     ),
                 ));
@@ -369,8 +357,10 @@ fn payload_range(path: &Path, h: &SetupHeader, image: &[u8]) -> Result<Range<usi
         _ => Err(bad(
             path,
             format!(
-                "payload out of bounds: protected-mode code at {pm_start:#x} + payload_offset (0x248) {:#x} + payload_length (0x24c) {:#x} ends past the end of the {}-byte file — the image is truncated or corrupt; re-copy it",
+                "payload out of bounds: protected-mode code at {pm_start:#x} + payload_offset ({:#x}) {:#x} + payload_length ({:#x}) {:#x} ends past the end of the {}-byte file — the image is truncated or corrupt; re-copy it",
+                off::PAYLOAD_OFFSET,
                 h.payload_offset,
+                off::PAYLOAD_LENGTH,
                 h.payload_length,
                 image.len()
             ),
@@ -626,13 +616,8 @@ mod tests {
 
     #[test]
     fn mutated_images_never_panic() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::image::decompress::tests::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rnd = || rng.next();
         for c in Compression::ALL {
             let img = image(c);
             for _ in 0..200 {

@@ -680,4 +680,4 @@ fn lzo1x_decompress(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,6 +6,7 @@
 //! ([`Loadable`]: bytes and validated ELF) is made once — from the prepare cache, extracted in
 //! memory, or the file itself when it is a vmlinux.
 
+pub mod bootproto;
 pub mod bzimage;
 pub mod decompress;
 pub mod prepare;
@@ -132,7 +133,7 @@ impl KernelImage {
         let what = "the kernel image";
         let f = input::open(path, what, input::MAX_KERNEL_SIZE, input::MAX_KERNEL_WHY)?;
         let meta = f.file.metadata().map_err(|e| Error::io(path, e))?;
-        let bytes = f.read_all(path, what, input::MAX_KERNEL_SIZE, input::MAX_KERNEL_WHY)?;
+        let bytes = f.map_or_read(path, what, input::MAX_KERNEL_SIZE, input::MAX_KERNEL_WHY)?;
         count::bump(count::Kind::KernelRead);
         let header = if bzimage::is_bzimage(&bytes) {
             Some(bzimage::parse_setup_header(path, &bytes)?)
@@ -148,7 +149,7 @@ impl KernelImage {
             path: path.to_path_buf(),
             file: f.file,
             id: FileId::of(&meta),
-            bytes: Bytes::from(bytes),
+            bytes,
             header,
             loadable: None,
         })

@@ -404,23 +404,19 @@ fn load_entry(
 /// Why `meta` (of `path`) cannot be trusted with what root kexecs: owned by someone other
 /// than root or us, or writable by group or others.
 fn untrusted(meta: &fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let euid = rustix::process::geteuid().as_raw();
-    let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
-    if uid != 0 && uid != euid {
-        let owner = if euid == 0 { "root" } else { "yourself" };
-        return Some(format!(
-            "owned by uid {uid}, who could put any kernel there for uid {euid} to load; \
-             `chown` it to {owner} and `chmod go-w` it, or pass another --cache-dir"
-        ));
-    }
-    if mode & 0o022 != 0 {
-        return Some(format!(
+    match map::untrusted(meta)? {
+        map::Untrusted::Owner { uid, euid } => {
+            let owner = if euid == 0 { "root" } else { "yourself" };
+            Some(format!(
+                "owned by uid {uid}, who could put any kernel there for uid {euid} to load; \
+                 `chown` it to {owner} and `chmod go-w` it, or pass another --cache-dir"
+            ))
+        }
+        map::Untrusted::Mode(mode) => Some(format!(
             "mode {mode:04o}: users other than its owner can write it and could put any kernel \
              there; `chmod go-w` it, or pass another --cache-dir"
-        ));
+        )),
     }
-    None
 }
 
 /// Checks (after creating it with `CACHE_DIR_MODE` when `create`) that `dir` is only

@@ -328,8 +328,13 @@ pub struct LoadExtras {
 
 /// [`load`] with the tracer's [`LoadExtras`]: opens `opts.kernel` (read once) and loads it.
 pub fn load_with(opts: &LoadOptions, extras: &LoadExtras) -> Result<LoadReport> {
+    let t0 = Instant::now();
     let mut image = KernelImage::open(&opts.kernel)?;
-    load_image(opts, &mut image, extras, None)
+    let opened = vec![Timing {
+        phase: "open kernel",
+        ns: ns(t0.elapsed()),
+    }];
+    load_image_since(opts, &mut image, extras, None, t0, opened)
 }
 
 /// Loads an already opened kernel image (`opts.kernel` must name it); the vmlinux it may already
@@ -343,11 +348,29 @@ pub fn load_image(
     extras: &LoadExtras,
     lock: Option<&KexecLock>,
 ) -> Result<LoadReport> {
+    load_image_since(opts, image, extras, lock, Instant::now(), Vec::new())
+}
+
+/// [`load_image`] whose `total` runs from `t0`, with the laps taken before it (opening the
+/// kernel) in `timings`: every part of `load`'s wall time is in its printed breakdown.
+fn load_image_since(
+    opts: &LoadOptions,
+    image: &mut KernelImage,
+    extras: &LoadExtras,
+    lock: Option<&KexecLock>,
+    t0: Instant,
+    mut timings: Vec<Timing>,
+) -> Result<LoadReport> {
     if opts.dry_run || lock.is_some() {
-        return load_inner(opts, image, extras);
+        return load_inner(opts, image, extras, t0, timings);
     }
+    let t = Instant::now();
     let _lock = KexecLock::acquire(&opts.root, "load")?;
-    load_inner(opts, image, extras)
+    timings.push(Timing {
+        phase: "lock",
+        ns: ns(t.elapsed()),
+    });
+    load_inner(opts, image, extras, t0, timings)
 }
 
 /// Whether this process may not even look at `path` (a dry run as a user, with root's 0700
@@ -360,9 +383,10 @@ fn load_inner(
     opts: &LoadOptions,
     image: &mut KernelImage,
     extras: &LoadExtras,
+    t0: Instant,
+    mut timings: Vec<Timing>,
 ) -> Result<LoadReport> {
-    let t0 = Instant::now();
-    let mut timings = Vec::new();
+    let t_inspect = Instant::now();
     let status = status::status(&opts.root)?;
     // What an earlier staged load left: this load replaces or reconciles it, so it must be
     // readable (an unusable record stops the load, naming the file).
@@ -423,7 +447,7 @@ fn load_inner(
     }
     timings.push(Timing {
         phase: "inspect",
-        ns: ns(t0.elapsed()),
+        ns: ns(t_inspect.elapsed()),
     });
 
     let mut report = LoadReport {
@@ -595,187 +619,94 @@ fn load_uncompressed(
         Some(p) => {
             let (f, max, why) = open_initrd(p, &opts.root)?;
             report.initrd_size = Some(f.len);
-            let bytes = bytes::Bytes::from(f.read_all(p, "the initrd", max, &why)?);
+            let bytes = f.map_or_read(p, "the initrd", max, &why)?;
             Some((p.as_path(), bytes))
         }
         None => None,
     };
-    let host = hostinfo::read(&opts.root)?;
-    let input = segments::UncompressedInput {
-        kernel: &kernel,
-        setup_header: image.header(),
-        initrd: initrd.as_ref().map(|(p, b)| (*p, b)),
-        cmdline: &report.cmdline,
-        host: &host,
-        reserved: extras.reserved.clone(),
-        verify: opts.verify,
-        phys_delta: extras.phys_delta,
-    };
-    match staging {
-        Staging::No => {}
-        Staging::Asked => {
-            let plan = plan_staged(status, &input, extras)?;
-            return load_staged(opts, status, &plan, staged_before, report);
-        }
-        Staging::Auto(why) => match plan_staged(status, &input, extras) {
-            Ok(plan) if plan.free_after >= staged::MIN_PANIC_FREE => {
-                report.mode = LoadMode::Staged;
-                report.mode_reason = format!(
+    report.lap("open initrd", t);
+    let t = Instant::now();
+    // A block, so that the mapped (or read) initrd is released below in a lap of its own.
+    let loaded = 'load: {
+        let host = hostinfo::read(&opts.root)?;
+        let input = segments::UncompressedInput {
+            kernel: &kernel,
+            setup_header: image.header(),
+            initrd: initrd.as_ref().map(|(p, b)| (*p, b)),
+            cmdline: &report.cmdline,
+            host: &host,
+            reserved: extras.reserved.clone(),
+            verify: opts.verify,
+            phys_delta: extras.phys_delta,
+        };
+        match staging {
+            Staging::No => {}
+            Staging::Asked => {
+                let plan = plan_staged(status, &input, extras)?;
+                break 'load load_staged(opts, status, &plan, staged_before, report, t);
+            }
+            Staging::Auto(why) => match plan_staged(status, &input, extras) {
+                Ok(plan) if plan.free_after >= staged::MIN_PANIC_FREE => {
+                    report.mode = LoadMode::Staged;
+                    report.mode_reason = format!(
                     "auto: {why} and large enough, so the kernel is staged in it (the relocation \
                      at exec copies one page)"
                 );
-                return load_staged(opts, status, &plan, staged_before, report);
-            }
-            Ok(plan) => report.notes.push(format!(
-                "auto: not staged: only {} MiB of the crashkernel reservation would stay free \
+                    break 'load load_staged(opts, status, &plan, staged_before, report, t);
+                }
+                Ok(plan) => report.notes.push(format!(
+                    "auto: not staged: only {} MiB of the crashkernel reservation would stay free \
                  (at least {} MiB keep a panic-path boot possible)",
-                plan.free_after >> 20,
-                staged::MIN_PANIC_FREE >> 20
-            )),
-            Err(e) => report.notes.push(format!("auto: not staged: {e}")),
-        },
-    }
-    let mut plan = segments::plan_uncompressed_with(&input, &extras.plan)?;
-    if opts.verify_wrong_sum_for_test {
-        if !opts.verify {
-            return Err(Error::Plan {
-                problem: "--test-wrong-verify-sum needs --verify".into(),
-            });
+                    plan.free_after >> 20,
+                    staged::MIN_PANIC_FREE >> 20
+                )),
+                Err(e) => report.notes.push(format!("auto: not staged: {e}")),
+            },
         }
-        let seg = segments::spoil_first_verify_sum(&mut plan)?;
-        report.notes.push(format!(
+        let mut plan = segments::plan_uncompressed_with(&input, &extras.plan)?;
+        if opts.verify_wrong_sum_for_test {
+            if !opts.verify {
+                return Err(Error::Plan {
+                    problem: "--test-wrong-verify-sum needs --verify".into(),
+                });
+            }
+            let seg = segments::spoil_first_verify_sum(&mut plan)?;
+            report.notes.push(format!(
             "test: the purgatory holds a wrong checksum for the segment at {seg:#x}; exec must \
              stop in the purgatory with a checksum mismatch"
         ));
-    }
-    let specs: Vec<SegmentSpec<'_>> = plan.segments.iter().map(segments::Segment::spec).collect();
-    kexec::validate_segments(plan.entry, &specs)?;
-    report.plan = Some(plan.to_string());
-    report.syscall = format!(
-        "kexec_load(entry={:#x}, nr_segments={}, flags={:#x})",
-        plan.entry,
-        specs.len(),
-        kexec::KEXEC_ARCH_X86_64
-    );
-    report.lap("plan", t);
-    if opts.dry_run {
-        return Ok(());
-    }
-    let t = Instant::now();
-    kexec::kexec_load(plan.entry, &specs, 0)
-        .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
-    report.loaded = true;
-    report.lap("kexec_load", t);
-    Ok(())
-}
-
-/// The normal path carries `extras` (the tracer's chain and the purgatory's TSC target) like an
-/// uncompressed load, and the trampoline copies its stamps next to the purgatory's; the panic
-/// path carries nothing of it.
-fn plan_staged(
-    status: &Status,
-    input: &segments::UncompressedInput,
-    extras: &LoadExtras,
-) -> Result<staged::StagedPlan> {
-    let opts = staged::StagedOptions {
-        reservation: staged::pick_reservation(status)?,
-        nonce: staged::new_nonce()?,
-        trampoline_tsc_out: extras.trampoline_tsc_out,
-    };
-    staged::plan_staged(input, &extras.plan, &opts)
-}
-
-/// Loads a staged plan: the crash image first (copied into the reservation now), then the
-/// trampoline as the normal image; if the second load fails, the first is undone.
-fn load_staged(
-    opts: &LoadOptions,
-    status: &Status,
-    plan: &staged::StagedPlan,
-    ours_before: bool,
-    report: &mut LoadReport,
-) -> Result<()> {
-    let t = Instant::now();
-    let displaced = status.crash_loaded == Some(true) && !ours_before;
-    report.notes.extend(plan.notes.iter().cloned());
-    if displaced {
-        report.notes.push(
-            "a crash (kdump) kernel was loaded: staging replaces it, so there is no kdump until \
-             the next boot (or until `fastkexec unload` and the kdump service loads it again)"
-                .into(),
+        }
+        let specs: Vec<SegmentSpec<'_>> =
+            plan.segments.iter().map(segments::Segment::spec).collect();
+        kexec::validate_segments(plan.entry, &specs)?;
+        report.plan = Some(plan.to_string());
+        report.syscall = format!(
+            "kexec_load(entry={:#x}, nr_segments={}, flags={:#x})",
+            plan.entry,
+            specs.len(),
+            kexec::KEXEC_ARCH_X86_64
         );
-    }
-    report.notes.push(
-        "kdump is displaced while this kernel is staged: a panic before exec boots the staged \
-         kernel with only the crashkernel reservation as RAM (kdump-safe), and no dump is taken"
-            .into(),
-    );
-    let crash = plan.crash_specs();
-    let normal = plan.normal_specs();
-    kexec::validate_segments(plan.crash_entry, &crash)?;
-    kexec::validate_segments(plan.trampoline_entry(), &normal)?;
-    report.plan = Some(plan.to_string());
-    report.staged = Some(plan.summary(displaced));
-    report.syscall = format!(
-        "kexec_load(entry={:#x}, nr_segments={}, flags={:#x}) then kexec_load(entry={:#x}, \
-         nr_segments=1, flags={:#x})",
-        plan.crash_entry,
-        crash.len(),
-        kexec::KEXEC_ON_CRASH | kexec::KEXEC_ARCH_X86_64,
-        plan.trampoline_entry(),
-        kexec::KEXEC_ARCH_X86_64
-    );
-    report.lap("plan", t);
-    if opts.dry_run {
-        return Ok(());
-    }
+        report.lap("plan", t);
+        if opts.dry_run {
+            break 'load Ok(());
+        }
+        let t = Instant::now();
+        kexec::kexec_load(plan.entry, &specs, 0)
+            .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
+        report.loaded = true;
+        report.lap("kexec_load", t);
+        Ok(())
+    };
+    // Unmapping 32 MiB of initrd (or freeing its heap copy) costs tens of ms under TCG.
     let t = Instant::now();
-    kexec::kexec_load(plan.crash_entry, &crash, kexec::KEXEC_ON_CRASH)
-        .map_err(|e| kexec::explain(Call::KexecLoad, e, status))?;
-    report.lap("kexec_load (crash image, into the reservation)", t);
-    let t = Instant::now();
-    if let Err(e) = kexec::kexec_load(plan.trampoline_entry(), &normal, 0) {
-        let err = kexec::explain(Call::KexecLoad, e, status);
-        let undo = staged::unload_crash(status);
-        let _ = staged::remove_state(&opts.root);
-        // After an earlier staged load the normal image is its trampoline, whose staged kernel
-        // was just overwritten: left loaded it would reset the machine at exec.
-        let stale = ours_before.then(kexec::unload);
-        return Err(match (undo, stale) {
-            (Ok(()), None) => err,
-            (Ok(()), Some(Ok(()))) => Error::Plan {
-                problem: format!(
-                    "loading the trampoline failed ({err}); the staged crash image and the \
-                     previous staged load's trampoline were unloaded: nothing is loaded now"
-                ),
-            },
-            (undo, stale) => Error::Plan {
-                problem: format!(
-                    "loading the trampoline failed ({err}); undoing it failed too (crash image: \
-                     {undo:?}, previous trampoline: {stale:?}): run `fastkexec unload`"
-                ),
-            },
-        });
-    }
-    report.lap("kexec_load (trampoline)", t);
-    report.loaded = true;
-    let state = staged::record(
-        plan,
-        &opts.kernel,
-        opts.initrd.as_deref(),
-        &report.cmdline,
-        staged::boot_id(&opts.root),
-    );
-    if let Err(e) = staged::write_state(&opts.root, &state) {
-        report.notes.push(format!(
-            "could not record the staged load ({e}): `fastkexec exec` cannot check it beforehand \
-             (the trampoline still checks it and resets the machine rather than boot a replaced \
-             kernel)"
-        ));
-    }
-    Ok(())
+    drop(initrd);
+    report.lap("release initrd", t);
+    loaded
 }
 
 mod show;
+mod staged_load;
+use staged_load::{load_staged, plan_staged};
 
 #[cfg(test)]
 mod tests;

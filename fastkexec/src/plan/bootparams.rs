@@ -14,55 +14,8 @@
 use crate::error::{Error, Result};
 use crate::host::e820::{E820Entry, BOOT_E820_ENTRY_SIZE};
 use crate::host::hostinfo::{HostBootInfo, BOOT_PARAMS_SIZE, EFI_MEMORY_DESC_SIZE};
+use crate::image::bootproto::{get32, get64, off, put16, put32, put64};
 use crate::image::bzimage::SetupHeader;
-
-/// Byte offsets inside boot_params (arch/x86/include/uapi/asm/bootparam.h).
-pub mod off {
-    pub const SCREEN_INFO: usize = 0x000;
-    pub const SCREEN_INFO_SIZE: usize = 0x040;
-    pub const ACPI_RSDP_ADDR: usize = 0x070;
-    pub const EXT_RAMDISK_IMAGE: usize = 0x0c0;
-    pub const EXT_RAMDISK_SIZE: usize = 0x0c4;
-    pub const EXT_CMD_LINE_PTR: usize = 0x0c8;
-    pub const EFI_INFO: usize = 0x1c0;
-    pub const EFI_INFO_SIZE: usize = 32;
-    pub const EFI_LOADER_SIGNATURE: usize = 0x1c0;
-    pub const EFI_SYSTAB: usize = 0x1c4;
-    pub const EFI_MEMDESC_SIZE: usize = 0x1c8;
-    pub const EFI_MEMDESC_VERSION: usize = 0x1cc;
-    pub const EFI_MEMMAP: usize = 0x1d0;
-    pub const EFI_MEMMAP_SIZE: usize = 0x1d4;
-    pub const EFI_SYSTAB_HI: usize = 0x1d8;
-    pub const EFI_MEMMAP_HI: usize = 0x1dc;
-    pub const E820_ENTRIES: usize = 0x1e8;
-    pub const SECURE_BOOT: usize = 0x1ec;
-    pub const SENTINEL: usize = 0x1ef;
-    pub const HDR: usize = 0x1f1;
-    pub const BOOT_FLAG: usize = 0x1fe;
-    pub const HEADER_MAGIC: usize = 0x202;
-    pub const VERSION: usize = 0x206;
-    pub const TYPE_OF_LOADER: usize = 0x210;
-    pub const LOADFLAGS: usize = 0x211;
-    pub const RAMDISK_IMAGE: usize = 0x218;
-    pub const RAMDISK_SIZE: usize = 0x21c;
-    pub const HEAP_END_PTR: usize = 0x224;
-    pub const EXT_LOADER_VER: usize = 0x226;
-    pub const EXT_LOADER_TYPE: usize = 0x227;
-    pub const CMD_LINE_PTR: usize = 0x228;
-    pub const INITRD_ADDR_MAX: usize = 0x22c;
-    pub const KERNEL_ALIGNMENT: usize = 0x230;
-    pub const RELOCATABLE_KERNEL: usize = 0x234;
-    pub const MIN_ALIGNMENT: usize = 0x235;
-    pub const XLOADFLAGS: usize = 0x236;
-    pub const CMDLINE_SIZE: usize = 0x238;
-    pub const HARDWARE_SUBARCH: usize = 0x23c;
-    pub const HARDWARE_SUBARCH_DATA: usize = 0x240;
-    pub const SETUP_DATA: usize = 0x250;
-    /// First byte after the setup header's reserved room (edd_mbr_sig_buffer).
-    pub const HDR_END: usize = 0x290;
-    pub const E820_TABLE: usize = 0x2d0;
-    pub const EDDBUF: usize = 0xd00;
-}
 
 /// `setup_data` types (arch/x86/include/uapi/asm/setup_data.h).
 pub const SETUP_E820_EXT: u32 = 1;
@@ -77,7 +30,7 @@ pub const SETUP_DATA_HEADER_SIZE: usize = 16;
 pub const E820_MAX_ZERO_PAGE: usize = 128;
 /// boot.rst's "undefined" loader id: we are not one of the registered loaders.
 pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
-pub use crate::image::bzimage::{LOADED_HIGH, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64};
+pub use crate::image::bootproto::{LOADED_HIGH, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64};
 /// Protocol version we claim in a synthesised header: 2.12, the first with
 /// xloadflags and the ext_* fields we fill.
 pub const SYNTH_PROTOCOL_VERSION: u16 = 0x020c;
@@ -594,33 +547,6 @@ pub fn setup_data_name(kind: u32) -> &'static str {
 
 fn split64(v: u64) -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
-}
-
-fn put16(b: &mut [u8], o: usize, v: u16) {
-    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Little-endian u32 at `o`; 0 past the end.
-pub fn get32(b: &[u8], o: usize) -> u32 {
-    b.get(o..o.saturating_add(4))
-        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-/// Little-endian u64 at `o`; 0 past the end.
-pub fn get64(b: &[u8], o: usize) -> u64 {
-    b.get(o..o.saturating_add(8)).map_or(0, |s| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        u64::from_le_bytes(a)
-    })
 }
 
 #[cfg(test)]

@@ -637,6 +637,8 @@ pub fn validate(
 }
 
 mod boot_path;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod show;
 
 use show::human;

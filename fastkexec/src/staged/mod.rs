@@ -57,10 +57,12 @@ use crate::kexec::{self, Call, SegmentSpec};
 use crate::plan::page_up;
 use crate::plan::segments::{self, ExtraBootPath, Plan, PlanExtras, Segment, UncompressedInput};
 
+mod checksum;
 mod header;
 mod kcore;
 mod ops;
 
+pub use checksum::Checksum;
 pub use header::*;
 pub use kcore::*;
 pub use ops::*;
@@ -341,7 +343,7 @@ pub fn plan_staged(
         nonce: opts.nonce,
     };
     let mut t = Trampoline::new()?;
-    t.set_target(crash.entry);
+    t.set(tramp::TARGET, crash.entry);
     t.set_header(href.addr, href.len, href.sum);
     t.set_nonce(&opts.nonce);
     if opts.trampoline_tsc_out != 0 {
@@ -357,7 +359,7 @@ pub fn plan_staged(
                 ),
             });
         }
-        t.set_tsc_out(opts.trampoline_tsc_out);
+        t.set(tramp::TSC_OUT, opts.trampoline_tsc_out);
     }
     let t_bytes = t.into_bytes();
     let t_memsz = page_up(t_bytes.len() as u64)?;
@@ -493,47 +495,6 @@ impl StagedPlan {
             free_after: self.free_after,
             displaced_crash_kernel,
         }
-    }
-}
-
-/// [`purgatory::checksum`] fed in pieces: every piece but the last a multiple of 8 bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct Checksum {
-    a: u64,
-    b: u64,
-}
-
-impl Default for Checksum {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Checksum {
-    pub fn new() -> Self {
-        Self {
-            a: purgatory::CHECKSUM_SEED,
-            b: 0,
-        }
-    }
-
-    pub fn update(&mut self, data: &[u8]) {
-        for chunk in data.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.a = self.a.wrapping_add(u64::from_le_bytes(word));
-            self.b = self.b.wrapping_add(self.a);
-        }
-    }
-
-    /// `bytes` (a multiple of 8) of zeros, without touching memory: `a` stays, `b` grows by
-    /// `a` per word.
-    pub fn zeros(&mut self, bytes: u64) {
-        self.b = self.b.wrapping_add(self.a.wrapping_mul(bytes / 8));
-    }
-
-    pub fn finish(self) -> u64 {
-        self.a ^ self.b.rotate_left(32)
     }
 }
 

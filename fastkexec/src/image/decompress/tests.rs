@@ -1,5 +1,18 @@
 use super::*;
 
+/// xorshift64: cheap deterministic pseudo-random numbers for the mutation tests of the image
+/// parsers (a stand-in for fuzzing that runs in every `cargo test`).
+pub(crate) struct XorShift(pub u64);
+
+impl XorShift {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -197,13 +210,8 @@ fn adler32_matches_known_values() {
 fn corrupt_inputs_never_panic() {
     // Deterministic byte mutations over every fixture stream: each must
     // decode or fail cleanly. (A cheap stand-in for fuzzing.)
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rnd = || rng.next();
     for c in Compression::ALL {
         let (stream, size) = fixture_stream(c);
         for _ in 0..300 {

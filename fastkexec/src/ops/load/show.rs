@@ -68,6 +68,26 @@ impl fmt::Display for LoadReport {
             .iter()
             .map(|t| format!("{} {:.1} ms", t.phase, t.ns as f64 / 1e6))
             .collect();
-        writeln!(f, "time:     {}", t.join(", "))
+        // The laps and `total` come from separate clock reads; what lies between them (the
+        // report's own bookkeeping) is shown, so a large gap cannot hide.
+        let total = self
+            .timings
+            .iter()
+            .find(|t| t.phase == "total")
+            .map(|t| t.ns);
+        let laps: u64 = self
+            .timings
+            .iter()
+            .filter(|t| t.phase != "total")
+            .map(|t| t.ns)
+            .sum();
+        let rest = match total {
+            Some(total) => format!(
+                " (outside the laps: {:.1} ms)",
+                total.saturating_sub(laps) as f64 / 1e6
+            ),
+            None => String::new(),
+        };
+        writeln!(f, "time:     {}{rest}", t.join(", "))
     }
 }

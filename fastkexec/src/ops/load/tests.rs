@@ -110,12 +110,39 @@ fn files_under(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
+/// A machine tree and an empty cache directory, for dry-run loads of a fixture kernel.
+struct Machine {
+    root: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new(root: tempfile::TempDir) -> Self {
+        let cache = tempfile::tempdir().unwrap();
+        Self { root, cache }
+    }
+
+    fn opts(&self, kernel: &str, mode: Mode) -> LoadOptions {
+        opts(self.root.path(), kernel, mode, self.cache.path())
+    }
+
+    fn load(&self, kernel: &str, mode: Mode) -> Result<LoadReport> {
+        load(&self.opts(kernel, mode))
+    }
+
+    /// Not a dry run: what a real load on this machine would do first.
+    fn load_for_real(&self, kernel: &str, mode: Mode) -> Result<LoadReport> {
+        let mut o = self.opts(kernel, mode);
+        o.dry_run = false;
+        load(&o)
+    }
+}
+
 #[test]
 fn dry_run_uncompressed_from_bzimage_plans_and_writes_nothing() {
     // The "unprivileged" tree has no CAP_SYS_BOOT: a dry run must not care.
-    let root = machine("unprivileged");
-    let cache = tempfile::tempdir().unwrap();
-    let mut o = opts(root.path(), "bzImage-tiny.zstd", Mode::Auto, cache.path());
+    let m = Machine::new(machine("unprivileged"));
+    let mut o = m.opts("bzImage-tiny.zstd", Mode::Auto);
     o.initrd = Some(fixtures().join("pattern-600k.lzo"));
     let r = load(&o).unwrap();
     assert_eq!(r.mode, LoadMode::Uncompressed);
@@ -132,7 +159,7 @@ fn dry_run_uncompressed_from_bzimage_plans_and_writes_nothing() {
     assert!(r.syscall.starts_with("kexec_load(entry="), "{}", r.syscall);
     assert!(r.notes.iter().any(|n| n.contains("KASLR")), "{:?}", r.notes);
     assert_eq!(
-        files_under(cache.path()),
+        files_under(m.cache.path()),
         0,
         "a dry run must not fill the cache"
     );
@@ -143,15 +170,8 @@ fn dry_run_uncompressed_from_bzimage_plans_and_writes_nothing() {
 
 #[test]
 fn dry_run_file_mode_describes_the_syscall() {
-    let root = machine("lockdown");
-    let cache = tempfile::tempdir().unwrap();
-    let r = load(&opts(
-        root.path(),
-        "bzImage-tiny.gzip",
-        Mode::Auto,
-        cache.path(),
-    ))
-    .unwrap();
+    let m = Machine::new(machine("lockdown"));
+    let r = m.load("bzImage-tiny.gzip", Mode::Auto).unwrap();
     assert_eq!(r.mode, LoadMode::File);
     assert!(
         r.mode_reason.contains("lockdown is 'integrity'"),
@@ -171,15 +191,8 @@ fn dry_run_file_mode_describes_the_syscall() {
 
 #[test]
 fn dry_run_accepts_a_vmlinux_directly() {
-    let root = machine("plain");
-    let cache = tempfile::tempdir().unwrap();
-    let r = load(&opts(
-        root.path(),
-        "vmlinux-tiny.elf",
-        Mode::Uncompressed,
-        cache.path(),
-    ))
-    .unwrap();
+    let m = Machine::new(machine("plain"));
+    let r = m.load("vmlinux-tiny.elf", Mode::Uncompressed).unwrap();
     assert_eq!(r.kernel_format, "vmlinux ELF");
     assert_eq!(
         r.vmlinux.as_deref(),
@@ -192,8 +205,7 @@ fn dry_run_accepts_a_vmlinux_directly() {
 /// forever, /dev/zero would grow until the OOM killer ends it.
 #[test]
 fn special_files_are_refused_by_name_without_blocking() {
-    let root = machine("plain");
-    let cache = tempfile::tempdir().unwrap();
+    let m = Machine::new(machine("plain"));
     let d = tempfile::tempdir().unwrap();
     let fifo = d.path().join("fifo");
     let made = std::process::Command::new("mkfifo")
@@ -202,7 +214,7 @@ fn special_files_are_refused_by_name_without_blocking() {
         .unwrap();
     assert!(made.success());
     let zero = PathBuf::from("/dev/zero");
-    let base = |mode| opts(root.path(), "bzImage-tiny.zstd", mode, cache.path());
+    let base = |mode| m.opts("bzImage-tiny.zstd", mode);
     let mut cases = Vec::new();
     for (kernel, initrd, mode) in [
         (Some(&fifo), None, Mode::Uncompressed),
@@ -236,47 +248,27 @@ fn special_files_are_refused_by_name_without_blocking() {
 
 #[test]
 fn refusals_happen_before_any_syscall() {
-    let root = machine("plain");
-    let cache = tempfile::tempdir().unwrap();
+    let m = Machine::new(machine("plain"));
     // File mode cannot take a vmlinux.
-    let e = load(&opts(
-        root.path(),
-        "vmlinux-tiny.elf",
-        Mode::File,
-        cache.path(),
-    ))
-    .unwrap_err();
+    let e = m.load("vmlinux-tiny.elf", Mode::File).unwrap_err();
     assert!(matches!(e, Error::ModeUnavailable { .. }), "{e}");
     // Not a kernel at all.
-    let e = load(&opts(
-        root.path(),
-        "pattern-600k.lzo",
-        Mode::Auto,
-        cache.path(),
-    ))
-    .unwrap_err();
+    let e = m.load("pattern-600k.lzo", Mode::Auto).unwrap_err();
     assert!(matches!(e, Error::UnsupportedImage { .. }), "{e}");
     // A missing initrd is named.
-    let mut o = opts(root.path(), "bzImage-tiny.gzip", Mode::File, cache.path());
+    let mut o = m.opts("bzImage-tiny.gzip", Mode::File);
     o.initrd = Some(fixtures().join("no-such-initrd"));
     let e = load(&o).unwrap_err();
     assert!(e.to_string().contains("no-such-initrd"), "{e}");
     // Without privilege a real load stops before touching the kernel.
-    let unpriv = machine("unprivileged");
-    let mut o = opts(unpriv.path(), "bzImage-tiny.gzip", Mode::File, cache.path());
-    o.dry_run = false;
-    let e = load(&o).unwrap_err();
-    assert!(matches!(e, Error::NotPrivileged { .. }), "{e}");
+    let unpriv = Machine::new(machine("unprivileged"));
+    let e = unpriv.load_for_real("bzImage-tiny.gzip", Mode::File);
+    assert!(matches!(e, Err(Error::NotPrivileged { .. })), "{e:?}");
     // kexec_load_disabled stops a real load, with the reason.
-    let disabled = machine("disabled");
-    let mut o = opts(
-        disabled.path(),
-        "bzImage-tiny.gzip",
-        Mode::Auto,
-        cache.path(),
-    );
-    o.dry_run = false;
-    let e = load(&o).unwrap_err();
+    let disabled = Machine::new(machine("disabled"));
+    let e = disabled
+        .load_for_real("bzImage-tiny.gzip", Mode::Auto)
+        .unwrap_err();
     assert!(e.to_string().contains("kexec_load_disabled"), "{e}");
 }
 
@@ -296,15 +288,8 @@ fn machine_with_reservation(crash_loaded: bool) -> tempfile::TempDir {
 
 #[test]
 fn auto_stages_into_an_idle_reservation() {
-    let root = machine_with_reservation(false);
-    let cache = tempfile::tempdir().unwrap();
-    let r = load(&opts(
-        root.path(),
-        "bzImage-tiny.zstd",
-        Mode::Auto,
-        cache.path(),
-    ))
-    .unwrap();
+    let m = Machine::new(machine_with_reservation(false));
+    let r = m.load("bzImage-tiny.zstd", Mode::Auto).unwrap();
     assert_eq!(r.mode, LoadMode::Staged);
     assert!(r.mode_reason.contains("idle"), "{}", r.mode_reason);
     let st = r.staged.as_ref().unwrap();
@@ -321,7 +306,7 @@ fn auto_stages_into_an_idle_reservation() {
     assert!(text.contains("KEXEC_ON_CRASH"), "{text}");
     assert!(text.contains("trampoline"), "{text}");
     assert_eq!(serde_json::to_value(&r).unwrap()["mode"], "staged");
-    assert_eq!(files_under(cache.path()), 0);
+    assert_eq!(files_under(m.cache.path()), 0);
 }
 
 /// Issue 12: one load reads the bzImage once, parses its setup header once and the vmlinux
@@ -371,25 +356,12 @@ fn one_load_reads_and_parses_the_kernel_once() {
 
 #[test]
 fn auto_never_displaces_a_loaded_crash_kernel() {
-    let root = machine_with_reservation(true);
-    let cache = tempfile::tempdir().unwrap();
-    let r = load(&opts(
-        root.path(),
-        "bzImage-tiny.zstd",
-        Mode::Auto,
-        cache.path(),
-    ))
-    .unwrap();
+    let m = Machine::new(machine_with_reservation(true));
+    let r = m.load("bzImage-tiny.zstd", Mode::Auto).unwrap();
     assert_eq!(r.mode, LoadMode::Uncompressed);
     assert!(r.staged.is_none());
     // Asked for explicitly, it does displace it, and says so.
-    let r = load(&opts(
-        root.path(),
-        "bzImage-tiny.zstd",
-        Mode::Staged,
-        cache.path(),
-    ))
-    .unwrap();
+    let r = m.load("bzImage-tiny.zstd", Mode::Staged).unwrap();
     assert_eq!(r.mode, LoadMode::Staged);
     assert!(r.staged.as_ref().unwrap().displaced_crash_kernel);
     assert!(
@@ -403,22 +375,15 @@ fn auto_never_displaces_a_loaded_crash_kernel() {
 
 #[test]
 fn staged_without_a_reservation_is_refused_before_any_syscall() {
-    let root = machine("plain");
-    let cache = tempfile::tempdir().unwrap();
+    let m = Machine::new(machine("plain"));
     // A dry run plans anyway and fails on the missing reservation.
-    let e = load(&opts(
-        root.path(),
-        "bzImage-tiny.zstd",
-        Mode::Staged,
-        cache.path(),
-    ))
-    .unwrap_err();
+    let e = m.load("bzImage-tiny.zstd", Mode::Staged).unwrap_err();
     assert!(matches!(e, Error::NoCrashReservation { .. }), "{e}");
     assert!(e.to_string().contains("crashkernel="), "{e}");
     // A real load stops at the mode check.
-    let mut o = opts(root.path(), "bzImage-tiny.zstd", Mode::Staged, cache.path());
-    o.dry_run = false;
-    let e = load(&o).unwrap_err();
+    let e = m
+        .load_for_real("bzImage-tiny.zstd", Mode::Staged)
+        .unwrap_err();
     assert!(
         matches!(e, Error::ModeUnavailable { mode: "staged", .. }),
         "{e}"

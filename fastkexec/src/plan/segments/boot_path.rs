@@ -113,10 +113,10 @@ pub(super) fn boot_path(b: &BootPathInput, used: &mut Vec<PhysRange>) -> Result<
             .collect(),
         None => Vec::new(),
     };
-    purg.set_entry(b.entry);
-    purg.set_boot_params(at(layout.zero_page));
-    purg.set_stack_top(purg_base + purg.stack_end() as u64);
-    purg.set_tsc_out(b.extras.tsc_out);
+    purg.set(purgatory::ENTRY, b.entry);
+    purg.set(purgatory::BOOT_PARAMS, at(layout.zero_page));
+    purg.set(purgatory::STACK_TOP, purg_base + purg.stack_end() as u64);
+    purg.set(purgatory::TSC_OUT, b.extras.tsc_out);
     purg.set_verify(&verify)?;
     let setup_data = layout
         .nodes

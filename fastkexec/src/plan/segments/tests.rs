@@ -1,46 +1,16 @@
 use super::*;
 use crate::host::e820::{E820Entry, E820Type};
-use crate::host::hostinfo;
-use crate::plan::bootparams::{
-    get32, get64, walk_setup_data, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
-};
-use std::path::PathBuf;
+use crate::image::bootproto::{get32, get64};
+use crate::plan::bootparams::{walk_setup_data, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED};
 
-const TINY: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/vmlinux-tiny.elf"
-));
+use super::fixtures::{leak_kernel, TINY};
 
 fn host(name: &str) -> HostBootInfo {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/host")
-        .join(name);
-    let mut h = hostinfo::read(&root).unwrap();
-    h.rng_seed = Some([0x42; 32]);
-    h
-}
-
-/// A test's vmlinux or initrd, kept for the whole test run (plans borrow them).
-fn leak_kernel(bytes: &[u8]) -> &'static Loadable {
-    let k = Loadable::from_elf(Path::new("vmlinux-tiny.elf"), Bytes::copy_from_slice(bytes));
-    Box::leak(Box::new(k.unwrap()))
-}
-
-fn leak_bytes(bytes: &[u8]) -> &'static Bytes {
-    Box::leak(Box::new(Bytes::copy_from_slice(bytes)))
+    super::fixtures::host(name, 0x42)
 }
 
 fn input<'a>(h: &'a HostBootInfo, initrd: Option<&'a [u8]>) -> UncompressedInput<'a> {
-    UncompressedInput {
-        kernel: leak_kernel(TINY),
-        setup_header: None,
-        initrd: initrd.map(|b| (Path::new("initrd.img"), leak_bytes(b))),
-        cmdline: "console=ttyS0 root=/dev/vda",
-        host: h,
-        reserved: Vec::new(),
-        verify: true,
-        phys_delta: 0,
-    }
+    super::fixtures::input(h, initrd, "console=ttyS0 root=/dev/vda", true)
 }
 
 fn zero_page(plan: &Plan) -> Vec<u8> {
@@ -173,9 +143,15 @@ fn qemu_plan_places_everything_and_fills_boot_params() {
 
     // The purgatory is patched with the real addresses.
     let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
-    assert_eq!(purg.entry(), 0x100_0000);
-    assert_eq!(purg.boot_params(), plan.summary.boot_params_addr);
-    assert_eq!(purg.stack_top(), plan.entry + purg.stack_end() as u64);
+    assert_eq!(purg.get(purgatory::ENTRY), 0x100_0000);
+    assert_eq!(
+        purg.get(purgatory::BOOT_PARAMS),
+        plan.summary.boot_params_addr
+    );
+    assert_eq!(
+        purg.get(purgatory::STACK_TOP),
+        plan.entry + purg.stack_end() as u64
+    );
     // Verify table covers every non-purgatory segment with the right sums.
     let v = purg.verify_entries();
     assert_eq!(v.len(), plan.segments.len() - 1);
@@ -438,7 +414,7 @@ fn reserved_ranges_are_avoided_and_tracer_chain_appended() {
     assert_eq!(nodes.last().unwrap().data, b"extra");
     assert_eq!(nodes[0].kind, SETUP_RNG_SEED);
     let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
-    assert_eq!(purg.tsc_out(), tracer_page + 0x100);
+    assert_eq!(purg.get(purgatory::TSC_OUT), tracer_page + 0x100);
     let shown = plan.to_string();
     assert!(
         shown.contains(&format!("chain at {tracer_page:#x}")),
@@ -471,7 +447,7 @@ fn phys_delta_shifts_kernel_and_entry() {
     assert_eq!(plan.summary.kernel_entry, 0x3100_0000);
     assert_eq!(plan.segments[0].mem, 0x3100_0000);
     let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
-    assert_eq!(purg.entry(), 0x3100_0000);
+    assert_eq!(purg.get(purgatory::ENTRY), 0x3100_0000);
 
     i.phys_delta = 0x1000;
     assert!(plan_uncompressed(&i).is_err());
@@ -505,8 +481,8 @@ fn within_keeps_every_segment_in_the_window_and_a_second_path_fits_beside() {
     assert_eq!(plan.segments.len(), before + 2);
     assert!(window.contains_range(&PhysRange::from_len(extra.purgatory_addr, 4096)));
     let purg = Purgatory::from_bytes(plan.segments.last().unwrap().data.to_vec()).unwrap();
-    assert_eq!(purg.entry(), plan.summary.kernel_entry);
-    assert_eq!(purg.boot_params(), extra.boot_params_addr);
+    assert_eq!(purg.get(purgatory::ENTRY), plan.summary.kernel_entry);
+    assert_eq!(purg.get(purgatory::BOOT_PARAMS), extra.boot_params_addr);
     assert_ne!(extra.boot_params_addr, plan.summary.boot_params_addr);
     let zp = plan.read_phys(extra.boot_params_addr, 4096).unwrap();
     assert_eq!(zp[0x1e8], 2, "the second path's own e820 map");

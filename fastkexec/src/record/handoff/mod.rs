@@ -57,9 +57,9 @@ pub const PAGE_DATA_LEN: usize = PAGE_SIZE - SETUP_DATA_HEADER_SIZE;
 pub const CMDLINE_BOOT_ID: &str = "fastkexec.boot_id";
 
 /// `"FKXTSC01"`: the purgatory's TSC record (see blobs/purgatory.rs).
-const PURGATORY_MAGIC: u64 = crate::blobs::purgatory::TSC_MAGIC;
+const PURGATORY_MAGIC: u64 = crate::blobs::purgatory::LAYOUT.tsc_magic;
 /// `"FKXTRM01"`: the staged trampoline's TSC record (see blobs/trampoline.rs).
-const TRAMPOLINE_MAGIC: u64 = crate::blobs::trampoline::TSC_MAGIC;
+const TRAMPOLINE_MAGIC: u64 = crate::blobs::trampoline::LAYOUT.tsc_magic;
 
 /// What user space writes into the header page before the reboot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,49 +2,21 @@ use super::*;
 use crate::blobs::trampoline::{
     FAIL_HEADER, FAIL_HEADER_SUM, FAIL_NONCE, FAIL_RANGE_SUM, FAIL_SAMPLE,
 };
-use crate::host::hostinfo;
 use crate::host::status::CrashRange;
-use crate::image::Loadable;
-use bytes::Bytes;
 use std::collections::BTreeMap;
 
-const TINY: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/vmlinux-tiny.elf"
-));
 const RES: PhysRange = PhysRange {
     start: 0x6500_0000,
     end: 0x7500_0000,
 };
 
 fn host() -> HostBootInfo {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host/qemu-seabios");
-    let mut h = hostinfo::read(&root).unwrap();
-    h.rng_seed = Some([7; 32]);
-    h
-}
-
-/// A test's vmlinux or initrd, kept for the whole test run (plans borrow them).
-fn leak_kernel(bytes: &[u8]) -> &'static Loadable {
-    let k = Loadable::from_elf(Path::new("vmlinux-tiny.elf"), Bytes::copy_from_slice(bytes));
-    Box::leak(Box::new(k.unwrap()))
-}
-
-fn leak_bytes(bytes: &[u8]) -> &'static Bytes {
-    Box::leak(Box::new(Bytes::copy_from_slice(bytes)))
+    crate::plan::segments::fixtures::host("qemu-seabios", 7)
 }
 
 fn input<'a>(h: &'a HostBootInfo, initrd: Option<&'a [u8]>) -> UncompressedInput<'a> {
-    UncompressedInput {
-        kernel: leak_kernel(TINY),
-        setup_header: None,
-        initrd: initrd.map(|b| (Path::new("initrd.img"), leak_bytes(b))),
-        cmdline: "console=ttyS0 crashkernel=256M root=/dev/vda",
-        host: h,
-        reserved: Vec::new(),
-        verify: false,
-        phys_delta: 0,
-    }
+    let cmdline = "console=ttyS0 crashkernel=256M root=/dev/vda";
+    crate::plan::segments::fixtures::input(h, initrd, cmdline, false)
 }
 
 fn opts() -> StagedOptions {
@@ -250,7 +222,7 @@ fn plan_keeps_every_crash_segment_inside_the_reservation() {
     assert_eq!(p.crash_entry, p.panic.purgatory_addr);
     assert_ne!(p.crash_entry, p.crash.entry);
     let t = Trampoline::from_bytes(p.trampoline.data.to_vec()).unwrap();
-    assert_eq!(t.target(), p.crash.entry);
+    assert_eq!(t.get(crate::blobs::trampoline::TARGET), p.crash.entry);
     assert_eq!(t.header(), (p.header.addr, p.header.len, p.header.sum));
     assert_eq!(t.nonce(), opts().nonce);
     kexec::validate_segments(p.crash_entry, &p.crash_specs()).unwrap();
@@ -271,8 +243,10 @@ fn zero_page_of(p: &StagedPlan, purgatory_addr: u64) -> Vec<u8> {
         .find(|s| s.mem == purgatory_addr)
         .unwrap();
     let purg = purgatory::Purgatory::from_bytes(seg.data.to_vec()).unwrap();
-    assert_eq!(purg.entry(), p.crash.summary.kernel_entry);
-    p.crash.read_phys(purg.boot_params(), 4096).unwrap()
+    assert_eq!(purg.get(purgatory::ENTRY), p.crash.summary.kernel_entry);
+    p.crash
+        .read_phys(purg.get(purgatory::BOOT_PARAMS), 4096)
+        .unwrap()
 }
 
 fn e820_of(zp: &[u8]) -> Vec<(u64, u64, u32)> {
@@ -363,7 +337,7 @@ fn the_tracer_rides_the_normal_path_only_and_the_trampoline_stamps_next_to_it() 
     o.trampoline_tsc_out = page + 1296;
     let p = plan_staged(&inp, &extras, &o).unwrap();
     let t = Trampoline::from_bytes(p.trampoline.data.to_vec()).unwrap();
-    assert_eq!(t.tsc_out(), page + 1296);
+    assert_eq!(t.get(crate::blobs::trampoline::TSC_OUT), page + 1296);
     assert!(!PhysRange::from_len(p.trampoline.mem, p.trampoline.memsz)
         .overlaps(&PhysRange::from_len(page, 4096)));
     assert!(chain_reaches(&p, &zero_page_of(&p, p.crash.entry), page));
