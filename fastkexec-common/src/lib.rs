@@ -80,7 +80,15 @@ pub mod state {
     pub const DEVICES: u64 = 2;
     /// `device_shutdown` returned: no more notifier or device stamps.
     pub const DEVICES_DONE: u64 = 4;
+    /// The unit table was full once: later units were not stamped (the
+    /// [`EventKind::UNIT_CAP`](super::EventKind::UNIT_CAP) event marks when).
+    pub const UNITS_FULL: u64 = 8;
 }
+
+/// Most cgroups (systemd units) the unit probes follow in one reboot: sizes the
+/// probes' table and the record's room for unit events (two per unit), so a
+/// machine with thousands of scopes cannot crowd the kernel's own stamps out.
+pub const UNIT_MAX: u32 = 512;
 
 /// Bits of [`HeaderPage::flags`], set by user space.
 pub mod flags {
@@ -152,9 +160,22 @@ impl EventKind {
     pub const SYSCORE_SHUTDOWN_EXIT: Self = Self(15);
     /// `machine_shutdown` returned.
     pub const MACHINE_SHUTDOWN_EXIT: Self = Self(16);
+    /// PID 1 sent the first signal to a task of a cgroup (a systemd unit's stop
+    /// began): `arg` = the `struct cgroup` address, name = the cgroup's name
+    /// (`foo.service`). One per cgroup.
+    pub const UNIT_STOP: Self = Self(17);
+    /// A cgroup seen by [`Self::UNIT_STOP`] was removed (`cgroup_rmdir`): the
+    /// unit's last process is gone. `arg` and name as for `UNIT_STOP`.
+    pub const UNIT_GONE: Self = Self(18);
+    /// The unit table was full: this and later units are not stamped; `arg` =
+    /// the cgroup address, name = its name.
+    pub const UNIT_CAP: Self = Self(19);
 
     /// Every kind a probe may write, in timeline order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 19] = [
+        Self::UNIT_STOP,
+        Self::UNIT_CAP,
+        Self::UNIT_GONE,
         Self::REBOOT_ENTER,
         Self::KERNEL_KEXEC,
         Self::KERNEL_RESTART_PREPARE,
@@ -193,6 +214,9 @@ impl EventKind {
             Self::MIGRATE_TO_REBOOT_CPU_EXIT => Some("migrate_to_reboot_cpu_exit"),
             Self::SYSCORE_SHUTDOWN_EXIT => Some("syscore_shutdown_exit"),
             Self::MACHINE_SHUTDOWN_EXIT => Some("machine_shutdown_exit"),
+            Self::UNIT_STOP => Some("unit_stop"),
+            Self::UNIT_GONE => Some("unit_gone"),
+            Self::UNIT_CAP => Some("unit_cap"),
             _ => None,
         }
     }
@@ -461,6 +485,14 @@ pub struct ProbeConfig {
     pub bus_name_off: u32,
     /// Kernel address of `reboot_notifier_list.head` (0 = unknown).
     pub reboot_list_head: u64,
+    /// `offsetof(struct task_struct, cgroups)` (with [`config::UNIT_OFFSETS`]).
+    pub task_cgroups_off: u32,
+    /// `offsetof(struct css_set, dfl_cgrp)`.
+    pub cset_dfl_cgrp_off: u32,
+    /// `offsetof(struct cgroup, kn)`.
+    pub cgroup_kn_off: u32,
+    /// `offsetof(struct kernfs_node, name)`.
+    pub kn_name_off: u32,
 }
 
 /// Bits of [`ProbeConfig::flags`].
@@ -469,6 +501,12 @@ pub mod config {
     pub const VERBOSE: u32 = 1;
     /// The `struct device` offsets are known: read device names.
     pub const DEVICE_NAMES: u32 = 2;
+    /// The task → cgroup → name offsets are known.
+    pub const UNIT_OFFSETS: u32 = 4;
+    /// Stamp units now: set when the shutdown being traced begins (the request
+    /// of `trace --exec`, or follow mode's attach), so PID 1's everyday
+    /// signals (a `systemctl restart`) leave no trace before it.
+    pub const UNITS_ARMED: u32 = 8;
 }
 
 /// Entries of the `NOTIFIER_WALK` map: slot 0 = count, then callback addresses.
@@ -563,7 +601,7 @@ mod tests {
 
     #[test]
     fn probe_config_has_no_padding() {
-        assert_eq!(size_of::<ProbeConfig>(), 6 * 4 + 8);
+        assert_eq!(size_of::<ProbeConfig>(), 6 * 4 + 8 + 4 * 4);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
-    maps::Array,
+    maps::{Array, HashMap},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
@@ -46,6 +46,7 @@ use fastkexec_common::{
     config, event_hash, state, Event, EventKind, EventPage, ProbeConfig, BUS_NAME_LEN,
     DEFAULT_EVENT_PAGES, DEVICE_NAME_LEN, EVENTS_PER_PAGE, EVENT_NAME_LEN, LINUX_REBOOT_CMD_KEXEC,
     NOTIFIER_WALK_SLOTS, OFF_CLAIMED, OFF_EVENT_SUM, OFF_LAST_EXIT, OFF_PROBE_NS, OFF_STATE,
+    UNIT_MAX,
 };
 
 /// Slot 0: the header page; slots 1..: event pages. User space resizes the
@@ -326,6 +327,101 @@ pub fn walk_notifiers(_ctx: RawTracePointContext) -> i32 {
         unsafe { *count = if nb != 0 { n | 1 << 63 } else { n } };
     }
     0
+}
+
+// ---- systemd units stopping ---------------------------------------------
+
+/// Cgroups (units) whose stop was stamped, keyed by the `struct cgroup`
+/// address: one stop stamp per unit, and the removal stamped only for them.
+#[map]
+static UNITS: HashMap<u64, u64> = HashMap::with_max_entries(UNIT_MAX, 0);
+
+const SIGCHLD: u64 = 17;
+const SIGCONT: u64 = 18;
+
+/// `signal_generate(sig, info, task, group, result)`, in the sender's
+/// context: PID 1 (systemd, later systemd-shutdown) signalling a task starts
+/// the stop of the task's cgroup. SIGCONT follows every SIGTERM systemd sends
+/// and SIGCHLD is never a stop, so neither starts one.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn rtp_signal(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
+    let want = config::UNIT_OFFSETS | config::UNITS_ARMED;
+    if cfg.flags & want != want || bpf_get_current_pid_tgid() >> 32 != 1 {
+        return 0;
+    }
+    let sig: u64 = ctx.arg(0);
+    let task: u64 = ctx.arg(2);
+    if sig == SIGCONT || sig == SIGCHLD || task == 0 {
+        return 0;
+    }
+    let cset = read_ptr(task + u64::from(cfg.task_cgroups_off));
+    if cset == 0 {
+        return 0;
+    }
+    let cgrp = read_ptr(cset + u64::from(cfg.cset_dfl_cgrp_off));
+    if cgrp == 0 {
+        return 0;
+    }
+    if UNITS.get_ptr(cgrp).is_some() {
+        return 0;
+    }
+    let cfg = *cfg;
+    // BPF_NOEXIST: two CPUs racing on one cgroup stamp it once.
+    if UNITS.insert(cgrp, sig, 1).is_err() {
+        if UNITS.get_ptr(cgrp).is_none() && set_state(state::UNITS_FULL) {
+            emit(&ctx, EventKind::UNIT_CAP, cgrp, |n| {
+                cgroup_name(&cfg, cgrp, n)
+            });
+        }
+        return 0;
+    }
+    emit(&ctx, EventKind::UNIT_STOP, cgrp, |n| {
+        cgroup_name(&cfg, cgrp, n)
+    });
+    0
+}
+
+/// `cgroup_rmdir(cgrp, path)`: a stamped unit's cgroup is gone. The entry is
+/// dropped so a cgroup allocated later at the same address counts anew.
+#[raw_tracepoint(tracepoint = "cgroup_rmdir")]
+pub fn rtp_cgroup_rmdir(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
+    let cgrp: u64 = ctx.arg(0);
+    if cgrp == 0 || UNITS.get_ptr(cgrp).is_none() {
+        return 0;
+    }
+    let cfg = *cfg;
+    emit(&ctx, EventKind::UNIT_GONE, cgrp, |n| {
+        cgroup_name(&cfg, cgrp, n)
+    });
+    let _ = UNITS.remove(cgrp);
+    0
+}
+
+/// The cgroup's own name (its kernfs node's), e.g. `foo.service`.
+#[inline(always)]
+fn cgroup_name(cfg: &ProbeConfig, cgrp: u64, name: &mut [u8; EVENT_NAME_LEN]) {
+    let kn = read_ptr(cgrp + u64::from(cfg.cgroup_kn_off));
+    if kn != 0 {
+        read_str_at(kn + u64::from(cfg.kn_name_off), name);
+    }
+}
+
+/// Sets `bit` in the state word; true when this call set it (false if it was
+/// set already or the header is missing).
+#[inline(always)]
+fn set_state(bit: u64) -> bool {
+    let Some(h) = header() else {
+        return false;
+    };
+    // SAFETY: OFF_STATE is an 8-aligned offset inside the 4096-byte value.
+    let st = unsafe { h.add(OFF_STATE).cast::<u64>() };
+    matches!(cas_update(st, |v| v | bit), Some(prev) if prev & bit == 0)
 }
 
 // ---- recording -----------------------------------------------------------

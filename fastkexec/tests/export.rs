@@ -99,6 +99,7 @@ fn lab_like_state(dir: &Path) {
             total_ns: scale * 2_605_000_000,
             reboot_unix_ns: 1_795_000_000_000_000_000 + i as u64 * 60_000_000_000,
             mode: "uncompressed".into(),
+            units: Vec::new(),
         };
         fold_boot(dir, &boot).unwrap();
     }
@@ -418,6 +419,7 @@ fn every_export_names_phases_alike_and_pypi_decodes_the_hdr_log_to_the_json_figu
             total_ns: totals[b],
             reboot_unix_ns: 0,
             mode: "staged".into(),
+            units: Vec::new(),
         })
         .unwrap();
     }
@@ -662,4 +664,116 @@ fn the_shipped_systemd_unit_exports_with_arguments_the_cli_accepts() {
     let o = bin().args(&args).output().unwrap();
     assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
     assert_promtool_accepts(&fs::read(tf.path().join("fastkexec.prom")).unwrap());
+}
+
+/// Boots whose every reboot names new units: more than the cap over time.
+fn unit_state(dir: &Path, boots: usize, units_per_boot: usize) {
+    use fastkexec::metrics::histogram::{UnitLevel, UnitSample};
+    for i in 0..boots {
+        let units = (0..units_per_boot)
+            .flat_map(|j| {
+                let name = format!("u{i}-{j}.service");
+                [UnitLevel::Stop, UnitLevel::Start].map(|level| UnitSample {
+                    level,
+                    unit: name.clone(),
+                    duration_ns: 1_500_000_000 + j as u64 * 1_000_000,
+                })
+            })
+            // One unit in every boot, with a quote in its name (systemd escapes most, not all).
+            .chain([UnitSample {
+                level: UnitLevel::Stop,
+                unit: "getty@\"tty1\".service".into(),
+                duration_ns: 20_000_000,
+            }])
+            .collect();
+        let boot = Boot {
+            boot_id: format!("0b7c1a6e-0000-4000-8000-0000000{i:05}"),
+            phases: vec![Phase::new("userspace_shutdown", 2_000_000_000)],
+            total_ns: 9_000_000_000,
+            reboot_unix_ns: 1_795_000_000_000_000_000 + i as u64 * 60_000_000_000,
+            mode: "uncompressed".into(),
+            units,
+        };
+        fold_boot(dir, &boot).unwrap();
+    }
+}
+
+#[test]
+fn unit_histograms_pass_promtool_and_openmetrics_with_their_labels_capped() {
+    use fastkexec::metrics::histogram::MAX_UNIT_HISTOGRAMS;
+    let d = tempfile::tempdir().unwrap();
+    // 30 boots of 5 new units: 150 stop and 150 start units offered, at most 64 kept each.
+    unit_state(d.path(), 30, 5);
+    let dir = d.path().to_str().unwrap();
+    let o = run(&["export", "--state-dir", dir]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_promtool_accepts(&o.stdout);
+    let out = text(&o.stdout);
+    let label_values = |family: &str| {
+        samples(&out)
+            .into_iter()
+            .filter(|(n, _, _)| *n == format!("{family}_count"))
+            .map(|(_, l, v)| (l, v))
+            .collect::<Vec<_>>()
+    };
+    let stop = label_values("fastkexec_unit_stop_duration_seconds");
+    let start = label_values("fastkexec_unit_start_duration_seconds");
+    assert_eq!(stop.len(), MAX_UNIT_HISTOGRAMS);
+    assert_eq!(start.len(), MAX_UNIT_HISTOGRAMS);
+    // The unit seen in every boot was first folded in boot 0: it kept its place and its count.
+    assert!(
+        stop.contains(&(
+            r#"unit="getty@\"tty1\".service""#.to_string(),
+            "30".to_string()
+        )),
+        "{stop:?}"
+    );
+    // Offered: 30 × 6 stop + 30 × 5 start; kept: 64 + 64 histograms, the getty one 30 times.
+    let refused = 30 * 5 * 2 + 30 - (2 * MAX_UNIT_HISTOGRAMS + 29);
+    assert!(
+        out.contains(&format!(
+            "\nfastkexec_unit_samples_refused_total {refused}\n"
+        )),
+        "{out}"
+    );
+
+    let o = run(&["export", "--state-dir", dir, "--format", "openmetrics"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = pipe(&python(), &["-c", OPENMETRICS_PARSER], &o.stdout);
+    assert!(p.status.success(), "parser: {}", text(&p.stderr));
+    let fams: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
+    let names: Vec<&str> = fams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "fastkexec_unit_stop_duration_seconds",
+        "fastkexec_unit_start_duration_seconds",
+        "fastkexec_unit_samples_refused",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+
+    let o = run(&["export", "--state-dir", dir, "--format", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        j["unit_stop"].as_array().unwrap().len(),
+        MAX_UNIT_HISTOGRAMS
+    );
+    assert_eq!(j["units_refused"], refused as u64);
+    assert_eq!(j["unit_stop"][0]["name"], "u0-0.service");
+}
+
+#[test]
+fn without_unit_histograms_the_export_has_no_unit_family() {
+    let d = tempfile::tempdir().unwrap();
+    lab_like_state(d.path());
+    let o = run(&["export", "--state-dir", d.path().to_str().unwrap()]);
+    assert!(!text(&o.stdout).contains("fastkexec_unit_"));
+    // The CLI refuses a cap above what the state keeps.
+    let o = run(&["report", "--no-fold", "--unit-histograms", "65"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("65"), "{}", text(&o.stderr));
 }

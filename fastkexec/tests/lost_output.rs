@@ -271,6 +271,7 @@ fn make_histograms(dir: &Path) {
             total_ns: (i + 1) * 900_000_000,
             reboot_unix_ns: 1_795_000_000_000_000_000 + i * 60_000_000_000,
             mode: "uncompressed".into(),
+            units: Vec::new(),
         };
         fold_boot(dir, &boot).unwrap();
     }

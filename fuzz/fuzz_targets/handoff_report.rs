@@ -224,6 +224,7 @@ fuzz_target!(|data: &[u8]| {
         top,
         release: Some("6.1.0-fuzz".into()),
         initcalls: fastkexec::record::initcalls::Capture::NotRequested,
+        pid1: None,
     };
     let rep = report::build(&inputs);
     // The timeline's own promise: phases tile it, in order.

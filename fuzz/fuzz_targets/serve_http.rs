@@ -33,6 +33,7 @@ fn server() -> SocketAddr {
                     total_ns: 1_000_000_000 + i,
                     reboot_unix_ns: 1_700_000_000_000_000_000 + i,
                     mode: "uncompressed".into(),
+                    units: Vec::new(),
                 })
                 .expect("fold");
         }

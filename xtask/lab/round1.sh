@@ -27,6 +27,58 @@ staged_load() {
 		--initrd "$INITRD" --append "$NEXT" || fail "fastkexec load --mode staged failed rc=$?"
 	[ "$MODE" = fastkexec-staged ] || staged_status
 }
+# Units stopping, the way PID 1 stops them (the traced follow run): two "services" in
+# cgroup2 groups of their own, signalled by this script, which is PID 1, like systemd with
+# KillMode=mixed (SIGTERM to the main process, SIGKILL to what is left once it exited), their
+# groups removed once empty. slow-stop.service exits 1.5 s after SIGTERM (the sleep is its
+# workload). Not systemd: which signals, in which order, and when the groups go are this
+# script's choices.
+lab_units() {
+	mkdir -p /sys/fs/cgroup
+	mount -t cgroup2 none /sys/fs/cgroup || { echo "FKLAB: units none (no cgroup2)"; return 0; }
+	set -- slow-stop "sleep 1.5; exit 0" fast-stop "exit 0"
+	PIDS=
+	while [ $# -gt 0 ]; do
+		mkdir "/sys/fs/cgroup/$1.service" || fail "cannot create the cgroup of $1"
+		# The service moves itself into its group before it starts anything.
+		sh -c "echo \$\$ >/sys/fs/cgroup/$1.service/cgroup.procs && exec sh -c 'trap \"$2\" TERM; while :; do sleep 3600 & wait \$!; done'" &
+		PIDS="$PIDS $1=$!"
+		shift 2
+	done
+	# Both services up (their groups populated) before the stop starts.
+	for p in $PIDS; do
+		u=${p%%=*}
+		i=0
+		until grep -q '^populated 1' "/sys/fs/cgroup/$u.service/cgroup.events"; do
+			i=$((i + 1))
+			[ $i -gt 500 ] && fail "$u.service did not start"
+			sleep 0.01
+		done
+	done
+	echo "FKLAB: units stop"
+	for p in $PIDS; do kill -TERM "${p#*=}"; done
+	LEFT=$PIDS
+	while [ -n "$LEFT" ]; do
+		NOW=
+		for p in $LEFT; do
+			g=/sys/fs/cgroup/${p%%=*}.service
+			if grep -q '^populated 0' "$g/cgroup.events"; then
+				rmdir "$g" || fail "cannot remove $g"
+				echo "FKLAB: unit gone ${p%%=*}.service"
+				continue
+			fi
+			# The main process is gone: what is left gets SIGKILL.
+			if ! grep -qx "${p#*=}" "$g/cgroup.procs"; then
+				for t in $(cat "$g/cgroup.procs"); do kill -KILL "$t"; done
+			fi
+			NOW="$NOW $p"
+		done
+		LEFT=$NOW
+		sleep 0.01
+	done
+	# Reaped here: the tracer in the background is a child too.
+	for p in $PIDS; do wait "${p#*=}"; done
+}
 # The host prepared the cache, as `fastkexec prepare` does at kernel install time; this machine
 # verifies the copy in full once (its files have new identities here), so that the load below
 # is a cheap hit, as on a server whose install hook ran prepare.
@@ -72,6 +124,7 @@ if [ "$(arg fklab.trace)" = 1 ]; then
 			sleep 0.1
 		done
 		ls /sys/fs/bpf/fastkexec | wc -l | sed 's/^/FKLAB: pinned links=/'
+		lab_units
 		sync
 		fastkexec exec --force --mark "FKLAB: exec"
 		fail "fastkexec exec returned rc=$?"

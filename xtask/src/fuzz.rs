@@ -9,7 +9,7 @@
 
 use crate::util::{step, workspace_root};
 use anyhow::{bail, Context, Result};
-use fastkexec::metrics::histogram::{Boot, Phase, State};
+use fastkexec::metrics::histogram::{Boot, Phase, State, UnitLevel, UnitSample};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -136,6 +136,12 @@ fn state_seed(boots: u64) -> Result<Vec<u8>> {
             total_ns: 5_700_000_000 + i,
             reboot_unix_ns: 1_790_000_000_000_000_000 + i * 60_000_000_000,
             mode: if i % 2 == 0 { "uncompressed" } else { "staged" }.into(),
+            // Per-unit histograms too, so the seed reaches their decoding.
+            units: vec![UnitSample {
+                level: UnitLevel::Stop,
+                unit: "slow-stop.service".into(),
+                duration_ns: 1_500_000_000 + i,
+            }],
         })?;
     }
     Ok(s.to_json()?)

@@ -12,6 +12,7 @@ mod lab;
 mod labchain;
 mod labinitcalls;
 mod labpreflight;
+mod labslow;
 mod labsvg;
 mod labsystem;
 mod labtrace;

@@ -96,10 +96,15 @@ fn tcg_flake(r: &lab::RunReport) -> Option<&'static str> {
 }
 
 /// The kernel the Debian system scenarios run on, and which ones (issue 15: scenario 1 in one
-/// mode, 3 and 4; the rest by `lab run --system debian`).
+/// mode, 3 and 4; issue 16: slow-units, the unit levels against their known answers; the rest
+/// by `lab run --system debian`).
 pub const SYSTEM_KERNEL: &str = "6.12";
-pub const SYSTEM_SCENARIOS: &[Scenario] =
-    &[Scenario::Clean, Scenario::Follow, Scenario::ReportUnit];
+pub const SYSTEM_SCENARIOS: &[Scenario] = &[
+    Scenario::Clean,
+    Scenario::Follow,
+    Scenario::ReportUnit,
+    Scenario::SlowUnits,
+];
 
 /// Modes every lab kernel is tested with.
 pub const LAB_MODES: &[Mode] = &[
@@ -213,8 +218,8 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
         }
     }
     if kernel_names.iter().any(|k| k == SYSTEM_KERNEL) {
-        // The Debian system image under systemd (issue 15): the clean path, follow mode, and
-        // the boot-time unit with node_exporter, on one kernel.
+        // The Debian system image under systemd (issue 15): the clean path, follow mode, the
+        // boot-time unit with node_exporter, and the slow units (issue 16), on one kernel.
         let all = kernels::KERNELS
             .iter()
             .map(|s| kernels::ensure(s.name, false))

@@ -5,3 +5,4 @@ pub mod hostinfo;
 pub mod modes;
 pub mod staged_record;
 pub mod status;
+pub mod systemd;

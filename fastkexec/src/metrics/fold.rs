@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::metrics::histogram::{self, Boot, Fold, Phase, State};
+use crate::metrics::histogram::{
+    self, Boot, Fold, Phase, State, UnitLevel, UnitSample, MAX_UNIT_HISTOGRAMS,
+};
 use crate::record::report::Report;
 use crate::{Error, Result};
 
@@ -49,18 +51,45 @@ pub fn boot_from_report(rep: &Report, boot_id: &str, report_unix_ns: u64) -> Res
             .record
             .mode
             .map_or_else(|| UNKNOWN_MODE.to_string(), |m| m.to_string()),
+        units: Vec::new(),
     })
 }
 
+/// The `n` slowest units of each level of `rep` (as far as it lists them: `report --top`), for
+/// per-unit histograms; `n` is capped at [`MAX_UNIT_HISTOGRAMS`].
+pub fn unit_samples(rep: &Report, n: usize) -> Vec<UnitSample> {
+    let n = n.min(MAX_UNIT_HISTOGRAMS);
+    let stop = rep.units_stop.iter().flat_map(|u| &u.slowest).take(n);
+    let start = rep.units_start.iter().flat_map(|u| &u.slowest).take(n);
+    stop.map(|u| UnitSample {
+        level: UnitLevel::Stop,
+        unit: u.unit.clone(),
+        duration_ns: u.duration_ns,
+    })
+    .chain(start.map(|u| UnitSample {
+        level: UnitLevel::Start,
+        unit: u.unit.clone(),
+        duration_ns: u.duration_ns,
+    }))
+    .collect()
+}
+
 /// Folds the reboot `rep` describes into the histograms in `dir`, once per boot id (this
-/// boot's, read under `root`). Returns what happened and the state after it.
-pub fn fold_report(rep: &Report, root: &Path, dir: &Path) -> Result<(Fold, State)> {
+/// boot's, read under `root`), with per-unit histograms for its `unit_histograms` slowest units
+/// of each level (0: none). Returns what happened and the state after it.
+pub fn fold_report(
+    rep: &Report,
+    root: &Path,
+    dir: &Path,
+    unit_histograms: usize,
+) -> Result<(Fold, State)> {
     let path = root.join("proc/sys/kernel/random/boot_id");
     let boot_id = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let boot = boot_from_report(rep, boot_id.trim(), now)?;
+    let mut boot = boot_from_report(rep, boot_id.trim(), now)?;
+    boot.units = unit_samples(rep, unit_histograms);
     histogram::fold_boot(dir, &boot)
 }
 
@@ -195,13 +224,13 @@ mod tests {
         fs::write(ids.join("boot_id"), format!("{BOOT}\n")).unwrap();
         let state = tempfile::tempdir().unwrap();
         let rep = staged_report(flags::LOAD_STAGED);
-        let (f, st) = fold_report(&rep, root.path(), state.path()).unwrap();
+        let (f, st) = fold_report(&rep, root.path(), state.path(), 0).unwrap();
         assert_eq!(f, Fold::Folded);
         assert!(st.contains(BOOT));
         assert_eq!(st.last().unwrap().mode, "staged");
-        let (f, st) = fold_report(&rep, root.path(), state.path()).unwrap();
+        let (f, st) = fold_report(&rep, root.path(), state.path(), 0).unwrap();
         assert_eq!((f, st.boots()), (Fold::AlreadyFolded, 1));
-        let err = fold_report(&rep, state.path(), state.path()).unwrap_err();
+        let err = fold_report(&rep, state.path(), state.path(), 0).unwrap_err();
         assert!(err.to_string().contains("boot_id"), "{err}");
     }
 }

@@ -486,6 +486,7 @@ mod tests {
             total_ns: 1_000_000_000,
             reboot_unix_ns: 0,
             mode: "file".into(),
+            units: Vec::new(),
         };
         fold_boot(d.path(), &boot).unwrap();
         let (_, body) = request(addr, "GET /metrics HTTP/1.1\r\n\r\n");

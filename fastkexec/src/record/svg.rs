@@ -49,6 +49,22 @@ pub fn render(report: &Report) -> String {
             0,
             total,
         );
+        for (name, start, duration) in unit_rows(report, &p.name) {
+            y = bar_row(
+                &mut body,
+                y,
+                &Bar {
+                    class: "unit",
+                    group: "unit",
+                    label: &name,
+                    id: &name,
+                    start,
+                    duration,
+                },
+                0,
+                total,
+            );
+        }
     }
 
     // Panel 2: origin → the new kernel's clock zero.
@@ -145,6 +161,7 @@ pub fn render(report: &Report) -> String {
          .axis{{fill:#666;font-size:10px}} .old{{fill:#4a7fc1}} .handoff{{fill:#e08a2c}} \
          .new{{fill:#4f9d4f}} .user{{fill:#8a5fb0}} .unattributed{{fill:#bbb}} \
          .device{{fill:#8fb3e0}} .notifier{{fill:#8fb3e0}} .initcall{{fill:#9fd09f}} \
+         .unit{{fill:#c0a6d6}} \
          .tracer{{fill:#d9534f;fill-opacity:0.5;stroke:#d9534f;stroke-dasharray:3,2}}</style>\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
     );
@@ -217,6 +234,42 @@ fn initcall_panel(body: &mut String, y: f64, report: &Report) -> f64 {
         );
     }
     y
+}
+
+/// The slowest units under their phase: stopping under the shutdown, starting
+/// under user space (a stop that began before the origin is cut at it).
+fn unit_rows(report: &Report, phase: &str) -> Vec<(String, u64, u64)> {
+    match phase {
+        "userspace_shutdown" | "reboot_syscall" if report.origin.is_some() => {
+            // Follow mode has no shutdown phase: its units go under reboot(2)'s.
+            let first = report
+                .phases
+                .iter()
+                .find(|p| matches!(p.name.as_str(), "userspace_shutdown" | "reboot_syscall"))
+                .map(|p| p.name.as_str());
+            if first != Some(phase) {
+                return Vec::new();
+            }
+            report
+                .units_stop
+                .iter()
+                .flat_map(|u| &u.slowest)
+                .map(|u| {
+                    let start = u64::try_from(u.start_ns).unwrap_or(0);
+                    let end = u64::try_from(u.start_ns.saturating_add_unsigned(u.duration_ns))
+                        .unwrap_or(0);
+                    (u.unit.clone(), start, end.saturating_sub(start))
+                })
+                .collect()
+        }
+        "user_space" => report
+            .units_start
+            .iter()
+            .flat_map(|u| &u.slowest)
+            .map(|u| (u.unit.clone(), u.start_ns, u.duration_ns))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 struct Bar<'a> {

@@ -232,4 +232,51 @@ impl Tracer {
         });
         Ok(())
     }
+
+    /// Attaches both unit tracepoints ([`units`]; their links are kept for pinning).
+    /// Either both attach or neither stays: a stop without its removal measures nothing.
+    pub(super) fn attach_units(&mut self) {
+        let mut links: Vec<FdLink> = Vec::new();
+        let mut failed = None;
+        for (tp, prog, _) in units::TRACEPOINTS {
+            let r = (|| -> std::result::Result<FdLink, String> {
+                let p: &mut RawTracePoint = program(&mut self.ebpf, prog)?;
+                p.load().map_err(|e| render(&e))?;
+                let id = p.attach(tp).map_err(|e| render(&e))?;
+                Ok(p.take_link(id).map_err(|e| render(&e))?.into())
+            })();
+            match r {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    failed = Some(format!("raw tracepoint {tp}: {e}"));
+                    break;
+                }
+            }
+        }
+        let (how, why) = match failed {
+            Some(why) => {
+                // Dropping the links detaches what did attach.
+                drop(links);
+                self.notes
+                    .push(format!("systemd units are not traced: {why}"));
+                ("none", Some(why))
+            }
+            None => {
+                self.links.extend(links);
+                self.units = true;
+                ("raw_tracepoint", None)
+            }
+        };
+        for (tp, _, kind) in units::TRACEPOINTS {
+            if self.units {
+                self.attached |= kind.bit();
+            }
+            self.attachments.push(Attachment {
+                function: format!("raw_tracepoint/{tp}"),
+                kind: kind.name().unwrap_or("?").into(),
+                how,
+                why: why.clone(),
+            });
+        }
+    }
 }

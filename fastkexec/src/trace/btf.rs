@@ -250,6 +250,15 @@ pub(crate) mod tests {
         b.bytes()
     }
 
+    /// A BTF blob with one struct `name` holding an int `member` at byte 8.
+    pub(crate) fn with_struct(name: &str, member: &str) -> Vec<u8> {
+        let mut b = Builder::default();
+        let m = b.s(member);
+        b.ty("int", KIND_INT, 0, 4, &[32]);
+        b.ty(name, KIND_STRUCT, 1, 16, &[m, 1, 64]);
+        b.bytes()
+    }
+
     fn sample() -> Vec<u8> {
         let mut b = Builder::default();
         let name = b.s("name");

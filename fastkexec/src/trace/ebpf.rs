@@ -17,6 +17,13 @@ pub const PROG_NOTIFIER_EXIT: &str = "kr_notifier";
 /// Raw tracepoint program, never attached: run once to walk the notifier list.
 pub const PROG_WALK_NOTIFIERS: &str = "walk_notifiers";
 
+/// Raw tracepoint `signal_generate`: PID 1 signalling a unit's task.
+pub const PROG_UNIT_SIGNAL: &str = "rtp_signal";
+/// Raw tracepoint `cgroup_rmdir`: a unit's cgroup removed.
+pub const PROG_UNIT_RMDIR: &str = "rtp_cgroup_rmdir";
+/// `HashMap<u64, u64>`: the cgroups whose stop was stamped.
+pub const MAP_UNITS: &str = "UNITS";
+
 /// `Array<EventPage>`, `BPF_F_MMAPABLE`: the trace record (slot 0 = header page).
 pub const MAP_EVENTS: &str = "EVENTS";
 /// `Array<ProbeConfig>` with one slot.
@@ -112,10 +119,12 @@ mod tests {
             section(&obj, PROG_NOTIFIER_EXIT),
             ProgramSection::KRetProbe
         ));
-        assert!(matches!(
-            section(&obj, PROG_WALK_NOTIFIERS),
-            ProgramSection::RawTracePoint
-        ));
+        for p in [PROG_WALK_NOTIFIERS, PROG_UNIT_SIGNAL, PROG_UNIT_RMDIR] {
+            assert!(
+                matches!(section(&obj, p), ProgramSection::RawTracePoint),
+                "{p}"
+            );
+        }
     }
 
     #[test]
@@ -162,6 +171,11 @@ mod tests {
         let walk = obj.maps.get(MAP_NOTIFIER_WALK).unwrap();
         assert_eq!(walk.value_size(), 8);
         assert_eq!(walk.max_entries(), NOTIFIER_WALK_SLOTS);
+
+        let units = obj.maps.get(MAP_UNITS).unwrap();
+        assert_eq!(units.map_type(), bpf_map_type::BPF_MAP_TYPE_HASH as u32);
+        assert_eq!((units.key_size(), units.value_size()), (8, 8));
+        assert_eq!(units.max_entries(), fastkexec_common::UNIT_MAX);
 
         let Some(logs) = obj.maps.get(MAP_LOGS) else {
             panic!("map {MAP_LOGS} missing; have {:?}", obj.maps.keys());

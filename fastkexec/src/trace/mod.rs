@@ -40,6 +40,7 @@ pub mod preflight;
 mod run;
 pub mod support;
 mod tracer;
+pub mod units;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -203,6 +204,8 @@ pub struct Tracer {
     pub notes: Vec<String>,
     /// How the next kernel was loaded: `flags::LOAD_*` for the header.
     load_flags: u32,
+    /// The unit probes are attached ([`units`]).
+    units: bool,
 }
 
 #[cfg(test)]

@@ -247,6 +247,7 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
             if let Some(m) = opts.mark.as_deref() {
                 say(out, format_args!("{m}"));
             }
+            tracer.arm_units()?;
             let request = (clock::rdtsc(), clock::monotonic_ns());
             tracer.seal(Some(request), opts.damage)
         };
@@ -259,7 +260,8 @@ pub fn run(opts: &TraceOptions, out: &mut dyn Write) -> Result<TraceSummary> {
         return Ok(summary(&tracer, report));
     }
 
-    // Follow mode.
+    // Follow mode: it cannot know when the shutdown starts, so the units are stamped from now.
+    tracer.arm_units()?;
     unpin(Path::new(PIN_DIR));
     tracer.pin(Path::new(PIN_DIR))?;
     tracer.seal(None, opts.damage)?;

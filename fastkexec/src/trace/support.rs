@@ -183,7 +183,9 @@ pub fn read(root: &Path) -> TracingSupport {
         .chain([&REBOOT_FALLBACK, &DEVICE_PROBE])
         .collect();
     let wanted: Vec<&str> = points.iter().map(|p| p.function).collect();
-    let ftrace = tracefs.and_then(|d| names_in(&d.join("available_filter_functions"), &wanted, 0));
+    let ftrace = tracefs
+        .as_ref()
+        .and_then(|d| names_in(&d.join("available_filter_functions"), &wanted, 0));
     let kallsyms = names_in(&p("proc/kallsyms"), &wanted, 2);
     for point in points {
         let blocker = fentry_blocker(btf.as_ref(), ftrace.as_ref(), point.function);
@@ -214,6 +216,10 @@ pub fn read(root: &Path) -> TracingSupport {
             });
         }
     }
+    t.probes.extend(crate::trace::units::support(
+        btf.as_ref(),
+        tracefs.as_deref(),
+    ));
     t
 }
 

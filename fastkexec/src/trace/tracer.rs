@@ -37,7 +37,8 @@ impl Tracer {
         };
 
         let devices = count_devices(Path::new("/sys/devices"), 0);
-        let pages = event_pages_for(devices);
+        let pages =
+            event_pages_for(devices).saturating_add(if lean { 0 } else { units::record_pages() });
         let (mut ebpf, mapped, phys) = allocate_record(1 + pages as usize)?;
         log::info!(
             "record: {} pages at {:.1} ms",
@@ -74,6 +75,11 @@ impl Tracer {
                 notes.push(
                     "BTF lacks a struct device member: devices are stamped without names".into(),
                 );
+            }
+            if !lean {
+                if let Err(e) = units::offsets(b, &mut cfg) {
+                    notes.push(format!("systemd units are not traced: {e}"));
+                }
             }
             let nb_ok = off("notifier_block", "notifier_call") == Some(0)
                 && off("notifier_block", "next") == Some(8);
@@ -136,6 +142,7 @@ impl Tracer {
             logger: None,
             notes,
             load_flags: 0,
+            units: false,
         };
 
         // --- probes ---
@@ -160,8 +167,11 @@ impl Tracer {
         if lean {
             tracer
                 .notes
-                .push("--lean: no per-device and no per-notifier stamps".into());
+                .push("--lean: no per-device, per-notifier or per-unit stamps".into());
         } else {
+            if cfg.flags & config::UNIT_OFFSETS != 0 {
+                tracer.attach_units();
+            }
             tracer.attach_point(
                 &ebpf::DEVICE_PROBE,
                 btf.as_ref(),
@@ -303,6 +313,31 @@ impl Tracer {
     /// The probes' state bits.
     pub fn state(&self) -> u64 {
         self.pages.read_u64(OFF_STATE)
+    }
+
+    /// Starts stamping units ([`units`]: at `trace --exec`'s request, at attach in follow
+    /// mode).
+    pub fn arm_units(&mut self) -> Result<()> {
+        if !self.units {
+            return Ok(());
+        }
+        let mut cfg: Array<_, ProbeConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(ebpf::MAP_CONFIG)
+                .ok_or_else(|| Error::Tracer {
+                    problem: "the eBPF object has no CONFIG map".into(),
+                })?,
+        )
+        .map_err(|e| Error::Tracer {
+            problem: format!("the CONFIG map: {}", render(&e)),
+        })?;
+        let mut c = cfg.get(&0, 0).map_err(|e| Error::Tracer {
+            problem: format!("reading the probe configuration failed: {}", render(&e)),
+        })?;
+        c.flags |= config::UNITS_ARMED;
+        cfg.set(0, c, 0).map_err(|e| Error::Tracer {
+            problem: format!("arming the unit probes failed: {}", render(&e)),
+        })
     }
 
     /// Drains aya-log records (with `-v`) into the log.

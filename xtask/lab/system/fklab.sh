@@ -83,6 +83,25 @@ report-unit)
 	;;
 slow-units)
 	if [ "$ROUND" -gt 1 ]; then
+		# The traced reboot's report, ending where systemd reached its default target (no
+		# --until-kmsg): the units stopping and starting, and where to look next.
+		fastkexec report --no-fold --top 5 2>&1 | sed 's/^/FKLAB: report-text | /'
+		echo "FKLAB: report-begin"
+		fastkexec report --json --no-fold --top 5 2>/tmp/report.err
+		echo "FKLAB: report-end rc=$?"
+		sed 's/^/FKLAB: report-stderr /' /tmp/report.err
+		# systemd's own answers over D-Bus, as report read them (unit-test fixtures).
+		busctl --json=short get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+			org.freedesktop.systemd1.Manager UserspaceTimestampMonotonic FinishTimestampMonotonic |
+			sed 's/^/FKLAB: dbus manager /'
+		for u in fklab-slow-start.service fklab-slow-stop.service graphical.target; do
+			p=$(busctl --json=short call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+				org.freedesktop.systemd1.Manager GetUnit s "$u" | sed 's/.*"data":\["\([^"]*\)".*/\1/')
+			busctl --json=short get-property org.freedesktop.systemd1 "$p" org.freedesktop.systemd1.Unit \
+				InactiveExitTimestampMonotonic ActiveEnterTimestampMonotonic | sed "s/^/FKLAB: dbus unit $u /"
+		done
+		# The reference our start figures must match: systemd-analyze's own blame.
+		systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^ */FKLAB: blame /'
 		# Both units' own start/stop entries: Starting/Started, Stopping/Stopped.
 		for b in -1 0; do
 			journalctl -b $b -o json --no-pager -u fklab-slow-stop.service -u fklab-slow-start.service \
@@ -128,7 +147,7 @@ follow:*)
 	echo "FKLAB: exec"
 	systemctl kexec || fail "systemctl kexec failed rc=$?"
 	;;
-report-unit:fastkexec-uncompressed)
+report-unit:fastkexec-uncompressed | slow-units:fastkexec-uncompressed)
 	# A traced reboot, as a user starts one: trace --exec (clean path under systemd). It
 	# prints the mark itself (stdout: the console) right before it stamps the request.
 	echo "FKLAB: loaded"

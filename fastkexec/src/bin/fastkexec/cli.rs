@@ -369,6 +369,13 @@ pub struct ReportArgs {
     #[arg(long)]
     pub no_fold: bool,
 
+    /// Also fold the N slowest units stopping and the N slowest starting (of those listed,
+    /// see --top) into per-unit histograms. Opt-in: each unit is a label value of the exports;
+    /// at most 64 units per level are ever kept, later ones are counted as refused.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=fastkexec::metrics::histogram::MAX_UNIT_HISTOGRAMS as i64))]
+    pub unit_histograms: u16,
+
     /// Also draw the timeline as an SVG picture into FILE (phases as bars, the old kernel
     /// zoomed with its slowest devices and notifiers, the tracer's own time marked).
     #[arg(long, value_name = "FILE")]

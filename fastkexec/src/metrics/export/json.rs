@@ -15,6 +15,12 @@ pub(super) struct JsonExport<'a> {
     bucket_bounds_ns: &'static [u64],
     total: Option<JsonHistogram<'a>>,
     phases: Vec<JsonHistogram<'a>>,
+    /// Per-unit histograms (opt-in), by unit name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unit_stop: Vec<JsonHistogram<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unit_start: Vec<JsonHistogram<'a>>,
+    units_refused: u64,
     last_reboot: Option<&'a Boot>,
 }
 
@@ -70,6 +76,17 @@ pub(super) fn json(state: &State) -> Result<String> {
             .iter()
             .map(json_histogram)
             .collect::<Result<_>>()?,
+        unit_stop: state
+            .units(UnitLevel::Stop)
+            .iter()
+            .map(json_histogram)
+            .collect::<Result<_>>()?,
+        unit_start: state
+            .units(UnitLevel::Start)
+            .iter()
+            .map(json_histogram)
+            .collect::<Result<_>>()?,
+        units_refused: state.units_refused(),
         last_reboot: state.last(),
     };
     let mut s = serde_json::to_string_pretty(&doc).map_err(|e| Error::HistogramEncode {

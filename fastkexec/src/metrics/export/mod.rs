@@ -12,6 +12,11 @@
 //!   `fastkexec_last_reboot_timestamp_seconds`: gauges, the last reboot folded;
 //! - `fastkexec_last_reboot_info{mode}`: 1, how the last reboot's kernel was loaded (from the
 //!   trace record: `uncompressed` or `staged`);
+//! - `fastkexec_unit_stop_duration_seconds{unit}`, `fastkexec_unit_start_duration_seconds{unit}`:
+//!   histograms per systemd unit, only when `report --unit-histograms N` asked for them; at
+//!   most `MAX_UNIT_HISTOGRAMS` units each, `fastkexec_unit_samples_refused_total` counts what
+//!   that cap kept out (the JSON export has them as `unit_stop`, `unit_start`,
+//!   `units_refused`; the HdrHistogram log does not carry them);
 //! - `fastkexec_state_corrupt_files`: gauge, corrupt state files: moved aside, or a corrupt
 //!   `state.json` a read-only command left in place (alert on > 0).
 //!
@@ -30,7 +35,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use serde::Serialize;
 
 use crate::metrics::histogram::{
-    encode_histogram, Boot, PhaseHistogram, State, SIGNIFICANT_DIGITS,
+    encode_histogram, Boot, PhaseHistogram, State, UnitLevel, SIGNIFICANT_DIGITS,
 };
 use crate::{files::atomic_file, Error, Result};
 

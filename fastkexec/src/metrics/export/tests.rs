@@ -14,6 +14,7 @@ fn state(boots: Boots) -> State {
             total_ns: *total,
             reboot_unix_ns: 1_700_000_000_000_000_000 + i as u64 * 1_000_000_000,
             mode: "uncompressed".into(),
+            units: Vec::new(),
         })
         .unwrap();
     }
@@ -165,6 +166,7 @@ fn buckets_run_1_2_5_from_a_microsecond_to_1000_seconds_inside_the_hdr_range() {
         total_ns: 1,
         reboot_unix_ns: 0,
         mode: String::new(),
+        units: Vec::new(),
     })
     .unwrap();
     let h = st.phase("p").unwrap().histogram();
@@ -201,6 +203,7 @@ fn a_bucket_never_counts_a_value_above_its_bound() {
             total_ns: *v,
             reboot_unix_ns: 0,
             mode: String::new(),
+            units: Vec::new(),
         })
         .unwrap();
     }
@@ -230,6 +233,7 @@ fn written_files_have_their_documented_modes_whatever_the_umask() {
             total_ns: 2_000,
             reboot_unix_ns: 1,
             mode: "uncompressed".into(),
+            units: Vec::new(),
         };
         let (_, st) = crate::metrics::histogram::fold_boot(&d.join("state"), &boot).unwrap();
         write_textfile(&d, &st).unwrap();

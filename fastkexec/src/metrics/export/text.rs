@@ -147,6 +147,7 @@ pub(super) fn metrics_text(state: &State, om: bool) -> String {
             om,
         );
     }
+    unit_families(&mut out, state, om);
     header(
         &mut out,
         &Family {
@@ -189,6 +190,63 @@ pub(super) fn metrics_text(state: &State, om: bool) -> String {
         out.push_str("# EOF\n");
     }
     out
+}
+
+/// The opt-in per-unit histograms (`report --unit-histograms N`): the `unit` label has at
+/// most `MAX_UNIT_HISTOGRAMS` values per family, and what the cap refused is counted.
+fn unit_families(out: &mut String, state: &State, om: bool) {
+    let families = [
+        (
+            UnitLevel::Stop,
+            "fastkexec_unit_stop_duration_seconds",
+            "Duration of each systemd unit's stop in the old kernel (PID 1's first signal to \
+             its cgroup removed), for the units report was asked to keep.",
+        ),
+        (
+            UnitLevel::Start,
+            "fastkexec_unit_start_duration_seconds",
+            "Duration of each systemd unit's start in the new boot (systemd's InactiveExit to \
+             ActiveEnter), for the units report was asked to keep.",
+        ),
+    ];
+    for (level, name, help) in families {
+        let units = state.units(level);
+        if units.is_empty() {
+            continue;
+        }
+        header(
+            out,
+            &Family {
+                name,
+                kind: "histogram",
+                help,
+                unit: Some("seconds"),
+            },
+            om,
+        );
+        for u in units {
+            histogram_samples(out, name, Some(("unit", u.name())), u, om);
+        }
+    }
+    if state.units_refused() > 0 {
+        header(
+            out,
+            &Family {
+                name: "fastkexec_unit_samples_refused_total",
+                kind: "counter",
+                help: "Unit durations not folded because their level already had its maximum \
+                       number of unit histograms.",
+                unit: None,
+            },
+            om,
+        );
+        // The sample keeps `_total` in both formats (OpenMetrics names only the family without).
+        let _ = writeln!(
+            out,
+            "fastkexec_unit_samples_refused_total {}",
+            state.units_refused()
+        );
+    }
 }
 
 pub(super) fn last_reboot(out: &mut String, last: &Boot, om: bool) {

@@ -60,6 +60,12 @@ pub const MAX_DURATION_NS: u64 = 86_400 * 1_000_000_000;
 /// while it runs (its id is the running kernel's), so the recent ones are all that matter.
 pub const REMEMBERED_BOOT_IDS: usize = 1024;
 
+/// Unit histograms kept per level (units stopping, units starting): a unit first seen when
+/// this many exist is counted in `units_refused`, not given a histogram, so the `unit` label
+/// of the exports never has more values than this (`report --unit-histograms N` picks at most
+/// N units of each reboot, the slowest).
+pub const MAX_UNIT_HISTOGRAMS: usize = 64;
+
 const FORMAT: &str = "fastkexec-state";
 const VERSION: u32 = 1;
 /// Far above any real state (a few KiB per phase): a bigger file is not ours.
@@ -83,6 +89,24 @@ impl Phase {
     }
 }
 
+/// The two unit levels of a reboot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitLevel {
+    /// Units stopping in the old kernel (PID 1's first signal → cgroup removed).
+    Stop,
+    /// Units starting in the new boot (systemd's InactiveExit → ActiveEnter).
+    Start,
+}
+
+/// One unit's stop or start in one reboot (opt-in: `report --unit-histograms N`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSample {
+    pub level: UnitLevel,
+    pub unit: String,
+    pub duration_ns: u64,
+}
+
 /// One reboot, as the tracer hands it to `fold`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Boot {
@@ -96,6 +120,9 @@ pub struct Boot {
     pub reboot_unix_ns: u64,
     /// How the kernel was loaded (e.g. `uncompressed`, `file`).
     pub mode: String,
+    /// The units to fold into per-unit histograms (none unless asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<UnitSample>,
 }
 
 /// What `fold` did.
@@ -178,6 +205,11 @@ pub struct State {
     folded: VecDeque<String>,
     phases: Vec<PhaseHistogram>,
     total: Option<PhaseHistogram>,
+    /// Per-unit histograms, at most `MAX_UNIT_HISTOGRAMS` each.
+    unit_stop: Vec<PhaseHistogram>,
+    unit_start: Vec<PhaseHistogram>,
+    /// Unit samples not folded because their level was full.
+    units_refused: u64,
     last: Option<Boot>,
     // Facts about the directory the state was read from; not stored.
     corrupt_files: usize,
@@ -219,6 +251,26 @@ fn validate(boot: &Boot) -> Result<()> {
             return Err(bad(format!(
                 "phase {:?} lasted {} ns, more than a day: a broken clock or a torn record",
                 p.name, p.duration_ns
+            )));
+        }
+    }
+    let mut seen: Vec<(UnitLevel, &str)> = Vec::with_capacity(boot.units.len());
+    for u in &boot.units {
+        if u.unit.is_empty() || u.unit.len() > MAX_NAME_LEN || u.unit.chars().any(char::is_control)
+        {
+            return Err(bad(format!(
+                "unit name {:?} must be 1..={MAX_NAME_LEN} printable characters",
+                u.unit
+            )));
+        }
+        if seen.contains(&(u.level, u.unit.as_str())) {
+            return Err(bad(format!("unit {:?} appears twice", u.unit)));
+        }
+        seen.push((u.level, &u.unit));
+        if u.duration_ns > MAX_DURATION_NS {
+            return Err(bad(format!(
+                "unit {:?} took {} ns, more than a day: a broken clock",
+                u.unit, u.duration_ns
             )));
         }
     }

@@ -14,6 +14,9 @@ impl State {
             folded: VecDeque::new(),
             phases: Vec::new(),
             total: None,
+            unit_stop: Vec::new(),
+            unit_start: Vec::new(),
+            units_refused: 0,
             last: None,
             corrupt_files: 0,
             warnings: Vec::new(),
@@ -62,6 +65,26 @@ impl State {
             None => self.total.insert(PhaseHistogram::new("total", now)?),
         };
         total.record(boot.total_ns)?;
+        for u in &boot.units {
+            let level = match u.level {
+                UnitLevel::Stop => &mut self.unit_stop,
+                UnitLevel::Start => &mut self.unit_start,
+            };
+            let i = match level.iter().position(|h| h.name == u.unit) {
+                Some(i) => i,
+                None if level.len() < MAX_UNIT_HISTOGRAMS => {
+                    level.push(PhaseHistogram::new(&u.unit, now)?);
+                    level.len() - 1
+                }
+                None => {
+                    self.units_refused = self.units_refused.saturating_add(1);
+                    continue;
+                }
+            };
+            if let Some(h) = level.get_mut(i) {
+                h.record(u.duration_ns)?;
+            }
+        }
         self.boots = self.boots.saturating_add(1);
         self.folded.push_back(boot.boot_id.clone());
         while self.folded.len() > REMEMBERED_BOOT_IDS {
@@ -85,6 +108,19 @@ impl State {
     /// The phase called `name`.
     pub fn phase(&self, name: &str) -> Option<&PhaseHistogram> {
         self.phases.iter().find(|p| p.name == name)
+    }
+
+    /// Per-unit histograms of one level, in the order the units were first folded.
+    pub fn units(&self, level: UnitLevel) -> &[PhaseHistogram] {
+        match level {
+            UnitLevel::Stop => &self.unit_stop,
+            UnitLevel::Start => &self.unit_start,
+        }
+    }
+
+    /// Unit samples not folded because their level already had `MAX_UNIT_HISTOGRAMS` units.
+    pub fn units_refused(&self) -> u64 {
+        self.units_refused
     }
 
     /// The whole-reboot histogram (`total_ns` of every boot); None before the first fold.
@@ -136,6 +172,17 @@ impl State {
                 .iter()
                 .map(HistFile::encode)
                 .collect::<Result<_>>()?,
+            unit_stop: self
+                .unit_stop
+                .iter()
+                .map(HistFile::encode)
+                .collect::<Result<_>>()?,
+            unit_start: self
+                .unit_start
+                .iter()
+                .map(HistFile::encode)
+                .collect::<Result<_>>()?,
+            units_refused: self.units_refused,
             last: self.last.clone(),
         };
         let mut out = serde_json::to_vec_pretty(&file).map_err(|e| Error::HistogramEncode {
@@ -232,6 +279,30 @@ impl State {
         if let Some(last) = &last {
             validate(last).map_err(|e| Decode::Corrupt(format!("\"last\": {e}")))?;
         }
+        let units = |files: &[HistFile], level: &str| {
+            let mut out: Vec<PhaseHistogram> = Vec::with_capacity(files.len());
+            if files.len() > MAX_UNIT_HISTOGRAMS {
+                return Err(Decode::Corrupt(format!(
+                    "{} {level} unit histograms, at most {MAX_UNIT_HISTOGRAMS} are kept",
+                    files.len()
+                )));
+            }
+            for f in files {
+                let h = f.decode()?;
+                if out.iter().any(|o| o.name == h.name) || h.count() > file.boots {
+                    return Err(Decode::Corrupt(format!(
+                        "{level} unit {:?}: twice, or more values ({}) than boots ({})",
+                        h.name,
+                        h.count(),
+                        file.boots
+                    )));
+                }
+                out.push(h);
+            }
+            Ok(out)
+        };
+        let unit_stop = units(&file.unit_stop, "stop")?;
+        let unit_start = units(&file.unit_start, "start")?;
         Ok(State {
             created_unix_ns: file.created_unix_ns,
             updated_unix_ns: file.updated_unix_ns,
@@ -239,6 +310,9 @@ impl State {
             folded: file.folded_boot_ids.into(),
             phases,
             total,
+            unit_stop,
+            unit_start,
+            units_refused: file.units_refused,
             last,
             corrupt_files: 0,
             warnings: Vec::new(),
@@ -298,7 +372,19 @@ pub(super) struct StateFile {
     folded_boot_ids: Vec<String>,
     total: Option<HistFile>,
     phases: Vec<HistFile>,
+    /// Per-unit histograms (opt-in; absent from states that never had one, so older readers
+    /// and writers keep working).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unit_stop: Vec<HistFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    unit_start: Vec<HistFile>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    units_refused: u64,
     last: Option<Boot>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]

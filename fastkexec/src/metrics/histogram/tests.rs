@@ -13,6 +13,7 @@ fn boot(id: &str, scale: u64) -> Boot {
         total_ns: 2_000_000_000 * scale,
         reboot_unix_ns: 1_700_000_000_000_000_000 + scale,
         mode: "uncompressed".into(),
+        units: Vec::new(),
     }
 }
 
@@ -63,6 +64,7 @@ fn values_keep_three_significant_digits_across_a_save() {
             total_ns: *v,
             reboot_unix_ns: 0,
             mode: String::new(),
+            units: Vec::new(),
         };
         st.fold(&b).unwrap();
     }
@@ -432,6 +434,7 @@ fn only_recent_boot_ids_are_remembered() {
         total_ns: 1,
         reboot_unix_ns: 0,
         mode: String::new(),
+        units: Vec::new(),
     };
     for i in 0..REMEMBERED_BOOT_IDS + 5 {
         assert_eq!(st.fold(&one(i)).unwrap(), Fold::Folded);
@@ -488,4 +491,64 @@ fn concurrent_folds_lose_no_boot() {
     let st = State::open(d.path()).unwrap();
     assert_eq!(st.boots(), 2 * per_thread);
     assert_eq!(st.phase("purgatory").unwrap().count(), 2 * per_thread);
+}
+
+#[test]
+fn unit_histograms_round_trip_and_a_state_without_them_still_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, plain) = fold_boot(d.path(), &boot("a", 1)).unwrap();
+    let text = String::from_utf8(plain.to_json().unwrap()).unwrap();
+    // A state written before unit histograms existed has no such keys.
+    assert!(!text.contains("unit_stop") && !text.contains("units_refused"));
+    let mut b = boot("b", 1);
+    b.units = vec![
+        UnitSample {
+            level: UnitLevel::Stop,
+            unit: "slow-stop.service".into(),
+            duration_ns: 1_500_000_000,
+        },
+        UnitSample {
+            level: UnitLevel::Start,
+            unit: "slow-stop.service".into(),
+            duration_ns: 60_000_000,
+        },
+    ];
+    let (_, st) = fold_boot(d.path(), &b).unwrap();
+    let reread = State::open(d.path()).unwrap();
+    for s in [&st, &reread] {
+        assert_eq!(s.units(UnitLevel::Stop).len(), 1);
+        let h = &s.units(UnitLevel::Start)[0];
+        assert_eq!(
+            (h.name(), h.count(), h.sum_ns()),
+            ("slow-stop.service", 1, 60_000_000)
+        );
+        assert_eq!(s.units_refused(), 0);
+    }
+    // The same unit twice in one level is a broken boot, refused whole.
+    let mut twice = boot("c", 1);
+    twice.units = vec![b.units[0].clone(), b.units[0].clone()];
+    let e = fold_boot(d.path(), &twice).unwrap_err().to_string();
+    assert!(e.contains("appears twice"), "{e}");
+    assert_eq!(State::open(d.path()).unwrap().boots(), 2);
+}
+
+#[test]
+fn a_state_holding_one_unit_twice_is_corrupt() {
+    let mut st = State::new();
+    let mut b = boot("a", 1);
+    b.units = ["x.service", "y.service"]
+        .map(|u| UnitSample {
+            level: UnitLevel::Stop,
+            unit: u.into(),
+            duration_ns: 5,
+        })
+        .to_vec();
+    st.fold(&b).unwrap();
+    let text = String::from_utf8(st.to_json().unwrap()).unwrap();
+    assert!(State::parse(text.as_bytes()).is_ok());
+    // Only the histograms' names change ("last" keeps its own list).
+    let forged = text.replacen("\"name\": \"y.service\"", "\"name\": \"x.service\"", 1);
+    assert_ne!(forged, text);
+    let e = State::parse(forged.as_bytes()).unwrap_err();
+    assert!(e.contains("x.service") && e.contains("twice"), "{e}");
 }

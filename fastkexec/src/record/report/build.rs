@@ -51,8 +51,12 @@ pub fn build(inp: &Inputs) -> Report {
     let mut report = on_ns_axis(inp, &record, &marks, fit_for_rate, status, end, &mut notes);
     clock_notes(inp, &report.clock, &mut notes);
     report.notes = notes;
+    report.where_next = next::contributors(&report, WHERE_NEXT);
     report
 }
+
+/// Items in "where to look next".
+const WHERE_NEXT: usize = 5;
 
 /// The new kernel's marks from its log: clock zero, `Run /init`, and the end mark (a kmsg
 /// line asked for, else the moment report ran).
@@ -126,6 +130,15 @@ fn new_kernel_marks(
             "no kernel log line contains {want:?}: the timeline ends when report ran instead"
         )),
         (None, None) => {}
+    }
+    if until.is_none() {
+        if let Some((t, text)) = systemd_end(inp.pid1.as_ref(), inp.now_fit, notes) {
+            marks.set(MarkId::End, t);
+            end = EndMark {
+                kind: "systemd",
+                text: Some(text),
+            };
+        }
     }
     if !marks.at.contains_key(&MarkId::End) {
         marks.set(MarkId::End, i128::from(inp.facts.now_tsc));
@@ -387,6 +400,36 @@ fn on_ns_axis(
         kernel_boot,
         inp.top,
     );
+    let units_stop = match (record, rate) {
+        (Ok(r), Some(fit)) => units_stop::build(
+            &r.events,
+            r.counters.state,
+            r.events
+                .iter()
+                .find(|e| e.kind() == EventKind::REBOOT_ENTER)
+                .map(|e| e.ts_ns),
+            |ts| {
+                i64::try_from(fit.ticks_to_ns(fit.tsc_at(ts).saturating_sub(base)) - origin_ns)
+                    .unwrap_or(0)
+            },
+            inp.top,
+        ),
+        _ => None,
+    };
+    let units_start = match (&inp.pid1, inp.now_fit, rate) {
+        (Some(Pid1::Systemd(t)), Some(now), Some(fit)) => Some(units_start::build(
+            t,
+            &now,
+            |tsc| {
+                phases::ns_u64(
+                    fit.ticks_to_ns(tsc.saturating_sub(base))
+                        .saturating_sub(origin_ns),
+                )
+            },
+            inp.top,
+        )),
+        _ => None,
+    };
     let spans = Spans {
         old_kernel_ns: off(MarkId::MachineKexec),
         handoff_ns: match (off(MarkId::MachineKexec), off(MarkId::KernelClockZero)) {
@@ -431,6 +474,9 @@ fn on_ns_axis(
         unseen,
         clock,
         initcalls,
+        units_stop,
+        units_start,
+        where_next: Vec::new(),
         notes: Vec::new(),
     }
 }

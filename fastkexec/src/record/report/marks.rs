@@ -75,3 +75,45 @@ impl TscMarks {
         }
     }
 }
+
+/// Where PID 1 being systemd ends the report's timeline: its default target
+/// reached (TSC, and the end mark's text). Says in `notes` why not otherwise.
+pub(super) fn systemd_end(
+    pid1: Option<&Pid1>,
+    now_fit: Option<Fit>,
+    notes: &mut Vec<String>,
+) -> Option<(i128, String)> {
+    match pid1? {
+        Pid1::Systemd(t) if t.default_target_us > 0 => match now_fit {
+            Some(fit) => Some((
+                units_start::tsc_of_us(&fit, t.default_target_us),
+                format!("{} reached", t.default_target),
+            )),
+            None => {
+                notes.push(
+                    "no TSC fit of this kernel's clock: the default target cannot be placed, the \
+                     timeline ends when report ran"
+                        .into(),
+                );
+                None
+            }
+        },
+        Pid1::Systemd(t) => {
+            notes.push(format!(
+                "systemd has not reached {} yet: the timeline ends when report ran",
+                t.default_target
+            ));
+            None
+        }
+        Pid1::NotSystemd(comm) => {
+            notes.push(format!(
+                "PID 1 is not systemd ({comm}): the timeline ends when report ran"
+            ));
+            None
+        }
+        Pid1::Unreadable(why) => {
+            notes.push(format!("{why}: the timeline ends when report ran"));
+            None
+        }
+    }
+}

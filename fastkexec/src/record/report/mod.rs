@@ -31,8 +31,11 @@ use crate::ops::load::LoadMode;
 use crate::record::clock::{self, Fit};
 use crate::record::handoff::{self, BootFacts, Record, RecordError};
 use crate::record::initcalls::{self, Capture, Initcalls};
+use crate::record::next;
 use crate::record::phases::{self, Mark, MarkId, Tiling};
 use crate::record::probes::{DEVICE_PROBE, PHASE_PROBES, REBOOT_FALLBACK};
+use crate::record::units_start::{self, Pid1, UnitsStart};
+use crate::record::units_stop::{self, UnitsStop};
 use crate::{Error, Result};
 
 mod build;
@@ -70,6 +73,8 @@ pub struct Inputs {
     pub release: Option<String>,
     /// The initcall events found in tracefs.
     pub initcalls: Capture,
+    /// Who PID 1 is and, for systemd, its timestamps (`None`: not asked).
+    pub pid1: Option<Pid1>,
 }
 
 /// The state of the record, for the report.
@@ -137,7 +142,8 @@ pub struct NotifierTime {
 /// Where the timeline ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EndMark {
-    /// `kmsg` (a kernel log line) or `report` (the moment report ran).
+    /// `kmsg` (a kernel log line), `systemd` (its default target reached) or `report` (the
+    /// moment report ran).
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -207,6 +213,14 @@ pub struct Report {
     pub clock: ClockInfo,
     /// The new kernel's initcalls under "kernel boot".
     pub initcalls: Initcalls,
+    /// Units stopping in the old kernel (the unit probes' stamps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_stop: Option<UnitsStop>,
+    /// Units starting in this boot (systemd's own timestamps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units_start: Option<UnitsStart>,
+    /// The largest single contributors across the levels ([`next`]).
+    pub where_next: Vec<next::Contributor>,
     pub notes: Vec<String>,
 }
 
@@ -224,6 +238,9 @@ pub struct ReportOptions {
     pub root: PathBuf,
     pub until_kmsg: Option<String>,
     pub top: usize,
+    /// Who PID 1 is, read by the caller (`host::systemd`: the D-Bus read is not the
+    /// record's business).
+    pub pid1: Option<Pid1>,
 }
 
 /// Gathers the inputs from the running system and builds the report.
@@ -264,6 +281,7 @@ pub fn report(opts: &ReportOptions) -> Result<Report> {
         top: opts.top,
         release,
         initcalls,
+        pid1: opts.pid1.clone(),
     }))
 }
 

@@ -94,6 +94,7 @@ pub(crate) fn inputs(record: std::result::Result<Record, RecordError>) -> Inputs
         top: 2,
         release: Some("6.1.0-56-cloud-amd64".into()),
         initcalls: Capture::NotRequested,
+        pid1: None,
     }
 }
 
@@ -448,4 +449,29 @@ fn kmsg_records_parse() {
     assert_eq!(parse_kmsg_record("garbage"), None);
     assert_eq!(parse_kmsg_record("6,1,x,-;t"), None);
     assert_eq!(parse_kmsg_record("6,1,7,-;a;b").unwrap().text, "a;b");
+}
+
+#[test]
+fn the_end_is_the_default_target_where_pid_1_is_systemd() {
+    let mut notes = Vec::new();
+    let t = Pid1::Systemd(units_start::tests::times());
+    let (tsc, text) =
+        super::marks::systemd_end(Some(&t), Some(units_start::tests::fit()), &mut notes).unwrap();
+    assert_eq!(tsc, 1_000_000 + 2 * 3_900_000_000);
+    assert_eq!(text, "multi-user.target reached");
+    assert!(notes.is_empty());
+    let busybox = Pid1::NotSystemd("init".into());
+    assert_eq!(
+        super::marks::systemd_end(Some(&busybox), Some(units_start::tests::fit()), &mut notes),
+        None
+    );
+    assert_eq!(
+        notes,
+        ["PID 1 is not systemd (init): the timeline ends when report ran"]
+    );
+    assert_eq!(
+        super::marks::systemd_end(None, Some(units_start::tests::fit()), &mut notes),
+        None
+    );
+    assert_eq!(notes.len(), 1);
 }

@@ -34,6 +34,7 @@ impl fmt::Display for Report {
         }
         let end = match (&self.end.kind, &self.end.text) {
             (&"kmsg", Some(t)) => format!("the kernel log line {t:?}"),
+            (&"systemd", Some(t)) => t.clone(),
             _ => "this report".to_string(),
         };
         writeln!(
@@ -115,6 +116,14 @@ impl fmt::Display for Report {
         }
         writeln!(f)?;
         write!(f, "{}", self.initcalls)?;
+        if let Some(u) = &self.units_stop {
+            writeln!(f)?;
+            write!(f, "{u}")?;
+        }
+        if let Some(u) = &self.units_start {
+            writeln!(f)?;
+            write!(f, "{u}")?;
+        }
         if !self.unseen.is_empty() {
             writeln!(f)?;
             writeln!(f, "not on the timeline:")?;
@@ -128,6 +137,10 @@ impl fmt::Display for Report {
                 "tracer: {:.3} ms inside the probes themselves",
                 ms(r.tracer_self_ns)
             )?;
+        }
+        if !self.where_next.is_empty() {
+            writeln!(f)?;
+            write!(f, "{}", next::WhereNext(&self.where_next))?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;

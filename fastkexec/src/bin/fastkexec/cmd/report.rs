@@ -15,6 +15,7 @@ pub fn run(args: ReportArgs, root: &Path) -> Result<()> {
         root: root.to_path_buf(),
         until_kmsg: args.until_kmsg.clone(),
         top: args.top,
+        pid1: Some(fastkexec::host::systemd::read(root)),
     })
     .context("cannot build the report")?;
     if let Some(svg) = &args.svg {
@@ -39,7 +40,12 @@ pub fn run(args: ReportArgs, root: &Path) -> Result<()> {
         return Err(ExitStatus(exit::NOTHING, detail).into());
     }
     if !args.no_fold {
-        if let Err(e) = fastkexec::metrics::fold::fold_report(&rep, root, &args.state_dir) {
+        if let Err(e) = fastkexec::metrics::fold::fold_report(
+            &rep,
+            root,
+            &args.state_dir,
+            usize::from(args.unit_histograms),
+        ) {
             log::warn!(
                 "the reboot was not folded into {}: {e:#}",
                 args.state_dir.display()
