@@ -559,40 +559,17 @@ fn qemu_args(
     opts: &RunOptions,
     cmdline: &str,
 ) -> Vec<String> {
-    let cpu = if accel == "kvm" { "host" } else { "max" };
-    [
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-accel",
-        accel,
-        "-cpu",
-        cpu,
-        "-m",
-        &opts.memory,
-        "-smp",
-        &opts.smp.to_string(),
-        "-kernel",
-        &kernel.to_string_lossy(),
-        "-initrd",
-        &initrd.to_string_lossy(),
-        "-append",
-        cmdline,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(opts.machine.qemu_args(opts.chained()))
-    .chain(opts.icount.into_iter().flat_map(|shift| {
-        let sleep = if opts.icount_no_sleep { "off" } else { "on" };
-        [
-            "-icount".to_string(),
-            format!("shift={shift},sleep={sleep}"),
-        ]
-    }))
-    .collect()
+    crate::qemu::base_args(kernel, initrd, accel, &opts.memory, opts.smp, cmdline)
+        .into_iter()
+        .chain(opts.machine.qemu_args(opts.chained()))
+        .chain(opts.icount.into_iter().flat_map(|shift| {
+            let sleep = if opts.icount_no_sleep { "off" } else { "on" };
+            [
+                "-icount".to_string(),
+                format!("shift={shift},sleep={sleep}"),
+            ]
+        }))
+        .collect()
 }
 
 /// The command line of round 1 (round 2 gets it with fklab.round=2).
@@ -633,44 +610,9 @@ fn boot(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
-    let mut stdout = child.stdout.take().context("qemu stdout")?;
-    let mut cpu = crate::qemucpu::CpuClock::new(child.id());
-    let (tx, rx) = mpsc::channel::<(f64, Option<f64>, String)>();
-    let reader = std::thread::spawn(move || {
-        // A line is stamped when its first byte arrives.
-        let mut buf = [0u8; 4096];
-        let mut cur: Vec<u8> = Vec::new();
-        let mut stamp = (0.0, None);
-        loop {
-            let n = match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let now = (start.elapsed().as_secs_f64() * 1e3, cpu.now_ms());
-            for &b in &buf[..n] {
-                if cur.is_empty() {
-                    stamp = now;
-                }
-                if b == b'\n' {
-                    let line = String::from_utf8_lossy(&cur)
-                        .trim_end_matches('\r')
-                        .to_string();
-                    cur.clear();
-                    if tx.send((stamp.0, stamp.1, line)).is_err() {
-                        return;
-                    }
-                } else {
-                    cur.push(b);
-                }
-            }
-        }
-        if !cur.is_empty() {
-            let line = String::from_utf8_lossy(&cur)
-                .trim_end_matches('\r')
-                .to_string();
-            let _ = tx.send((stamp.0, stamp.1, line));
-        }
-    });
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let cpu = crate::qemucpu::CpuClock::new(child.id());
+    let (rx, reader) = crate::qemu::lines(stdout, start, Some(cpu));
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut w = BufWriter::new(file);
     let mut lines = Vec::new();

@@ -318,38 +318,8 @@ fn boot(
         .spawn()
         .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
     let mut stdin = child.stdin.take().context("qemu stdin")?;
-    let mut stdout = child.stdout.take().context("qemu stdout")?;
-    let (tx, rx) = mpsc::channel::<(f64, String)>();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut cur: Vec<u8> = Vec::new();
-        let mut stamp = 0.0;
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let now = start.elapsed().as_secs_f64() * 1e3;
-            for &b in &buf[..n] {
-                if cur.is_empty() {
-                    stamp = now;
-                }
-                if b == b'\n' {
-                    let line = String::from_utf8_lossy(&cur)
-                        .trim_end_matches('\r')
-                        .to_string();
-                    cur.clear();
-                    if tx.send((stamp, line)).is_err() {
-                        return;
-                    }
-                } else {
-                    cur.push(b);
-                }
-            }
-        }
-        if !cur.is_empty() {
-            let _ = tx.send((stamp, String::from_utf8_lossy(&cur).into_owned()));
-        }
-    });
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (rx, reader) = crate::qemu::lines(stdout, start, None);
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut w = BufWriter::new(file);
     let mut lines = Vec::new();
@@ -358,7 +328,7 @@ fn boot(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok((t, line)) => {
+            Ok((t, _, line)) => {
                 writeln!(w, "{t:12.3} {line}")?;
                 let action = on_line(&line);
                 lines.push((t, line));
@@ -429,32 +399,14 @@ fn qemu_args(
     accel: &str,
     opts: &SystemOptions,
 ) -> Vec<String> {
-    let cpu = if accel == "kvm" { "host" } else { "max" };
-    let mut a: Vec<String> = [
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-accel",
+    let mut a = crate::qemu::base_args(
+        &kernel.vmlinuz,
+        initrd,
         accel,
-        "-cpu",
-        cpu,
-        "-m",
         &opts.memory,
-        "-smp",
-        &opts.smp.to_string(),
-        "-kernel",
-        &kernel.vmlinuz.to_string_lossy(),
-        "-initrd",
-        &initrd.to_string_lossy(),
-        "-append",
+        opts.smp,
         &cmdline(opts),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    );
     a.extend([
         "-drive".into(),
         format!("file={},format=qcow2,if=virtio", disk.display()),

@@ -17,6 +17,7 @@ mod labsvg;
 mod labsystem;
 mod labtrace;
 mod labunit;
+mod qemu;
 mod qemucpu;
 mod setup;
 mod system;
