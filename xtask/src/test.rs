@@ -81,6 +81,31 @@ fn cases(kernel: &str) -> Vec<Case> {
     v
 }
 
+/// The lab runs' verdicts: each printed as it ends, all repeated at the end as PASS/FAIL lines.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    lines: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, line: String, ok: bool, tail: &[String], serial_log: &std::path::Path) {
+        println!("{line}");
+        if ok {
+            self.passed += 1;
+            self.lines.push(format!("PASS {line}"));
+        } else {
+            self.failed += 1;
+            for t in tail {
+                println!("    | {t}");
+            }
+            self.lines
+                .push(format!("FAIL {line} (serial log {})", serial_log.display()));
+        }
+    }
+}
+
 /// Why a failed run looks like the lab's known TCG flake rather than a
 /// result: the first boot never reached /init, or a kernel oopsed on int3.
 fn tcg_flake(r: &lab::RunReport) -> Option<&'static str> {
@@ -151,8 +176,7 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
         return Ok(());
     }
     let tools = initramfs::Tools::find(lab::build_static_fastkexec()?)?;
-    let (mut passed, mut failed) = (0, 0);
-    let mut lines = Vec::new();
+    let mut tally = Tally::default();
     for name in kernel_names {
         let kernel = kernels::ensure(name, false)?;
         let auto = lab::resolve_accel(lab::Accel::Auto, &kernel, &tools)?;
@@ -198,23 +222,9 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
                 );
                 r = lab::run_once(&kernel, &initrd, &accel, &opts)?;
             }
-            let line = lab::summary_line(&r);
-            println!("{line}");
             // `ok` covers a traced run's agreement with the host stopwatch too (the total
             // and the phase boundaries the serial log places: labtrace::TraceCheck::ok).
-            if r.ok {
-                passed += 1;
-                lines.push(format!("PASS {line}"));
-            } else {
-                failed += 1;
-                for t in &r.tail {
-                    println!("    | {t}");
-                }
-                lines.push(format!(
-                    "FAIL {line} (serial log {})",
-                    r.serial_log.display()
-                ));
-            }
+            tally.add(lab::summary_line(&r), r.ok, &r.tail, &r.serial_log);
         }
     }
     if kernel_names.iter().any(|k| k == SYSTEM_KERNEL) {
@@ -238,26 +248,13 @@ pub fn run_all(kernel_names: &[String], with_lab: bool) -> Result<()> {
                 append: vec![],
             };
             let r = labsystem::run(&kernel, &image, &accel, &opts)?;
-            let line = labsystem::summary_line(&r);
-            println!("{line}");
-            if r.ok {
-                passed += 1;
-                lines.push(format!("PASS {line}"));
-            } else {
-                failed += 1;
-                for t in &r.tail {
-                    println!("    | {t}");
-                }
-                lines.push(format!(
-                    "FAIL {line} (serial log {})",
-                    r.serial_log.display()
-                ));
-            }
+            tally.add(labsystem::summary_line(&r), r.ok, &r.tail, &r.serial_log);
         }
     }
-    for l in &lines {
+    for l in &tally.lines {
         println!("{l}");
     }
+    let Tally { passed, failed, .. } = tally;
     println!("lab: {passed} passed, {failed} failed");
     if failed > 0 {
         bail!("{failed} lab run(s) failed");
