@@ -742,14 +742,7 @@ pub fn run_once(
     accel: &str,
     opts: &RunOptions,
 ) -> Result<RunReport> {
-    let when = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let dir = lab_dir()
-        .join("runs")
-        .join(format!("{when}-{}-{}", kernel.name, opts.mode.name()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = crate::util::new_run_dir(&format!("{}-{}", kernel.name, opts.mode.name()))?;
     let log = dir.join("serial.log");
     let mut append = opts.append.clone();
     append.extend(crate::labtrace::cmdline_words(

@@ -9,7 +9,7 @@ use crate::kernels::KernelInfo;
 use crate::lab::{KernelRef, Mode};
 use crate::labtrace::{self, TraceCheck};
 use crate::system::{self, Image};
-use crate::util::{lab_dir, step, write_atomic};
+use crate::util::{new_run_dir, step, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -908,18 +908,13 @@ pub fn run(
     accel: &str,
     opts: &SystemOptions,
 ) -> Result<SystemReport> {
-    let when = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
     let modes: Vec<&str> = opts.modes.iter().map(|m| m.name()).collect();
-    let dir = lab_dir().join("runs").join(format!(
-        "{when}-{}-system-{}-{}",
+    let dir = new_run_dir(&format!(
+        "{}-system-{}-{}",
         kernel.name,
         opts.scenario.name(),
         modes.join("+")
-    ));
-    std::fs::create_dir_all(&dir)?;
+    ))?;
     let log = dir.join("serial.log");
     let disk = system::overlay(image, &dir)?;
     let initrd = image.initrd(&kernel.release)?;

@@ -16,6 +16,17 @@ pub fn lab_dir() -> PathBuf {
     workspace_root().join("target").join("lab")
 }
 
+/// A new run's directory, `target/lab/runs/<unix ms>-<what>`: runs sort by start time.
+pub fn new_run_dir(what: &str) -> anyhow::Result<PathBuf> {
+    let when = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = lab_dir().join("runs").join(format!("{when}-{what}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// Prints a step the way every xtask command announces its work.
 pub fn step(msg: impl AsRef<str>) {
     eprintln!("==> {}", msg.as_ref());
