@@ -34,8 +34,8 @@ const OLD_BOOT: [u8; 16] = [0x11; 16];
 const THIS_BOOT: [u8; 16] = [0x22; 16];
 const EVENT_SIZE: usize = std::mem::size_of::<Event>();
 /// The blobs' TSC record magics (purgatory.rs, trampoline.rs).
-const PURGATORY_MAGIC: u64 = fastkexec::blobs::purgatory::TSC_MAGIC;
-const TRAMPOLINE_MAGIC: u64 = fastkexec::blobs::trampoline::TSC_MAGIC;
+const PURGATORY_MAGIC: u64 = fastkexec::blobs::purgatory::LAYOUT.tsc_magic;
+const TRAMPOLINE_MAGIC: u64 = fastkexec::blobs::trampoline::LAYOUT.tsc_magic;
 
 struct Reader<'a>(&'a [u8]);
 
