@@ -8,7 +8,7 @@ use crate::kernels::KernelInfo;
 use crate::util::{lab_dir, run, step, workspace_root, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -642,32 +642,7 @@ fn boot(
             }
         }
     }
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait()?;
-    let _ = reader.join();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    for l in err.lines() {
-        writeln!(
-            w,
-            "{:12.3} [qemu stderr] {l}",
-            start.elapsed().as_secs_f64() * 1e3
-        )?;
-        lines.push((
-            start.elapsed().as_secs_f64() * 1e3,
-            format!("[qemu stderr] {l}"),
-        ));
-    }
-    writeln!(
-        w,
-        "{:12.3} [host] qemu exited: {status}",
-        start.elapsed().as_secs_f64() * 1e3
-    )?;
-    w.flush()?;
+    lines.extend(crate::qemu::finish(child, reader, exited, start, &mut w)?);
     Ok(Serial {
         lines,
         cpu_ms,

@@ -348,20 +348,7 @@ fn boot(
             }
         }
     }
-    let _ = child.kill();
-    let status = child.wait()?;
-    let _ = reader.join();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let now = start.elapsed().as_secs_f64() * 1e3;
-    for l in err.lines() {
-        writeln!(w, "{now:12.3} [qemu stderr] {l}")?;
-        lines.push((now, format!("[qemu stderr] {l}")));
-    }
-    writeln!(w, "{now:12.3} [host] qemu ended: {status}")?;
-    w.flush()?;
+    lines.extend(crate::qemu::finish(child, reader, false, start, &mut w)?);
     Ok((lines, timed_out))
 }
 

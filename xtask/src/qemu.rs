@@ -2,9 +2,10 @@
 //! console's lines, each stamped when its first byte arrives.
 
 use crate::qemucpu::CpuClock;
-use std::io::Read;
+use anyhow::Result;
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::ChildStdout;
+use std::process::{Child, ChildStdout};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -97,4 +98,36 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .trim_end_matches('\r')
         .to_string()
+}
+
+/// Ends a lab VM: kills QEMU unless it already exited, reaps it, joins the line reader, and
+/// logs QEMU's stderr and exit status after the serial lines. Returns QEMU's stderr lines,
+/// stamped when they were read, for the caller's own line list.
+pub fn finish(
+    mut child: Child,
+    reader: JoinHandle<()>,
+    exited: bool,
+    start: Instant,
+    log: &mut impl Write,
+) -> Result<Vec<(f64, String)>> {
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let _ = reader.join();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let now = start.elapsed().as_secs_f64() * 1e3;
+    let lines: Vec<(f64, String)> = err
+        .lines()
+        .map(|l| (now, format!("[qemu stderr] {l}")))
+        .collect();
+    for (t, l) in &lines {
+        writeln!(log, "{t:12.3} {l}")?;
+    }
+    writeln!(log, "{now:12.3} [host] qemu exited: {status}")?;
+    log.flush()?;
+    Ok(lines)
 }
