@@ -1,7 +1,9 @@
-//! The purgatory's checksum ([`purgatory::checksum`]) computed in pieces and fast.
+//! The purgatory's checksum, computed on the host in pieces and fast: [`purgatory::checksum`]
+//! (the verify table, the staged header) and a staged load's full sums and `exec`'s read-back
+//! all go through [`Checksum`].
 //!
 //! A staged load sums every byte it staged (~90 MB with a server's initrd) for the record
-//! `exec` checks against, and `exec` sums them again as it reads them back. The reference loop
+//! `exec` checks against, and `exec` sums them again as it reads them back. The plain loop
 //! carries `b` on `a` word by word: one long dependency chain, ~600 ms of a staged load under
 //! TCG. The same value comes from [`LANES`] independent running sums per lane, folded once
 //! per piece (below), which the compiler turns into vector adds.
@@ -11,7 +13,7 @@ use crate::blobs::purgatory;
 /// Words summed side by side.
 const LANES: usize = 8;
 
-/// [`purgatory::checksum`] fed in pieces: every piece but the last a multiple of 8 bytes.
+/// The purgatory's checksum fed in pieces: every piece but the last a multiple of 8 bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Checksum {
     a: u64,
@@ -103,6 +105,18 @@ mod tests {
             .collect()
     }
 
+    /// The definition, word by word (the purgatory's asm is held to it in
+    /// `blobs::purgatory`'s tests).
+    fn reference(data: &[u8]) -> u64 {
+        let mut a = purgatory::CHECKSUM_SEED;
+        let mut b = 0u64;
+        for w in data.chunks(8) {
+            a = a.wrapping_add(word(w));
+            b = b.wrapping_add(a);
+        }
+        a ^ b.rotate_left(32)
+    }
+
     fn fast(data: &[u8]) -> u64 {
         let mut c = Checksum::new();
         c.update(data);
@@ -110,15 +124,15 @@ mod tests {
     }
 
     #[test]
-    fn equals_the_purgatorys_checksum_for_every_length_around_the_group_size() {
+    fn equals_the_word_by_word_definition_for_every_length_around_the_group_size() {
         for len in 0..(8 * LANES * 3 + 9) {
             let data = noise(len, len as u64 + 7);
-            assert_eq!(fast(&data), purgatory::checksum(&data), "length {len}");
+            assert_eq!(fast(&data), reference(&data), "length {len}");
         }
         let big = noise(1 << 20 | 13, 99);
-        assert_eq!(fast(&big), purgatory::checksum(&big));
+        assert_eq!(fast(&big), reference(&big));
         let ones = vec![0xffu8; 8 * LANES * 1000 + 24];
-        assert_eq!(fast(&ones), purgatory::checksum(&ones));
+        assert_eq!(fast(&ones), reference(&ones));
     }
 
     #[test]
@@ -128,14 +142,14 @@ mod tests {
             let mut c = Checksum::new();
             c.update(&data[..cut]);
             c.update(&data[cut..]);
-            assert_eq!(c.finish(), purgatory::checksum(&data), "cut at {cut}");
+            assert_eq!(c.finish(), reference(&data), "cut at {cut}");
         }
         let mut padded = data.clone();
         padded.resize(5000 + 8 * 37, 0);
         let mut c = Checksum::new();
         c.update(&data);
         c.zeros(8 * 37);
-        assert_eq!(c.finish(), purgatory::checksum(&padded));
+        assert_eq!(c.finish(), reference(&padded));
     }
 
     #[test]

@@ -257,15 +257,9 @@ extern "sysv64" {
 /// verifying a 60 MB kernel costs milliseconds, not the hundreds a SHA-256
 /// takes; it is a guard against stray DMA, not against an attacker.
 pub fn checksum(data: &[u8]) -> u64 {
-    let mut a = CHECKSUM_SEED;
-    let mut b = 0u64;
-    for chunk in data.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        a = a.wrapping_add(u64::from_le_bytes(word));
-        b = b.wrapping_add(a);
-    }
-    a ^ b.rotate_left(32)
+    let mut c = super::checksum::Checksum::new();
+    c.update(data);
+    c.finish()
 }
 
 /// One entry of the purgatory's verify table.

@@ -57,12 +57,11 @@ use crate::kexec::{self, Call, SegmentSpec};
 use crate::plan::page_up;
 use crate::plan::segments::{self, ExtraBootPath, Plan, PlanExtras, Segment, UncompressedInput};
 
-mod checksum;
 mod header;
 mod kcore;
 mod ops;
 
-pub use checksum::Checksum;
+pub use crate::blobs::checksum::Checksum;
 pub use header::*;
 pub use kcore::*;
 pub use ops::*;
